@@ -1,0 +1,153 @@
+"""The public op: input checks and the choice of implementation."""
+from __future__ import annotations
+
+import os
+from typing import Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .reference import (DENOMINATORS, cluster_assignment_reference, context_cluster_dense,
+                        context_cluster_light)
+
+IntPair = Union[int, Sequence[int]]
+IMPLS = ("auto", "triton", "reference", "dense")
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _pair(v: IntPair, name: str) -> Tuple[int, int]:
+    if isinstance(v, int):
+        v = (v, v)
+    v = tuple(int(t) for t in v)
+    if len(v) != 2 or min(v) < 1:
+        raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {v}")
+    return v
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:  # pragma: no cover - depends on the machine
+        return False
+    return True
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _check_map(t: Tensor, name: str):
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 4:
+        raise ValueError(f"{name} must be [B, C, H, W] (rank 4), got rank {t.dim()} with shape {tuple(t.shape)}")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
+
+
+def _check_scalar(t: Tensor, name: str, like: Tensor):
+    if not isinstance(t, Tensor) or t.numel() != 1:
+        raise ValueError(f"{name} must be a one-element tensor, got {getattr(t, 'shape', type(t).__name__)}")
+    if t.device != like.device:
+        raise ValueError(f"{name} is on {t.device} but x is on {like.device}")
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(t.detach()).all()):
+        raise ValueError(f"{name} must be finite, got {t.detach().cpu().item()}")
+
+
+def check_inputs(x: Tensor, value: Tensor | None, alpha: Tensor, beta: Tensor, heads: int, proposal: IntPair,
+                 fold: IntPair):
+    """Validate the op's arguments; returns ``(proposal, fold)`` as pairs."""
+    _check_map(x, "x")
+    if not isinstance(heads, int) or heads < 1:
+        raise ValueError(f"heads must be a positive int, got {heads!r}")
+    proposal, fold = _pair(proposal, "proposal"), _pair(fold, "fold")
+    B, C, H, W = x.shape
+    if C % heads:
+        raise ValueError(f"x has {C} channels, not divisible by heads={heads}")
+    if H % fold[0] or W % fold[1]:
+        raise ValueError(f"feature map {H}x{W} is not divisible by fold {fold[0]}x{fold[1]} "
+                         f"(pad the input so that every stage's map divides by its fold)")
+    if value is not None:
+        _check_map(value, "value")
+        if value.shape[0] != B or value.shape[2:] != x.shape[2:]:
+            raise ValueError(f"x {tuple(x.shape)} and value {tuple(value.shape)} differ in batch or spatial size")
+        if value.shape[1] % heads:
+            raise ValueError(f"value has {value.shape[1]} channels, not divisible by heads={heads}")
+        if value.device != x.device:
+            raise ValueError(f"value is on {value.device} but x is on {x.device}")
+        if value.dtype != x.dtype:
+            raise TypeError(f"x is {x.dtype} but value is {value.dtype}: both must have the same dtype")
+    _check_scalar(alpha, "alpha", x)
+    _check_scalar(beta, "beta", x)
+    return proposal, fold
+
+
+def _resolve_impl(impl: str, x: Tensor) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        return "triton" if x.is_cuda and triton_available() else "reference"
+    if impl == "triton":
+        if not triton_available():
+            raise RuntimeError("impl='triton' needs triton, which does not import here")
+        if not x.is_cuda and not _interpreting():
+            raise RuntimeError(f"impl='triton' got {x.device.type} tensors: the Triton kernels run on CUDA "
+                               "devices, or on the CPU only under TRITON_INTERPRET=1 (set before importing triton)")
+        if x.dtype == torch.float64 and x.is_cuda:
+            raise TypeError("impl='triton' computes in fp32; use impl='reference' for float64")
+    return impl
+
+
+def context_cluster(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, *, heads: int, proposal: IntPair,
+                    fold: IntPair, impl: str = "auto", denominator: str = "count") -> Tensor:
+    """Context Cluster mixer (without the 1x1 convs): cluster, aggregate, dispatch.
+
+    Args:
+        x: similarity features ``[B, heads*d, H, W]``.
+        value: values ``[B, heads*dv, H, W]``.
+        alpha, beta: one-element tensors (learnable): ``s = sigmoid(beta + alpha * cos)``.
+        heads: number of heads the channels are split into.
+        proposal: centres per region, int or ``(ph, pw)`` (``M = ph*pw``).
+        fold: regions per axis, int or ``(fh, fw)``; H and W must divide by it.
+        impl: ``"triton"`` (fused kernels), ``"reference"`` (memory-light torch),
+            ``"dense"`` (the original's dense formulation), ``"auto"`` (triton on CUDA, else reference).
+        denominator: ``"count"`` (as the released code and checkpoints) or ``"similarity"`` (paper Eq. 1).
+
+    Returns:
+        ``[B, heads*dv, H, W]`` in the inputs' dtype.
+    """
+    proposal, fold = check_inputs(x, value, alpha, beta, heads, proposal, fold)
+    if denominator not in DENOMINATORS:
+        raise ValueError(f"denominator must be one of {DENOMINATORS}, got {denominator!r}")
+    impl = _resolve_impl(impl, x)
+    kw = dict(heads=heads, proposal=proposal, fold=fold, denominator=denominator)
+    if impl == "dense":
+        return context_cluster_dense(x, value, alpha, beta, **kw)
+    if impl == "reference":
+        return context_cluster_light(x, value, alpha, beta, **kw)
+    from .ops.context_cluster import cluster_fwd
+    return cluster_fwd(x, value, alpha, beta, heads, proposal[0], proposal[1], fold[0], fold[1],
+                       denominator == "count")[0]
+
+
+def cluster_assignment(x: Tensor, alpha: Tensor, beta: Tensor, *, heads: int, proposal: IntPair, fold: IntPair,
+                       impl: str = "auto") -> Tensor:
+    """Index of the centre every pixel is assigned to, per head: ``[B, heads, H, W]`` int64.
+
+    Centre ``m = i*pw + j`` is the (i, j)-th adaptive-pool window of the pixel's region. Runs only the
+    pooling and the assignment (no aggregate/dispatch), without autograd.
+    """
+    proposal, fold = check_inputs(x, None, alpha, beta, heads, proposal, fold)
+    impl = _resolve_impl(impl, x)
+    if impl in ("reference", "dense"):
+        return cluster_assignment_reference(x, alpha, beta, heads=heads, proposal=proposal, fold=fold)
+    from .ops.context_cluster import assign, pool
+    B, _, H, W = x.shape
+    (ph, pw), (fh, fw) = proposal, fold
+    with torch.no_grad():
+        a, _ = assign(x, pool(x, heads, ph, pw, fh, fw), alpha, beta, heads, fh, fw)
+    rh, rw = H // fh, W // fw
+    return a.long().reshape(B, heads, fh, fw, rh, rw).permute(0, 1, 2, 4, 3, 5).reshape(B, heads, H, W)
+
+
+__all__ = ["context_cluster", "cluster_assignment", "check_inputs", "triton_available", "IMPLS"]

@@ -1,0 +1,1 @@
+"""Triton ops (kernels + autograd), one module per op."""

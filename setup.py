@@ -1,0 +1,13 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="coc-det",
+    version="0.1.0",
+    description="Context Clusters (CoC) with fused Triton kernels and an MMDetection 3.x backbone",
+    packages=find_packages(include=["coc_kernels", "coc_kernels.*", "coc_det", "coc_det.*"]),
+    python_requires=">=3.9",
+    # torch/triton are the only hard requirements of the kernels; the detection stack
+    # (mmengine, mmcv with ops, mmdet) is installed by tools/setup_env.sh.
+    install_requires=["torch>=2.1", "numpy"],
+    extras_require={"det": ["mmengine>=0.10.4,<0.11", "mmcv==2.1.0", "mmdet==3.3.0", "pycocotools"]},
+)

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Create (or update) the project's virtual environment with the real MMDetection stack:
+#   torch 2.14.1 + torchvision 0.29.1 (triton comes with torch), mmengine 0.10.x,
+#   mmcv 2.1.0 *with its compiled ops* (built once from the PyPI source, cached as a wheel),
+#   mmdet 3.3.0, pycocotools, numpy, pytest, matplotlib, and this package (editable).
+#
+# Environment knobs:
+#   COC_VENV         where the venv lives            (default: <repo>/.venv)
+#   COC_WHEEL_CACHE  where the built mmcv wheel is kept (default: ~/.cache/coc-wheels)
+#   MAX_JOBS         parallel compile jobs for mmcv  (default: nproc)
+# A second run finds everything installed and the wheel cached, and takes seconds.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${COC_VENV:-$ROOT/.venv}"
+CACHE="${COC_WHEEL_CACHE:-$HOME/.cache/coc-wheels}"
+PYTHON="${PYTHON:-python3}"
+TORCH_VER=2.14.1
+TV_VER=0.29.1
+MMCV_VER=2.1.0
+T0=$(date +%s)
+
+say() { printf '[setup %4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating virtual environment at $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip --disable-pip-version-check -q)
+
+# Is a distribution installed at exactly this version? (fast: no resolver, no network)
+have() { "$PY" - "$1" "$2" <<'PYEOF'
+import sys
+from importlib import metadata
+try:
+    v = metadata.version(sys.argv[1])
+except metadata.PackageNotFoundError:
+    sys.exit(1)
+sys.exit(0 if v.split('+')[0] == sys.argv[2] or sys.argv[2] == '*' else 1)
+PYEOF
+}
+
+if ! have torch "$TORCH_VER" || ! have torchvision "$TV_VER"; then
+  say "installing torch $TORCH_VER + torchvision $TV_VER (from the local disk where available)"
+  "${PIP[@]}" install "torch==$TORCH_VER" "torchvision==$TV_VER"
+fi
+
+if ! have mmengine '*' || ! have pycocotools '*' || ! have pytest '*' || ! have matplotlib '*' \
+   || ! have setuptools '*'; then
+  say "installing build tools and Python dependencies"
+  # mmdet is installed without its mmcv pin being resolved from PyPI (mmcv is ours, below).
+  "${PIP[@]}" install "setuptools>=77,<81" wheel "numpy<2" "mmengine>=0.10.4,<0.11" pycocotools \
+      pytest "matplotlib>=3.7" "opencv-python>=4.8,<5" terminaltables scipy shapely six tqdm \
+      "torch==$TORCH_VER"
+fi
+
+# ---- mmcv 2.1.0 with compiled ops: build once, cache the wheel -------------------------------
+PYTAG=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+WDIR="$CACHE/mmcv-$MMCV_VER-torch$TORCH_VER-$PYTAG"
+mmcv_ops_ok() { "$PY" -c 'import mmcv, mmcv.ops; from mmcv.ops import nms, RoIAlign' >/dev/null 2>&1; }
+if ! have mmcv "$MMCV_VER" || ! mmcv_ops_ok; then
+  WHEEL=$(ls "$WDIR"/mmcv-"$MMCV_VER"-*.whl 2>/dev/null | head -n1 || true)
+  if [ -z "$WHEEL" ]; then
+    say "no cached mmcv wheel in $WDIR: building mmcv $MMCV_VER with CPU ops (10-15 min on 2 cores)"
+    BUILD=$(mktemp -d)
+    trap 'rm -rf "$BUILD"' EXIT
+    "${PIP[@]}" download --no-deps --no-binary :all: "mmcv==$MMCV_VER" -d "$BUILD"
+    tar -xzf "$BUILD"/mmcv-"$MMCV_VER".tar.gz -C "$BUILD"
+    SRC="$BUILD/mmcv-$MMCV_VER"
+    # torch 2.14 headers need C++20; mmcv 2.1.0 asks for c++14/c++17.
+    sed -i -E 's/-std=c\+\+1[47]/-std=c++20/g' "$SRC/setup.py"
+    grep -q 'c++20' "$SRC/setup.py" || { echo "setup: could not patch mmcv's C++ standard" >&2; exit 1; }
+    NSRC=$(find "$SRC/mmcv/ops/csrc/pytorch" -maxdepth 2 -name '*.cpp' | wc -l)
+    say "compiling $NSRC C++ sources; a progress line follows every 30 s"
+    mkdir -p "$WDIR"
+    # torch's extension builder runs ninja with its output captured, so progress is read off the
+    # object files appearing in the build tree.
+    ( last=-1
+      while sleep 30; do
+        n=$(find "$SRC/build" -name '*.o' 2>/dev/null | wc -l)
+        [ "$n" != "$last" ] && say "  compiled $n/$NSRC objects" && last=$n
+      done ) &
+    WATCH=$!
+    # -g0: no debug info (much faster to compile); -O2 keeps the CPU ops fast.
+    if ! (cd "$SRC" && MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS="${MAX_JOBS:-$(nproc)}" CFLAGS="-O2 -g0" \
+          "$PY" -m pip wheel --no-deps --no-build-isolation . -w "$WDIR" > "$BUILD/build.log" 2>&1); then
+      kill "$WATCH" 2>/dev/null || true
+      tail -n 60 "$BUILD/build.log" >&2
+      echo "setup: building mmcv failed (log above)" >&2
+      exit 1
+    fi
+    kill "$WATCH" 2>/dev/null || true
+    WHEEL=$(ls "$WDIR"/mmcv-"$MMCV_VER"-*.whl 2>/dev/null | head -n1 || true)
+    [ -n "$WHEEL" ] || { echo "setup: mmcv build produced no wheel" >&2; exit 1; }
+    say "cached $WHEEL"
+  else
+    say "installing cached mmcv wheel $(basename "$WHEEL")"
+  fi
+  "${PIP[@]}" install --no-deps --force-reinstall "$WHEEL"
+  # mmcv's own runtime deps (addict, yapf, packaging, ...), without touching torch.
+  "${PIP[@]}" install addict packaging Pillow pyyaml "yapf<0.40.2" "numpy<2"
+  mmcv_ops_ok || { echo "setup: mmcv installed but mmcv.ops does not import" >&2; exit 1; }
+fi
+
+if ! have mmdet 3.3.0; then
+  say "installing mmdet 3.3.0"
+  "${PIP[@]}" install --no-deps "mmdet==3.3.0"
+fi
+
+if ! have coc-det '*' || [ "$(cd "$ROOT" && "$PY" -c 'import coc_kernels,os;print(os.path.dirname(os.path.dirname(os.path.abspath(coc_kernels.__file__))))' 2>/dev/null)" != "$ROOT" ]; then
+  say "installing this package (editable)"
+  "${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT"
+fi
+
+"$PY" - <<'PYEOF'
+import torch, torchvision, triton, mmengine, mmcv, mmdet, mmcv.ops, pycocotools, numpy
+print(f"[setup] torch {torch.__version__}, torchvision {torchvision.__version__}, triton {triton.__version__}, "
+      f"mmengine {mmengine.__version__}, mmcv {mmcv.__version__} (ops), mmdet {mmdet.__version__}, numpy {numpy.__version__}")
+PYEOF
+say "done: activate with 'source ${VENV#$ROOT/}/bin/activate'"
