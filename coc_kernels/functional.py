@@ -94,7 +94,7 @@ def _resolve_impl(impl: str, x: Tensor) -> str:
             raise RuntimeError(f"impl='triton' got {x.device.type} tensors: the Triton kernels run on CUDA "
                                "devices, or on the CPU only under TRITON_INTERPRET=1 (set before importing triton)")
         if x.dtype == torch.float64 and x.is_cuda:
-            raise TypeError("impl='triton' computes in fp32; use impl='reference' for float64")
+            raise TypeError("impl='triton' takes float64 only under TRITON_INTERPRET=1 (tests); on CUDA use fp32/fp16/bf16, or impl='reference' for float64")
     return impl
 
 

@@ -50,10 +50,10 @@ def _point_offsets(offs_n, offs_c, rw, s_c, s_h, s_w):
 
 
 @triton.jit
-def _load_points(ptr, offs_n, offs_c, N, C, rw, s_c, s_h, s_w):
-    """``[BLOCK_N, BLOCK_C]`` fp32 tile of point features (zeros outside)."""
+def _load_points(ptr, offs_n, offs_c, N, C, rw, s_c, s_h, s_w, DT: tl.constexpr):
+    """``[BLOCK_N, BLOCK_C]`` tile in the compute dtype DT of point features (zeros outside)."""
     mask = (offs_n < N)[:, None] & (offs_c < C)[None, :]
-    return tl.load(ptr + _point_offsets(offs_n, offs_c, rw, s_c, s_h, s_w), mask=mask, other=0.0).to(tl.float32)
+    return tl.load(ptr + _point_offsets(offs_n, offs_c, rw, s_c, s_h, s_w), mask=mask, other=0.0).to(DT)
 
 
 @triton.jit
@@ -63,7 +63,7 @@ def _store_points(ptr, val, offs_n, offs_c, N, C, rw, s_c, s_h, s_w):
 
 
 @triton.jit
-def _pool_weights(offs_m, offs_n, M, N, rh, rw, ph, pw):
+def _pool_weights(offs_m, offs_n, M, N, rh, rw, ph, pw, DT: tl.constexpr):
     """``[BLOCK_M, BLOCK_N]``: 1/|window m| where point n lies in adaptive-avg-pool window m, else 0."""
     mi = offs_m // pw
     mj = offs_m % pw
@@ -71,7 +71,7 @@ def _pool_weights(offs_m, offs_n, M, N, rh, rw, ph, pw):
     r1 = ((mi + 1) * rh + ph - 1) // ph
     c0 = (mj * rw) // pw
     c1 = ((mj + 1) * rw + pw - 1) // pw
-    area = tl.maximum((r1 - r0) * (c1 - c0), 1).to(tl.float32)
+    area = tl.maximum((r1 - r0) * (c1 - c0), 1).to(DT)
     r = (offs_n // rw)[None, :]
     s = (offs_n % rw)[None, :]
     inside = ((r >= r0[:, None]) & (r < r1[:, None]) & (s >= c0[:, None]) & (s < c1[:, None])
@@ -81,15 +81,15 @@ def _pool_weights(offs_m, offs_n, M, N, rh, rw, ph, pw):
 
 @triton.jit
 def _pool(ptr, M, N, C, rh, rw, ph, pw, s_c, s_h, s_w,
-          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Adaptive-avg-pool centres of one group: ``[BLOCK_M, BLOCK_C]`` fp32."""
+          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, DT: tl.constexpr):
+    """Adaptive-avg-pool centres of one group: ``[BLOCK_M, BLOCK_C]`` in DT."""
     offs_m = tl.arange(0, BLOCK_M)
     offs_c = tl.arange(0, BLOCK_C)
-    acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=DT)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        w = _pool_weights(offs_m, offs_n, M, N, rh, rw, ph, pw)
-        t = _load_points(ptr, offs_n, offs_c, N, C, rw, s_c, s_h, s_w)
+        w = _pool_weights(offs_m, offs_n, M, N, rh, rw, ph, pw, DT)
+        t = _load_points(ptr, offs_n, offs_c, N, C, rw, s_c, s_h, s_w, DT)
         acc += tl.dot(w, t, input_precision="ieee")
     return acc
 
@@ -114,9 +114,9 @@ def _assign(c_hat, xt, offs_m, M, alpha, beta, eps):
 
 
 @triton.jit
-def _onehot_t(a, offs_m, valid_n):
-    """``[BLOCK_N, BLOCK_M]`` fp32 one-hot of the assignment (rows of invalid points are zero)."""
-    return ((a[:, None] == offs_m[None, :]) & valid_n[:, None]).to(tl.float32)
+def _onehot_t(a, offs_m, valid_n, DT: tl.constexpr):
+    """``[BLOCK_N, BLOCK_M]`` one-hot of the assignment (rows of invalid points are zero)."""
+    return ((a[:, None] == offs_m[None, :]) & valid_n[:, None]).to(DT)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -128,39 +128,39 @@ def _coc_fwd_kernel(
     sxb, sxc, sxh, sxw, svb, svc, svh, svw, syb, syc, syh, syw,
     heads, fh, fw, rh, rw, ph, pw, M, N, D, DV,
     BY_COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DT: tl.constexpr,
 ):
     g = tl.program_id(0)
     eps = 1e-12
     xb = x_ptr + _group_offset(g, heads, fh, fw, rh, rw, D, sxb, sxc, sxh, sxw)
     vb = v_ptr + _group_offset(g, heads, fh, fw, rh, rw, DV, svb, svc, svh, svw)
     yb = y_ptr + _group_offset(g, heads, fh, fw, rh, rw, DV, syb, syc, syh, syw)
-    alpha = tl.load(alpha_ptr).to(tl.float32)
-    beta = tl.load(beta_ptr).to(tl.float32)
+    alpha = tl.load(alpha_ptr).to(DT)
+    beta = tl.load(beta_ptr).to(DT)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     g64 = g.to(tl.int64)
 
     # 1. centres and value centres
-    c = _pool(xb, M, N, D, rh, rw, ph, pw, sxc, sxh, sxw, BLOCK_M, BLOCK_N, BLOCK_D)
-    vc = _pool(vb, M, N, DV, rh, rw, ph, pw, svc, svh, svw, BLOCK_M, BLOCK_N, BLOCK_DV)
+    c = _pool(xb, M, N, D, rh, rw, ph, pw, sxc, sxh, sxw, BLOCK_M, BLOCK_N, BLOCK_D, DT)
+    vc = _pool(vb, M, N, DV, rh, rw, ph, pw, svc, svh, svw, BLOCK_M, BLOCK_N, BLOCK_DV, DT)
     mm = (offs_m < M)[:, None]
     tl.store(c_ptr + g64 * M * D + offs_m[:, None] * D + offs_d[None, :], c, mask=mm & (offs_d < D)[None, :])
     c_hat, _ = _normalize_rows(c, eps)
 
     # 2. assignment + aggregate
-    U = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
-    den = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    U = tl.zeros((BLOCK_M, BLOCK_DV), dtype=DT)
+    den = tl.zeros((BLOCK_M,), dtype=DT)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         valid = offs_n < N
-        xt = _load_points(xb, offs_n, offs_d, N, D, rw, sxc, sxh, sxw)
+        xt = _load_points(xb, offs_n, offs_d, N, D, rw, sxc, sxh, sxw, DT)
         a, sigma, _, _ = _assign(c_hat, xt, offs_m, M, alpha, beta, eps)
         tl.store(a_ptr + g64 * N + offs_n, a, mask=valid)
         tl.store(sig_ptr + g64 * N + offs_n, sigma, mask=valid)
-        oh = _onehot_t(a, offs_m, valid)  # [BN, BM]
-        vt = _load_points(vb, offs_n, offs_dv, N, DV, rw, svc, svh, svw)
+        oh = _onehot_t(a, offs_m, valid, DT)  # [BN, BM]
+        vt = _load_points(vb, offs_n, offs_dv, N, DV, rw, svc, svh, svw, DT)
         U += tl.dot(tl.trans(oh * sigma[:, None]), vt, input_precision="ieee")
         if BY_COUNT:
             den += tl.sum(oh, axis=0)
@@ -177,7 +177,7 @@ def _coc_fwd_kernel(
         valid = offs_n < N
         a = tl.load(a_ptr + g64 * N + offs_n, mask=valid, other=0)
         sigma = tl.load(sig_ptr + g64 * N + offs_n, mask=valid, other=0.0)
-        yt = tl.dot(_onehot_t(a, offs_m, valid), o, input_precision="ieee") * sigma[:, None]
+        yt = tl.dot(_onehot_t(a, offs_m, valid, DT), o, input_precision="ieee") * sigma[:, None]
         _store_points(yb, yt, offs_n, offs_dv, N, DV, rw, syc, syh, syw)
 
 
@@ -188,7 +188,7 @@ def _coc_bwd_kernel(
     sxb, sxc, sxh, sxw, svb, svc, svh, svw, sdb, sdc, sdh, sdw,
     heads, fh, fw, rh, rw, ph, pw, M, N, D, DV,
     BY_COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DT: tl.constexpr,
 ):
     """dx and dv are contiguous ``[B, C, H, W]`` (dx in fp32); ``dab [G, 2]`` gets (dalpha, dbeta)."""
     g = tl.program_id(0)
@@ -200,7 +200,7 @@ def _coc_bwd_kernel(
     dyb = dy_ptr + _group_offset(g, heads, fh, fw, rh, rw, DV, sdb, sdc, sdh, sdw)
     dxb = dx_ptr + _group_offset(g, heads, fh, fw, rh, rw, D, heads * D * H * W, H * W, W, 1)
     dvb = dv_ptr + _group_offset(g, heads, fh, fw, rh, rw, DV, heads * DV * H * W, H * W, W, 1)
-    alpha = tl.load(alpha_ptr).to(tl.float32)
+    alpha = tl.load(alpha_ptr).to(DT)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -213,40 +213,40 @@ def _coc_bwd_kernel(
     den = tl.load(den_ptr + g64 * M + offs_m, mask=offs_m < M, other=0.0)
 
     # A. do_m = sum_{a_n = m} sigma_n dy_n
-    do = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
+    do = tl.zeros((BLOCK_M, BLOCK_DV), dtype=DT)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         valid = offs_n < N
         a = tl.load(a_ptr + g64 * N + offs_n, mask=valid, other=0)
         sigma = tl.load(sig_ptr + g64 * N + offs_n, mask=valid, other=0.0)
-        dyt = _load_points(dyb, offs_n, offs_dv, N, DV, rw, sdc, sdh, sdw)
-        do += tl.dot(tl.trans(_onehot_t(a, offs_m, valid) * sigma[:, None]), dyt, input_precision="ieee")
+        dyt = _load_points(dyb, offs_n, offs_dv, N, DV, rw, sdc, sdh, sdw, DT)
+        do += tl.dot(tl.trans(_onehot_t(a, offs_m, valid, DT) * sigma[:, None]), dyt, input_precision="ieee")
     inv = 1.0 / (den + 1.0)
     dU = do * inv[:, None]  # = d vc
     if BY_COUNT:
-        dS = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        dS = tl.zeros((BLOCK_M,), dtype=DT)
     else:
         dS = -tl.sum(do * o, axis=1) * inv
     c_hat, cn = _normalize_rows(c, eps)
 
     # B. dv (complete), dalpha, dbeta, direct part of dx, d c_hat
-    dch = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    dal = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    dbe = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    dch = tl.zeros((BLOCK_M, BLOCK_D), dtype=DT)
+    dal = tl.zeros((BLOCK_N,), dtype=DT)
+    dbe = tl.zeros((BLOCK_N,), dtype=DT)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         valid = offs_n < N
         a = tl.load(a_ptr + g64 * N + offs_n, mask=valid, other=0)
         sigma = tl.load(sig_ptr + g64 * N + offs_n, mask=valid, other=0.0)
-        oh = _onehot_t(a, offs_m, valid)  # [BN, BM]
-        dyt = _load_points(dyb, offs_n, offs_dv, N, DV, rw, sdc, sdh, sdw)
-        vt = _load_points(vb, offs_n, offs_dv, N, DV, rw, svc, svh, svw)
-        xt = _load_points(xb, offs_n, offs_d, N, D, rw, sxc, sxh, sxw)
+        oh = _onehot_t(a, offs_m, valid, DT)  # [BN, BM]
+        dyt = _load_points(dyb, offs_n, offs_dv, N, DV, rw, sdc, sdh, sdw, DT)
+        vt = _load_points(vb, offs_n, offs_dv, N, DV, rw, svc, svh, svw, DT)
+        xt = _load_points(xb, offs_n, offs_d, N, D, rw, sxc, sxh, sxw, DT)
         o_a = tl.dot(oh, o, input_precision="ieee")
         dU_a = tl.dot(oh, dU, input_precision="ieee")
         c_a = tl.dot(oh, c_hat, input_precision="ieee")
         dsig = tl.sum(dyt * o_a, axis=1) + tl.sum(dU_a * vt, axis=1) + tl.sum(oh * dS[None, :], axis=1)
-        wt = tl.trans(_pool_weights(offs_m, offs_n, M, N, rh, rw, ph, pw))  # [BN, BM]
+        wt = tl.trans(_pool_weights(offs_m, offs_n, M, N, rh, rw, ph, pw, DT))  # [BN, BM]
         dvt = sigma[:, None] * dU_a + tl.dot(wt, dU, input_precision="ieee")
         _store_points(dvb, dvt, offs_n, offs_dv, N, DV, rw, H * W, W, 1)
         x_hat, xn = _normalize_rows(xt, eps)
@@ -269,8 +269,8 @@ def _coc_bwd_kernel(
     # C. pooling adjoint of dc into dx
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        wt = tl.trans(_pool_weights(offs_m, offs_n, M, N, rh, rw, ph, pw))
-        dxt = _load_points(dxb, offs_n, offs_d, N, D, rw, H * W, W, 1)
+        wt = tl.trans(_pool_weights(offs_m, offs_n, M, N, rh, rw, ph, pw, DT))
+        dxt = _load_points(dxb, offs_n, offs_d, N, D, rw, H * W, W, 1, DT)
         dxt += tl.dot(wt, dc, input_precision="ieee")
         _store_points(dxb, dxt, offs_n, offs_d, N, D, rw, H * W, W, 1)
 
@@ -280,11 +280,11 @@ def _coc_bwd_kernel(
 # ----------------------------------------------------------------------------------------------------
 @triton.jit
 def _pool_kernel(x_ptr, c_ptr, sxb, sxc, sxh, sxw, heads, fh, fw, rh, rw, ph, pw, M, N, D,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DT: tl.constexpr):
     """Centre proposal: ``c [G, M, D]`` fp32."""
     g = tl.program_id(0)
     xb = x_ptr + _group_offset(g, heads, fh, fw, rh, rw, D, sxb, sxc, sxh, sxw)
-    c = _pool(xb, M, N, D, rh, rw, ph, pw, sxc, sxh, sxw, BLOCK_M, BLOCK_N, BLOCK_D)
+    c = _pool(xb, M, N, D, rh, rw, ph, pw, sxc, sxh, sxw, BLOCK_M, BLOCK_N, BLOCK_D, DT)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     tl.store(c_ptr + g.to(tl.int64) * M * D + offs_m[:, None] * D + offs_d[None, :], c,
@@ -294,13 +294,13 @@ def _pool_kernel(x_ptr, c_ptr, sxb, sxc, sxh, sxw, heads, fh, fw, rh, rw, ph, pw
 @triton.jit
 def _assign_kernel(x_ptr, c_ptr, a_ptr, sig_ptr, alpha_ptr, beta_ptr, sxb, sxc, sxh, sxw,
                    heads, fh, fw, rh, rw, M, N, D,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DT: tl.constexpr):
     """Similarity + hard assignment from given centres ``c [G, M, D]``: ``a, sigma [G, N]``."""
     g = tl.program_id(0)
     g64 = g.to(tl.int64)
     xb = x_ptr + _group_offset(g, heads, fh, fw, rh, rw, D, sxb, sxc, sxh, sxw)
-    alpha = tl.load(alpha_ptr).to(tl.float32)
-    beta = tl.load(beta_ptr).to(tl.float32)
+    alpha = tl.load(alpha_ptr).to(DT)
+    beta = tl.load(beta_ptr).to(DT)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     c = tl.load(c_ptr + g64 * M * D + offs_m[:, None] * D + offs_d[None, :],
@@ -309,7 +309,7 @@ def _assign_kernel(x_ptr, c_ptr, a_ptr, sig_ptr, alpha_ptr, beta_ptr, sxb, sxc, 
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         valid = offs_n < N
-        xt = _load_points(xb, offs_n, offs_d, N, D, rw, sxc, sxh, sxw)
+        xt = _load_points(xb, offs_n, offs_d, N, D, rw, sxc, sxh, sxw, DT)
         a, sigma, _, _ = _assign(c_hat, xt, offs_m, M, alpha, beta, 1e-12)
         tl.store(a_ptr + g64 * N + offs_n, a, mask=valid)
         tl.store(sig_ptr + g64 * N + offs_n, sigma, mask=valid)
@@ -319,7 +319,7 @@ def _assign_kernel(x_ptr, c_ptr, a_ptr, sig_ptr, alpha_ptr, beta_ptr, sxb, sxc, 
 def _aggregate_kernel(v_ptr, a_ptr, sig_ptr, vc_ptr, o_ptr, den_ptr, svb, svc, svh, svw,
                       heads, fh, fw, rh, rw, M, N, DV,
                       BY_COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                      BLOCK_DV: tl.constexpr):
+                      BLOCK_DV: tl.constexpr, DT: tl.constexpr):
     """``o [G, M, DV] = (sum_{a_n=m} sigma_n v_n + vc_m) / (den_m + 1)``, ``den [G, M]``."""
     g = tl.program_id(0)
     g64 = g.to(tl.int64)
@@ -327,15 +327,15 @@ def _aggregate_kernel(v_ptr, a_ptr, sig_ptr, vc_ptr, o_ptr, den_ptr, svb, svc, s
     offs_m = tl.arange(0, BLOCK_M)
     offs_dv = tl.arange(0, BLOCK_DV)
     mask_md = (offs_m < M)[:, None] & (offs_dv < DV)[None, :]
-    U = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
-    den = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    U = tl.zeros((BLOCK_M, BLOCK_DV), dtype=DT)
+    den = tl.zeros((BLOCK_M,), dtype=DT)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         valid = offs_n < N
         a = tl.load(a_ptr + g64 * N + offs_n, mask=valid, other=0)
         sigma = tl.load(sig_ptr + g64 * N + offs_n, mask=valid, other=0.0)
-        oh = _onehot_t(a, offs_m, valid)
-        vt = _load_points(vb, offs_n, offs_dv, N, DV, rw, svc, svh, svw)
+        oh = _onehot_t(a, offs_m, valid, DT)
+        vt = _load_points(vb, offs_n, offs_dv, N, DV, rw, svc, svh, svw, DT)
         U += tl.dot(tl.trans(oh * sigma[:, None]), vt, input_precision="ieee")
         if BY_COUNT:
             den += tl.sum(oh, axis=0)
@@ -349,7 +349,7 @@ def _aggregate_kernel(v_ptr, a_ptr, sig_ptr, vc_ptr, o_ptr, den_ptr, svb, svc, s
 
 @triton.jit
 def _dispatch_kernel(a_ptr, sig_ptr, o_ptr, y_ptr, syb, syc, syh, syw, heads, fh, fw, rh, rw, M, N, DV,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr):
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr, DT: tl.constexpr):
     """``y_n = sigma_n * o[a_n]`` written into ``y [B, heads*DV, H, W]``."""
     g = tl.program_id(0)
     g64 = g.to(tl.int64)
@@ -363,7 +363,7 @@ def _dispatch_kernel(a_ptr, sig_ptr, o_ptr, y_ptr, syb, syc, syh, syw, heads, fh
         valid = offs_n < N
         a = tl.load(a_ptr + g64 * N + offs_n, mask=valid, other=0)
         sigma = tl.load(sig_ptr + g64 * N + offs_n, mask=valid, other=0.0)
-        yt = tl.dot(_onehot_t(a, offs_m, valid), o, input_precision="ieee") * sigma[:, None]
+        yt = tl.dot(_onehot_t(a, offs_m, valid, DT), o, input_precision="ieee") * sigma[:, None]
         _store_points(yb, yt, offs_n, offs_dv, N, DV, rw, syc, syh, syw)
 
 
@@ -391,25 +391,34 @@ def _s(t: Tensor):
     return tuple(t.stride())
 
 
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    """Compute / saved-state dtype: fp32, or fp64 for fp64 inputs (interpreter tests, gradcheck)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _dt(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
 def pool(x: Tensor, heads: int, ph: int, pw: int, fh: int, fw: int) -> Tensor:
-    """Centre proposal of every group: ``[G, M, d]`` fp32."""
+    """Centre proposal of every group: ``[G, M, d]`` (fp32, fp64 for fp64 input)."""
     g = _geometry(x, x, heads, ph, pw, fh, fw)
-    c = torch.empty(g["G"], g["M"], g["D"], device=x.device, dtype=torch.float32)
+    c = torch.empty(g["G"], g["M"], g["D"], device=x.device, dtype=_acc(x.dtype))
     _pool_kernel[(g["G"],)](x, c, *_s(x), heads, fh, fw, g["rh"], g["rw"], ph, pw, g["M"], g["N"], g["D"],
-                            BLOCK_M=_pow2(g["M"]), BLOCK_N=BLOCK_N, BLOCK_D=_pow2(g["D"]))
+                            BLOCK_M=_pow2(g["M"]), BLOCK_N=BLOCK_N, BLOCK_D=_pow2(g["D"]), DT=_dt(x.dtype))
     return c
 
 
 def assign(x: Tensor, c: Tensor, alpha: Tensor, beta: Tensor, heads: int, fh: int, fw: int):
-    """Hard assignment from centres ``c [G, M, d]``: ``a [G, N]`` int32 and ``sigma [G, N]`` fp32."""
+    """Hard assignment from centres ``c [G, M, d]``: ``a [G, N]`` int32 and ``sigma [G, N]`` (c's dtype)."""
     G, M, D = c.shape
     B, _, H, W = x.shape
     rh, rw = H // fh, W // fw
     N = rh * rw
     a = torch.empty(G, N, device=x.device, dtype=torch.int32)
-    sigma = torch.empty(G, N, device=x.device, dtype=torch.float32)
+    sigma = torch.empty(G, N, device=x.device, dtype=c.dtype)
     _assign_kernel[(G,)](x, c.contiguous(), a, sigma, alpha, beta, *_s(x), heads, fh, fw, rh, rw, M, N, D,
-                         BLOCK_M=_pow2(M), BLOCK_N=BLOCK_N, BLOCK_D=_pow2(D))
+                         BLOCK_M=_pow2(M), BLOCK_N=BLOCK_N, BLOCK_D=_pow2(D), DT=_dt(c.dtype))
     return a, sigma
 
 
@@ -419,11 +428,11 @@ def aggregate(value: Tensor, a: Tensor, sigma: Tensor, vc: Tensor, heads: int, f
     _, _, H, W = value.shape
     rh, rw = H // fh, W // fw
     N = rh * rw
-    o = torch.empty(G, M, DV, device=value.device, dtype=torch.float32)
-    den = torch.empty(G, M, device=value.device, dtype=torch.float32)
+    o = torch.empty(G, M, DV, device=value.device, dtype=vc.dtype)
+    den = torch.empty(G, M, device=value.device, dtype=vc.dtype)
     _aggregate_kernel[(G,)](value, a.contiguous(), sigma.contiguous(), vc.contiguous(), o, den, *_s(value),
                             heads, fh, fw, rh, rw, M, N, DV, BY_COUNT=by_count,
-                            BLOCK_M=_pow2(M), BLOCK_N=BLOCK_N, BLOCK_DV=_pow2(DV))
+                            BLOCK_M=_pow2(M), BLOCK_N=BLOCK_N, BLOCK_DV=_pow2(DV), DT=_dt(vc.dtype))
     return o, den
 
 
@@ -434,7 +443,8 @@ def dispatch(a: Tensor, sigma: Tensor, o: Tensor, B: int, heads: int, H: int, W:
     rh, rw = H // fh, W // fw
     y = torch.empty(B, heads * DV, H, W, device=o.device, dtype=dtype)
     _dispatch_kernel[(G,)](a.contiguous(), sigma.contiguous(), o.contiguous(), y, *_s(y), heads, fh, fw, rh, rw,
-                           M, rh * rw, DV, BLOCK_M=_pow2(M), BLOCK_N=BLOCK_N, BLOCK_DV=_pow2(DV))
+                           M, rh * rw, DV, BLOCK_M=_pow2(M), BLOCK_N=BLOCK_N, BLOCK_DV=_pow2(DV),
+                           DT=_dt(o.dtype))
     return y
 
 
@@ -447,14 +457,16 @@ def cluster_fwd(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, heads: in
     dev = x.device
     y = torch.empty(g["B"], heads * DV, g["H"], g["W"], device=dev, dtype=value.dtype)
     a = torch.empty(G, N, device=dev, dtype=torch.int32)
-    sigma = torch.empty(G, N, device=dev, dtype=torch.float32)
-    c = torch.empty(G, M, D, device=dev, dtype=torch.float32)
-    o = torch.empty(G, M, DV, device=dev, dtype=torch.float32)
-    den = torch.empty(G, M, device=dev, dtype=torch.float32)
+    acc = _acc(x.dtype)
+    sigma = torch.empty(G, N, device=dev, dtype=acc)
+    c = torch.empty(G, M, D, device=dev, dtype=acc)
+    o = torch.empty(G, M, DV, device=dev, dtype=acc)
+    den = torch.empty(G, M, device=dev, dtype=acc)
     _coc_fwd_kernel[(G,)](
         x, value, y, a, sigma, c, o, den, alpha, beta, *_s(x), *_s(value), *_s(y),
         heads, fh, fw, g["rh"], g["rw"], ph, pw, M, N, D, DV,
-        BY_COUNT=by_count, BLOCK_M=_pow2(M), BLOCK_N=BLOCK_N, BLOCK_D=_pow2(D), BLOCK_DV=_pow2(DV))
+        BY_COUNT=by_count, BLOCK_M=_pow2(M), BLOCK_N=BLOCK_N, BLOCK_D=_pow2(D), BLOCK_DV=_pow2(DV),
+        DT=_dt(x.dtype))
     return y, a, sigma, c, o, den
 
 
@@ -462,10 +474,10 @@ def cluster_fwd(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, heads: in
 def _cluster_fwd_fake(x, value, alpha, beta, heads, ph, pw, fh, fw, by_count):
     g = _geometry(x, value, heads, ph, pw, fh, fw)
     G, M, N = g["G"], g["M"], g["N"]
-    f32 = torch.float32
+    acc = _acc(x.dtype)
     return (value.new_empty(g["B"], heads * g["DV"], g["H"], g["W"]), x.new_empty(G, N, dtype=torch.int32),
-            x.new_empty(G, N, dtype=f32), x.new_empty(G, M, g["D"], dtype=f32),
-            x.new_empty(G, M, g["DV"], dtype=f32), x.new_empty(G, M, dtype=f32))
+            x.new_empty(G, N, dtype=acc), x.new_empty(G, M, g["D"], dtype=acc),
+            x.new_empty(G, M, g["DV"], dtype=acc), x.new_empty(G, M, dtype=acc))
 
 
 @torch.library.custom_op("coc_kernels::cluster_bwd", mutates_args=())
@@ -475,13 +487,15 @@ def cluster_bwd(dy: Tensor, x: Tensor, value: Tensor, alpha: Tensor, a: Tensor, 
     """Fused backward: ``dx, dvalue, dalpha, dbeta``."""
     g = _geometry(x, value, heads, ph, pw, fh, fw)
     G, M, N, D, DV = g["G"], g["M"], g["N"], g["D"], g["DV"]
-    dx = torch.empty(x.shape, device=x.device, dtype=torch.float32)
+    acc = _acc(x.dtype)
+    dx = torch.empty(x.shape, device=x.device, dtype=acc)  # completed in place by the kernel's last pass
     dv = torch.empty(value.shape, device=x.device, dtype=value.dtype)
-    dab = torch.empty(G, 2, device=x.device, dtype=torch.float32)
+    dab = torch.empty(G, 2, device=x.device, dtype=acc)
     _coc_bwd_kernel[(G,)](
         x, value, dy, a, sigma, c, o, den, alpha, dx, dv, dab, *_s(x), *_s(value), *_s(dy),
         heads, fh, fw, g["rh"], g["rw"], ph, pw, M, N, D, DV,
-        BY_COUNT=by_count, BLOCK_M=_pow2(M), BLOCK_N=BLOCK_N, BLOCK_D=_pow2(D), BLOCK_DV=_pow2(DV))
+        BY_COUNT=by_count, BLOCK_M=_pow2(M), BLOCK_N=BLOCK_N, BLOCK_D=_pow2(D), BLOCK_DV=_pow2(DV),
+        DT=_dt(x.dtype))
     # fixed-order torch reductions of the per-group partials: deterministic, and fresh tensors
     dalpha = dab[:, 0].sum().reshape(alpha.shape).to(alpha.dtype)
     dbeta = dab[:, 1].sum().reshape(alpha.shape).to(alpha.dtype)

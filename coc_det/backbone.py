@@ -1,0 +1,313 @@
+"""Context Cluster backbone for dense prediction (4 outputs at strides 4/8/16/32).
+
+Parameter names and shapes are those of the public CoC ImageNet checkpoints (``patch_embed.proj``,
+``network.{i}`` = stages at even i and stride-2 ``PointRecuder`` convs at odd i, blocks with ``norm1``,
+``token_mixer.{f,v,proj,sim_alpha,sim_beta}``, ``norm2``, ``mlp.{fc1,fc2}``, ``layer_scale_{1,2}``, and
+output norms ``norm0/norm2/norm4/norm6``), so a classification checkpoint loads as is.
+
+The module needs only torch (and triton for the fused path): it derives from mmengine's ``BaseModule``
+when mmengine is installed and from a small stand-in otherwise. Registration into mmdet's registry lives
+in :mod:`coc_det.registry`.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from typing import Dict, Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from coc_kernels import context_cluster
+
+try:  # mmengine's BaseModule when available (init_cfg handling, logging of initialisation)
+    from mmengine.model import BaseModule
+except ImportError:  # pragma: no cover - exercised on machines without mmengine
+    class BaseModule(nn.Module):
+        """Stand-in for ``mmengine.model.BaseModule``: keeps ``init_cfg``; ``init_weights`` is overridden."""
+
+        def __init__(self, init_cfg=None):
+            super().__init__()
+            self.init_cfg = copy.deepcopy(init_cfg)
+
+        def init_weights(self):
+            pass
+
+logger = logging.getLogger("coc_det")
+
+ARCH_SETTINGS: Dict[str, dict] = {
+    # layers per stage, channels, MLP ratios, heads, head dim (32 in every published variant)
+    "small": dict(layers=[2, 2, 6, 2], embed_dims=[64, 128, 320, 512], mlp_ratios=[8, 8, 4, 4],
+                  heads=[4, 4, 8, 8], head_dim=[32, 32, 32, 32]),
+    "medium": dict(layers=[4, 4, 12, 4], embed_dims=[64, 128, 320, 512], mlp_ratios=[8, 8, 4, 4],
+                   heads=[6, 6, 12, 12], head_dim=[32, 32, 32, 32]),
+}
+
+
+def _per_stage(v, n: int, name: str) -> list:
+    if isinstance(v, (int, float)):
+        return [v] * n
+    v = list(v)
+    if len(v) != n:
+        raise ValueError(f"{name} needs one value per stage ({n}), got {v}")
+    return v
+
+
+class GroupNorm(nn.GroupNorm):
+    """GroupNorm with a single group over ``[B, C, H, W]``."""
+
+    def __init__(self, num_channels: int, **kwargs):
+        super().__init__(1, num_channels, **kwargs)
+
+
+class PointRecuder(nn.Module):
+    """Strided conv that reduces the point set (the original's name, kept for checkpoint keys)."""
+
+    def __init__(self, patch_size: int, stride: int, padding: int, in_chans: int, embed_dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=stride, padding=padding)
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class Cluster(nn.Module):
+    """CoC token mixer: ``proj(context_cluster(f(x), v(x)))``. ``[B, dim, H, W] -> [B, dim, H, W]``."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, proposal, fold, impl: str = "auto",
+                 denominator: str = "count"):
+        super().__init__()
+        self.heads, self.proposal, self.fold = heads, proposal, fold
+        self.impl, self.denominator = impl, denominator
+        self.f = nn.Conv2d(dim, heads * head_dim, 1)
+        self.v = nn.Conv2d(dim, heads * head_dim, 1)
+        self.proj = nn.Conv2d(heads * head_dim, dim, 1)
+        self.sim_alpha = nn.Parameter(torch.ones(1))
+        self.sim_beta = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        value = self.v(x)
+        feat = self.f(x)
+        out = context_cluster(feat, value, self.sim_alpha, self.sim_beta, heads=self.heads,
+                              proposal=self.proposal, fold=self.fold, impl=self.impl,
+                              denominator=self.denominator)
+        return self.proj(out)
+
+    def extra_repr(self):
+        return f"heads={self.heads}, proposal={self.proposal}, fold={self.fold}, impl={self.impl!r}"
+
+
+class Mlp(nn.Module):
+    """Two Linear layers on channels-last with GELU. ``[B, C, H, W] -> [B, C, H, W]``."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x.permute(0, 2, 3, 1)))).permute(0, 3, 1, 2)
+
+
+class ClusterBlock(nn.Module):
+    """GroupNorm -> mixer -> layer scale -> residual; GroupNorm -> MLP -> layer scale -> residual."""
+
+    def __init__(self, dim, mlp_ratio, heads, head_dim, proposal, fold, drop_path=0.0,
+                 layer_scale_init_value=1e-5, impl="auto", denominator="count"):
+        super().__init__()
+        self.norm1 = GroupNorm(dim)
+        self.token_mixer = Cluster(dim, heads, head_dim, proposal, fold, impl, denominator)
+        self.norm2 = GroupNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.layer_scale_1 = nn.Parameter(layer_scale_init_value * torch.ones(dim))
+        self.layer_scale_2 = nn.Parameter(layer_scale_init_value * torch.ones(dim))
+
+    def forward(self, x):
+        x = x + self.drop_path(self.layer_scale_1[:, None, None] * self.token_mixer(self.norm1(x)))
+        x = x + self.drop_path(self.layer_scale_2[:, None, None] * self.mlp(self.norm2(x)))
+        return x
+
+
+def position_channels(x: torch.Tensor) -> torch.Tensor:
+    """The two coordinate channels CoC appends to the image: ``arange(n)/(n-1) - 0.5`` per axis."""
+    B, _, H, W = x.shape
+    rows = torch.arange(H, device=x.device, dtype=torch.float32) / max(H - 1, 1) - 0.5
+    cols = torch.arange(W, device=x.device, dtype=torch.float32) / max(W - 1, 1) - 0.5
+    pos = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=0).to(x.dtype)
+    return pos.unsqueeze(0).expand(B, -1, -1, -1)
+
+
+class ContextCluster(BaseModule):
+    """Context Cluster backbone for dense prediction.
+
+    Args:
+        arch: ``'small'``, ``'medium'`` or a dict with ``layers``, ``embed_dims``, ``mlp_ratios``,
+            ``heads``, ``head_dim`` (one entry per stage).
+        proposal: centres per region axis, per stage or one for all (2, 5, 7 = "-4/-25/-49").
+        fold: regions per axis, per stage (default ``[8, 4, 2, 1]``).
+        out_indices: which stages to return (0..3).
+        drop_path_rate: stochastic depth, increasing linearly over all blocks.
+        layer_scale_init_value: initial layer scale.
+        mixer_impl: ``'auto'`` | ``'triton'`` | ``'reference'`` | ``'dense'`` (see ``coc_kernels``).
+        denominator: aggregate normaliser, ``'count'`` (released checkpoints) or ``'similarity'``.
+        frozen_stages: stages (from the stem) whose parameters are frozen, -1 for none.
+        init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` loads an ImageNet CoC checkpoint.
+
+    Input ``[B, 3, H, W]`` with H and W divisible by :attr:`size_divisor` (32 for the default folds);
+    output: a tuple of ``[B, embed_dims[i], H/2**(i+2), W/2**(i+2)]`` for i in ``out_indices``.
+    """
+
+    def __init__(self, arch: Union[str, dict] = "small", proposal: Union[int, Sequence[int]] = 2,
+                 fold: Union[int, Sequence[int]] = (8, 4, 2, 1), out_indices: Sequence[int] = (0, 1, 2, 3),
+                 drop_path_rate: float = 0.0, layer_scale_init_value: float = 1e-5, mixer_impl: str = "auto",
+                 denominator: str = "count", frozen_stages: int = -1, init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        if isinstance(arch, str):
+            if arch not in ARCH_SETTINGS:
+                raise ValueError(f"unknown arch {arch!r}; choose from {sorted(ARCH_SETTINGS)} or pass a dict")
+            arch = ARCH_SETTINGS[arch]
+        arch = dict(arch)
+        missing = {"layers", "embed_dims", "mlp_ratios", "heads"} - set(arch)
+        if missing:
+            raise ValueError(f"arch dict lacks {sorted(missing)}")
+        layers = list(arch["layers"])
+        n = len(layers)
+        dims = _per_stage(arch["embed_dims"], n, "embed_dims")
+        mlp_ratios = _per_stage(arch["mlp_ratios"], n, "mlp_ratios")
+        heads = _per_stage(arch["heads"], n, "heads")
+        head_dim = _per_stage(arch.get("head_dim", 32), n, "head_dim")
+        proposals = _per_stage(proposal, n, "proposal")
+        folds = _per_stage(fold, n, "fold")
+        if any(i < 0 or i >= n for i in out_indices):
+            raise ValueError(f"out_indices {out_indices} out of range for {n} stages")
+        self.embed_dims, self.out_indices, self.frozen_stages = dims, tuple(out_indices), frozen_stages
+        self.proposals, self.folds = proposals, folds
+        # an input side that every stage's map divides by its fold: stage i has stride 4 * 2**i
+        self.size_divisor = 1
+        for i, f in enumerate(folds):
+            f = f if isinstance(f, int) else max(f)
+            self.size_divisor = math.lcm(self.size_divisor, 4 * 2 ** i * f)
+
+        self.patch_embed = PointRecuder(4, 4, 0, 5, dims[0])
+        network = []
+        total, done = sum(layers), 0
+        for i in range(n):
+            blocks = []
+            for _ in range(layers[i]):
+                dpr = drop_path_rate * done / max(total - 1, 1)
+                blocks.append(ClusterBlock(dims[i], mlp_ratios[i], heads[i], head_dim[i], proposals[i], folds[i],
+                                           dpr, layer_scale_init_value, mixer_impl, denominator))
+                done += 1
+            network.append(nn.Sequential(*blocks))
+            if i < n - 1:
+                network.append(PointRecuder(3, 2, 1, dims[i], dims[i + 1]))
+        self.network = nn.ModuleList(network)
+        for i in self.out_indices:
+            self.add_module(f"norm{2 * i}", GroupNorm(dims[i]))
+        self.apply(self._init_linear)
+        self._freeze_stages()
+
+    @staticmethod
+    def _init_linear(m):
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def _freeze_stages(self):
+        if self.frozen_stages >= 0:
+            frozen = [self.patch_embed] + [self.network[j] for j in range(min(2 * self.frozen_stages + 1,
+                                                                                len(self.network)))]
+            for m in frozen:
+                m.eval()
+                for p in m.parameters():
+                    p.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        return self
+
+    # ---------------------------------------------------------------------------------------- weights
+    def init_weights(self):
+        cfg = self.init_cfg
+        if isinstance(cfg, dict) and cfg.get("type") == "Pretrained":
+            self.load_pretrained(cfg["checkpoint"], prefix=cfg.get("prefix"))
+        elif cfg is not None:
+            super().init_weights()
+
+    def load_pretrained(self, checkpoint: str, prefix: str | None = None):
+        """Load a CoC checkpoint (weights under 'state_dict', 'model', or bare); logs missing/unexpected keys.
+
+        The classifier of an ImageNet checkpoint (``norm``, ``head``) is ignored; the output norms
+        ``norm0/2/4/6`` it lacks stay at their initial values.
+        """
+        state = _read_checkpoint(checkpoint)
+        for key in ("state_dict", "model"):
+            if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+                state = state[key]
+                break
+        state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+        if prefix:
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        classifier = [k for k in state if k.split(".")[0] in ("norm", "head")]
+        state = {k: v for k, v in state.items() if k not in classifier}
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        _log(f"loaded {checkpoint}: {len(state)} tensors; ignored classifier keys {classifier}; "
+             f"missing keys {missing}; unexpected keys {unexpected}")
+        return missing, unexpected
+
+    # ---------------------------------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor):
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"ContextCluster expects images [B, 3, H, W], got {tuple(x.shape)}")
+        H, W = x.shape[-2:]
+        if H % self.size_divisor or W % self.size_divisor:
+            raise ValueError(f"input size {H}x{W} is not divisible by {self.size_divisor}: every stage's feature "
+                             f"map must divide by its fold {self.folds}; pad the batch "
+                             f"(mmdet: data_preprocessor pad_size_divisor={self.size_divisor})")
+        x = self.patch_embed(torch.cat([x, position_channels(x)], dim=1))
+        outs = []
+        for idx, layer in enumerate(self.network):
+            x = layer(x)
+            if idx % 2 == 0 and idx // 2 in self.out_indices:
+                outs.append(getattr(self, f"norm{idx}")(x))
+        return tuple(outs)
+
+
+def _read_checkpoint(path: str):
+    if "://" not in str(path):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # e.g. a checkpoint holding pickled non-tensor objects
+            _log(f"weights_only load of {path} failed ({type(err).__name__}); loading with full unpickling")
+            return torch.load(path, map_location="cpu", weights_only=False)
+    from mmengine.runner.checkpoint import CheckpointLoader  # URLs and other schemes need mmengine
+    return CheckpointLoader.load_checkpoint(path, map_location="cpu")
+
+
+def _log(msg: str):
+    try:
+        from mmengine.logging import print_log
+        print_log(msg, logger="current")
+    except ImportError:
+        logger.info(msg)

@@ -1,0 +1,289 @@
+"""The fused Triton op (interpreter) and the memory-light torch path against the dense restatement of the
+original code: forward, gradients of all four inputs, each kernel on its own, dtypes, bad inputs."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from coc_kernels import cluster_assignment, context_cluster
+from coc_kernels.reference import assign_light, context_cluster_dense, to_groups
+from coc_kernels.ops import context_cluster as ops
+
+
+def make(B, heads, d, dv, H, W, alpha=1.0, beta=0.0, dtype=torch.float32):
+    x = torch.randn(B, heads * d, H, W, dtype=dtype)
+    v = torch.randn(B, heads * dv, H, W, dtype=dtype)
+    return x, v, torch.tensor([alpha], dtype=dtype), torch.tensor([beta], dtype=dtype)
+
+
+def fwd_bwd(impl, x, v, a, b, dy=None, **kw):
+    ins = [t.detach().clone().requires_grad_(True) for t in (x, v, a, b)]
+    y = context_cluster(*ins, impl=impl, **kw)
+    if dy is None:
+        dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, ins, dy)
+    return y, grads, dy
+
+
+def assert_matches_dense(impl, x, v, a, b, rtol=1e-5, atol=1e-5, **kw):
+    y_ref, g_ref, dy = fwd_bwd("dense", x, v, a, b, **kw)
+    y, g, _ = fwd_bwd(impl, x, v, a, b, dy=dy, **kw)
+    torch.testing.assert_close(y, y_ref, rtol=rtol, atol=atol)
+    for name, got, ref in zip(("dx", "dvalue", "dalpha", "dbeta"), g, g_ref):
+        torch.testing.assert_close(got, ref, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+# (B, heads, d, dv, H, W, proposal, fold, alpha, beta)
+CASES = {
+    "regions_5x7_centres_3x3": (2, 2, 32, 16, 10, 14, (3, 3), (2, 2), 1.0, 0.0),
+    "more_centres_than_points": (1, 2, 16, 16, 4, 4, (3, 3), (2, 2), 1.0, 0.0),  # 2x2 regions, M=9 > N=4
+    "negative_alpha": (1, 2, 16, 16, 6, 8, (2, 2), (1, 2), -2.0, 0.3),
+    "fold_1_rect_proposal": (2, 1, 16, 24, 7, 9, (2, 3), (1, 1), 1.3, -0.4),
+    "batch_1_many_points": (1, 1, 32, 32, 24, 12, (5, 5), (1, 1), 1.0, 0.0),  # N=288 > BLOCK_N
+    "dv_larger_than_d": (1, 2, 16, 40, 8, 8, (2, 2), (2, 2), 0.7, 0.1),
+}
+
+
+@pytest.mark.parametrize("denominator", ["count", "similarity"])
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+@pytest.mark.parametrize("impl", ["triton", "reference"])
+def test_matches_dense(impl, case, denominator):
+    B, h, d, dv, H, W, prop, fold, alpha, beta = CASES[case]
+    x, v, a, b = make(B, h, d, dv, H, W, alpha, beta)
+    assert_matches_dense(impl, x, v, a, b, heads=h, proposal=prop, fold=fold, denominator=denominator)
+
+
+def test_dense_is_the_original_formulation():
+    """The oracle itself: same numbers as a literal transcription of the original Cluster.forward body."""
+    x, v, a, b = make(2, 2, 8, 8, 8, 8)
+    heads, fold, prop = 2, 2, 2
+    # original: rearrange 'b (e c) w h -> (b e) c w h', then '(f1 w) (f2 h) -> (b f1 f2)'
+    xe = x.reshape(2 * heads, 8, 8, 8)
+    ve = v.reshape(2 * heads, 8, 8, 8)
+    xr = xe.reshape(4, 8, 2, 4, 2, 4).permute(0, 2, 4, 1, 3, 5).reshape(16, 8, 4, 4)
+    vr = ve.reshape(4, 8, 2, 4, 2, 4).permute(0, 2, 4, 1, 3, 5).reshape(16, 8, 4, 4)
+    centres = F.adaptive_avg_pool2d(xr, (prop, prop))
+    vcent = F.adaptive_avg_pool2d(vr, (prop, prop)).reshape(16, 8, -1).permute(0, 2, 1)
+    sim = torch.sigmoid(b + a * (F.normalize(centres.reshape(16, 8, -1).permute(0, 2, 1), dim=-1)
+                                 @ F.normalize(xr.reshape(16, 8, -1).permute(0, 2, 1), dim=-1).transpose(1, 2)))
+    _, idx = sim.max(dim=1, keepdim=True)
+    mask = torch.zeros_like(sim).scatter_(1, idx, 1.0)
+    sim = sim * mask
+    v2 = vr.reshape(16, 8, -1).permute(0, 2, 1)
+    out = ((v2.unsqueeze(1) * sim.unsqueeze(-1)).sum(2) + vcent) / (mask.sum(-1, keepdim=True) + 1.0)
+    out = (out.unsqueeze(2) * sim.unsqueeze(-1)).sum(1).permute(0, 2, 1).reshape(16, 8, 4, 4)
+    out = out.reshape(4, 2, 2, 8, 4, 4).permute(0, 3, 1, 4, 2, 5).reshape(4, 8, 8, 8).reshape(2, 16, 8, 8)
+    got = context_cluster_dense(x, v, a, b, heads=2, proposal=(2, 2), fold=(2, 2))
+    torch.testing.assert_close(got, out, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", ["triton", "reference"])
+def test_zero_norm_points_and_group(impl):
+    """Zero feature vectors (F.normalize's clamped branch) inside a group and a whole all-zero group."""
+    x, v, a, b = make(1, 2, 16, 16, 8, 8)
+    x[:, :, 1, 2] = 0
+    x[:, :, 5, 7] = 0
+    x[:, 16:, :4, :4] = 0  # head 1, region (0, 0): every point and centre is zero
+    assert_matches_dense(impl, x, v, a, b, heads=2, proposal=2, fold=2)
+
+
+@pytest.mark.parametrize("impl", ["triton", "reference"])
+def test_ties_first_index_after_sigmoid(impl):
+    """Large alpha saturates the sigmoid: distinct cosines give s == 1.0 and the first centre wins.
+
+    An argmax over alpha*cos would pick a different centre; the original's argmax is over s.
+    """
+    x, v, a, b = make(1, 2, 16, 16, 8, 8, alpha=80.0)
+    with torch.no_grad():
+        a_ref, c_hat, x_hat, _ = assign_light(x, a, b, heads=2, proposal=(2, 2), fold=(1, 1))
+        cos = torch.bmm(c_hat, x_hat.transpose(1, 2))
+    assert (a_ref != cos.argmax(1)).any(), "case does not exercise saturation ties"
+    assert_matches_dense(impl, x, v, a, b, heads=2, proposal=2, fold=1)
+    got = cluster_assignment(x, a, b, heads=2, proposal=2, fold=1, impl=impl)
+    assert torch.equal(got.reshape(2, -1), a_ref)
+
+
+@pytest.mark.parametrize("impl", ["triton", "reference"])
+def test_identical_points_all_tie(impl):
+    """All points of a region equal: every centre equals them, all s tie, everything goes to centre 0."""
+    x, v, a, b = make(1, 1, 16, 16, 4, 6)
+    x[:] = torch.randn(1, 16, 1, 1)
+    got = cluster_assignment(x, a, b, heads=1, proposal=2, fold=1, impl=impl)
+    assert torch.equal(got, torch.zeros_like(got))
+    assert_matches_dense(impl, x, v, a, b, heads=1, proposal=2, fold=1)
+
+
+def test_non_contiguous_inputs():
+    """channels_last x, a W-strided value and a transposed gradient are read through their strides."""
+    x0, _, a, b = make(2, 2, 16, 16, 8, 12)
+    x = x0.to(memory_format=torch.channels_last)
+    v = torch.randn(2, 32, 8, 24)[..., ::2]  # [2, 32, 8, 12], stride 2 along W
+    dy = torch.randn(2, 32, 12, 8).transpose(2, 3)  # [2, 32, 8, 12], transposed
+    assert not x.is_contiguous() and not v.is_contiguous() and not dy.is_contiguous()
+    kw = dict(heads=2, proposal=3, fold=2)
+    y_ref, g_ref, _ = fwd_bwd("dense", x.contiguous(), v.contiguous(), a, b, dy=dy.contiguous(), **kw)
+    y, g, _ = fwd_bwd("triton", x, v, a, b, dy=dy, **kw)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    for got, ref in zip(g, g_ref):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
+def test_low_precision(dtype, rtol):
+    """fp16/bf16 in and out, fp32 inside: equal to the fp32 dense path on the same (rounded) inputs up to
+    the rounding of the outputs to the dtype (fp16: 2**-10 relative, bf16: 2**-7; both with headroom 2x)."""
+    x, v, a, b = make(2, 2, 16, 16, 8, 8, alpha=1.2, beta=0.1, dtype=dtype)
+    y, g, dy = fwd_bwd("triton", x, v, a, b, heads=2, proposal=2, fold=2)
+    assert y.dtype == dtype and g[0].dtype == dtype and g[1].dtype == dtype
+    y_ref, g_ref, _ = fwd_bwd("dense", x.float(), v.float(), a.float(), b.float(), dy=dy.float(), heads=2,
+                              proposal=2, fold=2)
+    torch.testing.assert_close(y.float(), y_ref, rtol=rtol, atol=1e-3)
+    for got, ref in zip(g[:2], g_ref[:2]):
+        torch.testing.assert_close(got.float(), ref, rtol=rtol, atol=1e-3)
+    for got, ref in zip(g[2:], g_ref[2:]):  # scalars accumulate many terms: one dtype rounding of the sum
+        torch.testing.assert_close(got.float(), ref, rtol=rtol, atol=rtol * ref.abs().item() + 1e-3)
+
+
+@pytest.mark.parametrize("denominator", ["count", "similarity"])
+def test_gradcheck_float64(denominator):
+    """Finite differences on the hand-written Triton backward (float64 through the interpreter)."""
+    x, v, a, b = make(1, 2, 3, 2, 4, 6, alpha=1.5, beta=0.2, dtype=torch.float64)
+    ins = [t.requires_grad_(True) for t in (x, v, a, b)]
+    f = lambda *t: context_cluster(*t, heads=2, proposal=(2, 3), fold=(2, 1), impl="triton",  # noqa: E731
+                                   denominator=denominator)
+    assert torch.autograd.gradcheck(f, ins, eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
+
+
+def test_deterministic_bits():
+    x, v, a, b = make(1, 2, 16, 16, 8, 8)
+    r1 = fwd_bwd("triton", x, v, a, b, heads=2, proposal=2, fold=2)
+    r2 = fwd_bwd("triton", x, v, a, b, dy=r1[2], heads=2, proposal=2, fold=2)
+    assert torch.equal(r1[0], r2[0])
+    assert all(torch.equal(p, q) for p, q in zip(r1[1], r2[1]))
+
+
+def test_saved_state_is_linear_in_points():
+    """What autograd keeps is O(G*(N + M*d)), never a [G, M, N] tensor."""
+    x, v, a, b = make(1, 1, 16, 16, 8, 8)  # G=1, N=64, M=49, d=16: M*N=3136 > N + M*d = 848
+    ins = [t.requires_grad_(True) for t in (x, v, a, b)]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        context_cluster(*ins, heads=1, proposal=7, fold=1, impl="triton")
+    assert saved and max(t.numel() for t in saved) < 49 * 64
+    assert sum(t.numel() for t in saved) <= x.numel() + v.numel() + 2 + 64 * 2 + 49 * (16 + 16 + 1)
+
+
+# ------------------------------------------------------------------------------------ each kernel
+def test_pool_kernel_is_adaptive_avg_pool():
+    for (H, W, prop, fold) in [(10, 14, (3, 3), (2, 2)), (4, 4, (3, 3), (2, 2)), (9, 7, (2, 5), (1, 1))]:
+        x, *_ = make(2, 2, 16, 16, H, W)
+        c = ops.pool(x, 2, prop[0], prop[1], fold[0], fold[1])
+        ref = F.adaptive_avg_pool2d(to_groups(x, 2, fold), prop).flatten(2).transpose(1, 2)
+        torch.testing.assert_close(c, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_assign_kernel():
+    x, v, a, b = make(2, 2, 16, 16, 10, 14, alpha=-1.5, beta=0.2)
+    c = F.adaptive_avg_pool2d(to_groups(x, 2, (2, 2)), (3, 3)).flatten(2).transpose(1, 2).contiguous()
+    idx, sigma = ops.assign(x, c, a, b, 2, 2, 2)
+    x_hat = F.normalize(to_groups(x, 2, (2, 2)).flatten(2).transpose(1, 2), dim=-1)
+    s = torch.sigmoid(b + a * torch.bmm(F.normalize(c, dim=-1), x_hat.transpose(1, 2)))
+    ref_sigma, ref_idx = s.max(dim=1)
+    assert torch.equal(idx.long(), ref_idx)
+    torch.testing.assert_close(sigma, ref_sigma, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("by_count", [True, False])
+def test_aggregate_and_dispatch_kernels(by_count):
+    B, heads, dv, H, W, M = 2, 2, 24, 6, 10, 4
+    v = torch.randn(B, heads * dv, H, W)
+    G, N = B * heads * 2 * 2, 3 * 5
+    idx = torch.randint(0, M, (G, N), dtype=torch.int32)
+    sigma = torch.rand(G, N)
+    vc = torch.randn(G, M, dv)
+    o, den = ops.aggregate(v, idx, sigma, vc, heads, 2, 2, by_count)
+    vp = to_groups(v, heads, (2, 2)).flatten(2).transpose(1, 2)
+    onehot = F.one_hot(idx.long(), M).float()  # [G, N, M]
+    ref_den = onehot.sum(1) if by_count else (onehot * sigma[..., None]).sum(1)
+    ref_o = (torch.einsum("gnm,gn,gnd->gmd", onehot, sigma, vp) + vc) / (ref_den[..., None] + 1)
+    torch.testing.assert_close(den, ref_den)
+    torch.testing.assert_close(o, ref_o, rtol=1e-5, atol=1e-6)
+    y = ops.dispatch(idx, sigma, o, B, heads, H, W, 2, 2)
+    ref_y = sigma[..., None] * torch.gather(o, 1, idx.long()[..., None].expand(-1, -1, dv))
+    torch.testing.assert_close(to_groups(y, heads, (2, 2)).flatten(2).transpose(1, 2), ref_y)
+
+
+@pytest.mark.parametrize("impl", ["triton", "reference"])
+def test_cluster_assignment_layout(impl):
+    """Maps are [B, heads, H, W] and agree with the dense path's argmax, pixel by pixel."""
+    x, _, a, b = make(2, 2, 16, 16, 8, 12, alpha=1.0)
+    got = cluster_assignment(x, a, b, heads=2, proposal=(2, 3), fold=(2, 3), impl=impl)
+    assert got.shape == (2, 2, 8, 12) and got.dtype == torch.int64
+    xr = x.reshape(2, 2, 16, 2, 4, 3, 4)
+    for bi, h, i, j in [(0, 0, 0, 0), (1, 1, 1, 2), (0, 1, 1, 0)]:
+        region = xr[bi, h, :, i, :, j, :]  # [16, 4, 4]
+        c = F.normalize(F.adaptive_avg_pool2d(region[None], (2, 3)).flatten(2)[0].T, dim=-1)
+        s = torch.sigmoid(b + a * (c @ F.normalize(region.flatten(1).T, dim=-1).T))
+        assert torch.equal(got[bi, h, i * 4:(i + 1) * 4, j * 4:(j + 1) * 4].flatten(), s.argmax(0))
+
+
+# ------------------------------------------------------------------------------------ torch.compile
+def test_custom_op_schema_and_compile():
+    x, v, a, b = make(1, 2, 16, 16, 4, 4)
+    torch.library.opcheck(ops.cluster_fwd, (x, v, a, b, 2, 2, 2, 2, 2, True),
+                          test_utils=("test_schema", "test_faketensor"))
+
+    def f(x, v, a, b):
+        return context_cluster(x, v, a, b, heads=2, proposal=2, fold=2, impl="triton") * 2
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)  # fullgraph: a graph break would raise
+    ins = [t.clone().requires_grad_(True) for t in (x, v, a, b)]
+    y = compiled(*ins)
+    y.sum().backward()
+    y_ref, g_ref, _ = fwd_bwd("dense", x, v, a, b, dy=torch.full_like(y, 2.0), heads=2, proposal=2, fold=2)
+    torch.testing.assert_close(y, 2 * y_ref)
+    for t, ref in zip(ins, g_ref):
+        torch.testing.assert_close(t.grad, ref, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ bad input
+def _good():
+    x, v, a, b = make(1, 2, 16, 16, 8, 8)
+    return dict(x=x, value=v, alpha=a, beta=b)
+
+
+@pytest.mark.parametrize("change,kw,err,match", [
+    (lambda d: d.update(x=d["x"][:, :, :7]), {}, ValueError, "not divisible by fold"),
+    (lambda d: d.update(x=d["x"][0]), {}, ValueError, "rank 4"),
+    (lambda d: d.update(value=d["value"][:, :, :4, :4]), {}, ValueError, "batch or spatial"),
+    (lambda d: d.update(value=torch.cat([d["value"]] * 2)), {}, ValueError, "batch or spatial"),
+    (lambda d: d.update(x=d["x"][:, :31]), {}, ValueError, "not divisible by heads"),
+    (lambda d: d.update(alpha=torch.tensor([float("nan")])), {}, ValueError, "alpha must be finite"),
+    (lambda d: d.update(beta=torch.tensor([float("inf")])), {}, ValueError, "beta must be finite"),
+    (lambda d: d.update(alpha=torch.ones(2)), {}, ValueError, "one-element"),
+    (lambda d: d.update(x=d["x"].long()), {}, TypeError, "float32"),
+    (lambda d: d.update(value=d["value"].half()), {}, TypeError, "same dtype"),
+    (lambda d: None, {"impl": "cuda"}, ValueError, "impl must be one of"),
+    (lambda d: None, {"denominator": "mean"}, ValueError, "denominator"),
+    (lambda d: None, {"proposal": 0}, ValueError, "proposal"),
+])
+def test_bad_input(change, kw, err, match):
+    d = _good()
+    change(d)
+    args = dict(heads=2, proposal=2, fold=2)
+    args.update(kw)
+    with pytest.raises(err, match=match):
+        context_cluster(d["x"], d["value"], d["alpha"], d["beta"], **args)
+
+
+def test_triton_on_cpu_needs_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    d = _good()
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        context_cluster(d["x"], d["value"], d["alpha"], d["beta"], heads=2, proposal=2, fold=2, impl="triton")
+
+
+def test_auto_on_cpu_is_reference():
+    d = _good()
+    y = context_cluster(d["x"], d["value"], d["alpha"], d["beta"], heads=2, proposal=2, fold=2)
+    ref = context_cluster(d["x"], d["value"], d["alpha"], d["beta"], heads=2, proposal=2, fold=2, impl="reference")
+    assert torch.equal(y, ref)
