@@ -169,7 +169,7 @@ class ContextCluster(BaseModule):
         layer_scale_init_value: initial layer scale.
         mixer_impl: ``'auto'`` | ``'triton'`` | ``'reference'`` | ``'dense'`` (see ``coc_kernels``).
         denominator: aggregate normaliser, ``'count'`` (released checkpoints) or ``'similarity'``.
-        frozen_stages: stages (from the stem) whose parameters are frozen, -1 for none.
+        frozen_stages: -1 freezes nothing, 0 the stem, k the stem and the first k stages (eval mode, no grad).
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` loads an ImageNet CoC checkpoint.
 
     Input ``[B, 3, H, W]`` with H and W divisible by :attr:`size_divisor` (32 for the default folds);
@@ -235,8 +235,8 @@ class ContextCluster(BaseModule):
 
     def _freeze_stages(self):
         if self.frozen_stages >= 0:
-            frozen = [self.patch_embed] + [self.network[j] for j in range(min(2 * self.frozen_stages + 1,
-                                                                                len(self.network)))]
+            # stage k (1-based) is network[2k-2] with its input downsampling conv network[2k-3]
+            frozen = [self.patch_embed] + list(self.network[:max(2 * self.frozen_stages - 1, 0)])
             for m in frozen:
                 m.eval()
                 for p in m.parameters():
@@ -251,6 +251,10 @@ class ContextCluster(BaseModule):
     def init_weights(self):
         cfg = self.init_cfg
         if isinstance(cfg, dict) and cfg.get("type") == "Pretrained":
+            if cfg.get("checkpoint") is None:
+                _log("ContextCluster: init_cfg Pretrained has checkpoint=None: the backbone starts from random "
+                     "weights (set model.backbone.init_cfg.checkpoint to an ImageNet CoC checkpoint)")
+                return
             self.load_pretrained(cfg["checkpoint"], prefix=cfg.get("prefix"))
         elif cfg is not None:
             super().init_weights()

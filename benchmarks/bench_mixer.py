@@ -1,0 +1,201 @@
+#!/usr/bin/env python
+"""Speed and memory of the Context Cluster mixer (the op between the 1x1 convs) at detection shapes.
+
+Implementations: ``dense`` (the original's formulation, the baseline every ratio refers to),
+``dense+compile`` (torch.compile of it: what a user would try first), ``reference`` (memory-light torch)
+and ``triton`` (fused kernels). For each (arch, stage, centres): median time of forward, backward and
+forward+backward, and the peak memory allocated above the inputs during forward+backward.
+
+GPU: CUDA-event timing after warm-up. CPU (no CUDA): a reduced set - the torch paths, forward only, plus
+a tiny interpreter smoke run of the Triton path - so the script runs anywhere.
+
+    python benchmarks/bench_mixer.py [--arch small medium] [--centres 4 25 49] [--stages 1 2 3 4]
+                                     [--batch 2] [--impls ...] [--json out.json] [--md out.md]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+ON_GPU = torch.cuda.is_available()
+if not ON_GPU:  # the Triton smoke run needs the interpreter, set before triton is imported
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from coc_kernels import context_cluster  # noqa: E402
+from coc_kernels.reference import context_cluster_dense  # noqa: E402
+
+HEADS = {"small": [4, 4, 8, 8], "medium": [6, 6, 12, 12]}
+FOLDS = [8, 4, 2, 1]
+HEAD_DIM = 32
+CENTRES = {4: 2, 25: 5, 49: 7}
+
+
+def stage_shape(batch: int, stage: int, img=(800, 1344)):
+    s = 4 * 2 ** (stage - 1)
+    return batch, img[0] // s, img[1] // s
+
+
+def make_inputs(arch, stage, batch, dtype, device, img=(800, 1344)):
+    B, H, W = stage_shape(batch, stage, img)
+    C = HEADS[arch][stage - 1] * HEAD_DIM
+    x = torch.randn(B, C, H, W, device=device, dtype=dtype, requires_grad=True)
+    v = torch.randn(B, C, H, W, device=device, dtype=dtype, requires_grad=True)
+    a = torch.ones(1, device=device, requires_grad=True)
+    b = torch.zeros(1, device=device, requires_grad=True)
+    return x, v, a, b
+
+
+_compiled = {}
+
+
+def runner(impl, heads, p, fold):
+    kw = dict(heads=heads, proposal=p, fold=fold)
+    if impl == "dense+compile":
+        key = (heads, p, fold)
+        if key not in _compiled:
+            _compiled[key] = torch.compile(lambda x, v, a, b: context_cluster_dense(x, v, a, b, heads=heads,
+                                                                                     proposal=(p, p),
+                                                                                     fold=(fold, fold)))
+        return _compiled[key]
+    return lambda x, v, a, b: context_cluster(x, v, a, b, impl=impl, **kw)
+
+
+def _sync():
+    if ON_GPU:
+        torch.cuda.synchronize()
+
+
+def _time(fn, reps, warmup):
+    for _ in range(warmup):
+        fn()
+    _sync()
+    out = []
+    for _ in range(reps):
+        if ON_GPU:
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fn()
+            e.record()
+            torch.cuda.synchronize()
+            out.append(s.elapsed_time(e))
+        else:
+            t = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(out)
+
+
+def measure(impl, arch, stage, centres, batch, dtype, reps, warmup, forward_only):
+    device = "cuda" if ON_GPU else "cpu"
+    heads, p, fold = HEADS[arch][stage - 1], CENTRES[centres], FOLDS[stage - 1]
+    x, v, a, b = make_inputs(arch, stage, batch, dtype, device)
+    f = runner(impl, heads, p, fold)
+    res = dict(impl=impl, arch=arch, stage=stage, centres=centres, batch=batch, dtype=str(dtype).split(".")[-1],
+               shape=list(x.shape))
+    with torch.no_grad():
+        res["fwd_ms"] = _time(lambda: f(x, v, a, b), reps, warmup)
+    if forward_only:
+        return res
+    dy = torch.randn_like(x)
+
+    def fwd_bwd():
+        y = f(x, v, a, b)
+        torch.autograd.grad(y, (x, v, a, b), dy)
+
+    y = f(x, v, a, b)
+
+    def bwd():
+        torch.autograd.grad(y, (x, v, a, b), dy, retain_graph=True)
+
+    res["bwd_ms"] = _time(bwd, reps, warmup)
+    del y
+    res["fwd_bwd_ms"] = _time(fwd_bwd, reps, warmup)
+    if ON_GPU:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fwd_bwd()
+        torch.cuda.synchronize()
+        res["peak_extra_mb"] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    return res
+
+
+def table(rows, forward_only):
+    cols = ["fwd_ms"] if forward_only else ["fwd_ms", "bwd_ms", "fwd_bwd_ms", "peak_extra_mb"]
+    base = {(r["arch"], r["stage"], r["centres"]): r for r in rows if r["impl"] == "dense"}
+    key = "fwd_ms" if forward_only else "fwd_bwd_ms"
+    head = "| arch | stage | centres | impl | " + " | ".join(cols) + f" | speed-up vs dense ({key}) |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        ref = base.get((r["arch"], r["stage"], r["centres"]))
+        ratio = f"{ref[key] / r[key]:.1f}x" if ref and r.get(key) else "-"
+        vals = [f"{r[c]:.3f}" if isinstance(r.get(c), float) else "-" for c in cols]
+        lines.append(f"| {r['arch']} | {r['stage']} | {r['centres']} | {r['impl']} | " + " | ".join(vals)
+                     + f" | {ratio} |")
+    return "\n".join(lines)
+
+
+def triton_smoke():
+    """CPU only: the fused op under the interpreter on a tiny shape agrees with the dense path."""
+    x, v, a, b = (t.detach() for t in make_inputs("small", 4, 1, torch.float32, "cpu", img=(128, 160)))
+    t = time.perf_counter()
+    y = context_cluster(x, v, a, b, heads=8, proposal=2, fold=1, impl="triton")
+    dt = (time.perf_counter() - t) * 1e3
+    err = (y - context_cluster_dense(x, v, a, b, heads=8, proposal=(2, 2), fold=(1, 1))).abs().max().item()
+    return f"triton (interpreter) smoke run, x {list(x.shape)}: {dt:.0f} ms, max |triton - dense| = {err:.2e}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", nargs="+", default=["small", "medium"] if ON_GPU else ["small"])
+    p.add_argument("--centres", nargs="+", type=int, default=[4, 25, 49])
+    p.add_argument("--stages", nargs="+", type=int, default=[1, 2, 3, 4] if ON_GPU else [1])
+    p.add_argument("--batch", type=int, default=2 if ON_GPU else 1)
+    p.add_argument("--impls", nargs="+",
+                   default=["dense", "dense+compile", "reference", "triton"] if ON_GPU else ["dense", "reference"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--reps", type=int, default=20 if ON_GPU else 3)
+    p.add_argument("--warmup", type=int, default=5 if ON_GPU else 1)
+    p.add_argument("--json", help="write the rows as JSON here")
+    p.add_argument("--md", help="write the markdown table here")
+    args = p.parse_args(argv)
+    dtype = getattr(torch, args.dtype)
+    forward_only = not ON_GPU
+    rows = []
+    for arch in args.arch:
+        for stage in args.stages:
+            for centres in args.centres:
+                for impl in args.impls:
+                    try:
+                        r = measure(impl, arch, stage, centres, args.batch, dtype, args.reps, args.warmup,
+                                    forward_only)
+                    except torch.cuda.OutOfMemoryError:
+                        r = dict(impl=impl, arch=arch, stage=stage, centres=centres, error="OOM")
+                        torch.cuda.empty_cache()
+                    rows.append(r)
+                    print(json.dumps(r), flush=True)
+    dev = torch.cuda.get_device_name() if ON_GPU else f"CPU ({platform.processor() or platform.machine()}, " \
+                                                      f"{torch.get_num_threads()} threads)"
+    md = (f"Mixer benchmark on {dev}, torch {torch.__version__}, {args.dtype}, batch {args.batch}, "
+          f"{'forward only' if forward_only else 'median of %d' % args.reps}\n\n" + table(rows, forward_only))
+    if not ON_GPU:
+        md += "\n\n" + triton_smoke()
+    print("\n" + md)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(device=dev, torch=torch.__version__, rows=rows), f, indent=1)
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(md + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+# Mask R-CNN + Context Cluster backbone, COCO 1x (12 epochs, steps at 8 and 11), as the public CoC
+# detection configs: AdamW lr 2e-4, weight decay 1e-4, no gradient clipping, 4 images per GPU x 8 GPUs.
+# With fewer GPUs pass --auto-scale-lr to rescale the lr from the base batch of 32.
+_base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
+
+custom_imports = dict(imports=['coc_det'], allow_failed_imports=False)
+
+# ImageNet-pretrained CoC checkpoint (the public classification weights load as they are):
+#   --cfg-options model.backbone.init_cfg.checkpoint=/path/to/coc_small.pth.tar
+# Left at None, the backbone starts from random weights (and says so in the log).
+pretrained = None
+
+model = dict(
+    data_preprocessor=dict(pad_size_divisor=32),  # every stage's map must divide by its fold
+    backbone=dict(
+        _delete_=True,
+        type='ContextCluster',
+        arch='small',
+        proposal=5,
+        fold=[8, 4, 2, 1],
+        out_indices=(0, 1, 2, 3),
+        drop_path_rate=0.0,
+        mixer_impl='auto',  # fused Triton kernels on CUDA, memory-light torch path on the CPU
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    neck=dict(in_channels=[64, 128, 320, 512], out_channels=256, num_outs=5))
+
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=0.0002, weight_decay=0.0001),
+    clip_grad=None)
+
+train_dataloader = dict(batch_size=4, num_workers=4)
+auto_scale_lr = dict(enable=False, base_batch_size=32)

@@ -1,0 +1,104 @@
+#!/usr/bin/env python
+"""Generate the bundled demo set: a small COCO-format instance-segmentation dataset of synthetic shapes.
+
+Each image (128x128 by default) holds 1-4 non-overlapping circles, squares (rotated) and triangles on a
+noisy background, drawn from the same polygons that are written as their masks. Class colours differ
+(with jitter) so that a small model trained for a few minutes on the CPU reaches a clearly non-zero AP.
+The output is fixed by the seed:
+
+    data/coc_demo/{train,val}/*.png
+    data/coc_demo/annotations/instances_{train,val}.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+CLASSES = ("circle", "square", "triangle")
+BASE_COLOURS = np.array([(220, 60, 50), (60, 200, 70), (70, 110, 230)], dtype=np.float64)
+
+
+def _polygon(cls: int, cx: float, cy: float, r: float, rot: float) -> list[tuple[float, float]]:
+    n = {0: 24, 1: 4, 2: 3}[cls]
+    start = rot + (math.pi / 4 if cls == 1 else -math.pi / 2)
+    return [(cx + r * math.cos(start + 2 * math.pi * k / n), cy + r * math.sin(start + 2 * math.pi * k / n))
+            for k in range(n)]
+
+
+def _area(poly) -> float:
+    x = np.array([p[0] for p in poly])
+    y = np.array([p[1] for p in poly])
+    return float(0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+
+
+def make_image(rng: np.random.Generator, size: int):
+    """One image and its objects: ``(PIL image, [(class, polygon), ...])``."""
+    bg = rng.integers(20, 90, size=3)
+    arr = np.clip(bg + rng.normal(0, 12, size=(size, size, 3)), 0, 255).astype(np.uint8)
+    img = Image.fromarray(arr)
+    draw = ImageDraw.Draw(img)
+    objects, boxes = [], []
+    for _ in range(int(rng.integers(1, 5))):
+        for _attempt in range(20):
+            cls = int(rng.integers(0, len(CLASSES)))
+            r = float(rng.uniform(0.07, 0.2) * size)
+            cx, cy = rng.uniform(r + 1, size - r - 1, size=2)
+            poly = _polygon(cls, cx, cy, r, float(rng.uniform(0, 2 * math.pi)))
+            xs, ys = [p[0] for p in poly], [p[1] for p in poly]
+            box = (min(xs) - 2, min(ys) - 2, max(xs) + 2, max(ys) + 2)
+            if all(box[2] < b[0] or b[2] < box[0] or box[3] < b[1] or b[3] < box[1] for b in boxes):
+                colour = np.clip(BASE_COLOURS[cls] + rng.normal(0, 20, size=3), 0, 255)
+                draw.polygon(poly, fill=tuple(int(c) for c in colour))
+                objects.append((cls, poly))
+                boxes.append(box)
+                break
+    return img, objects
+
+
+def write_split(root: str, split: str, count: int, size: int, rng: np.random.Generator) -> str:
+    img_dir = os.path.join(root, split)
+    os.makedirs(img_dir, exist_ok=True)
+    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+    images, annotations = [], []
+    for i in range(count):
+        img, objects = make_image(rng, size)
+        name = f"{split}_{i:05d}.png"
+        img.save(os.path.join(img_dir, name))
+        images.append(dict(id=i + 1, file_name=name, width=size, height=size))
+        for cls, poly in objects:
+            xs, ys = [p[0] for p in poly], [p[1] for p in poly]
+            x0, y0 = max(min(xs), 0.0), max(min(ys), 0.0)
+            x1, y1 = min(max(xs), size), min(max(ys), size)
+            annotations.append(dict(
+                id=len(annotations) + 1, image_id=i + 1, category_id=cls + 1, iscrowd=0,
+                segmentation=[[round(v, 2) for p in poly for v in p]], area=round(_area(poly), 2),
+                bbox=[round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)]))
+    ann_file = os.path.join(root, "annotations", f"instances_{split}.json")
+    with open(ann_file, "w") as f:
+        json.dump(dict(images=images, annotations=annotations,
+                       categories=[dict(id=k + 1, name=c, supercategory="shape") for k, c in enumerate(CLASSES)]), f)
+    return ann_file
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="data/coc_demo", help="output folder (default: data/coc_demo)")
+    p.add_argument("--train", type=int, default=400, help="training images (default 400)")
+    p.add_argument("--val", type=int, default=80, help="validation images (default 80)")
+    p.add_argument("--size", type=int, default=128, help="image side in pixels, a multiple of 32 (default 128)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.size % 32:
+        p.error(f"--size must be a multiple of 32 (the backbone's size divisor), got {args.size}")
+    rng = np.random.default_rng(args.seed)
+    for split, n in (("train", args.train), ("val", args.val)):
+        print(f"wrote {n} images and {write_split(args.out, split, n, args.size, rng)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""Train a detector with mmengine's Runner (mmdet-style arguments).
+
+    python tools/train.py CONFIG [--work-dir DIR] [--amp] [--auto-scale-lr] [--resume [CKPT]]
+                                 [--cfg-options k=v ...] [--launcher pytorch]
+Multi-GPU: tools/dist_train.sh CONFIG GPUS [args]; slurm: tools/slurm_train.sh PARTITION JOB CONFIG.
+"""
+import argparse
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+
+from _common import add_common_args, load_config  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Train a detector (Mask R-CNN + Context Cluster)")
+    p.add_argument("config", help="config file")
+    p.add_argument("--amp", action="store_true", help="automatic mixed precision (AmpOptimWrapper)")
+    p.add_argument("--auto-scale-lr", action="store_true",
+                   help="scale the lr by (GPUs x batch per GPU) / auto_scale_lr.base_batch_size")
+    p.add_argument("--resume", nargs="?", type=str, const="auto",
+                   help="resume from CKPT, or from the latest checkpoint in the work dir if no path is given")
+    add_common_args(p)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from mmengine.runner import Runner
+    from mmdet.utils import setup_cache_size_limit_of_dynamo
+
+    setup_cache_size_limit_of_dynamo()
+    cfg = load_config(args)
+    if args.amp:
+        if cfg.optim_wrapper.get("type", "OptimWrapper") == "AmpOptimWrapper":
+            print("AMP is already enabled in the config")
+        else:
+            cfg.optim_wrapper.type = "AmpOptimWrapper"
+            cfg.optim_wrapper.loss_scale = "dynamic"
+    if args.auto_scale_lr:
+        if "auto_scale_lr" not in cfg or "base_batch_size" not in cfg.auto_scale_lr:
+            raise RuntimeError("--auto-scale-lr needs auto_scale_lr.base_batch_size in the config")
+        cfg.auto_scale_lr.enable = True
+    if args.resume == "auto":
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume is not None:
+        cfg.resume, cfg.load_from = True, args.resume
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+
+
+if __name__ == "__main__":
+    main()
