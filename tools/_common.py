@@ -17,7 +17,24 @@ def add_common_args(parser):
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
 
 
+def allow_mmengine_checkpoints():
+    """Let ``torch.load``'s default ``weights_only=True`` (torch >= 2.6) read mmengine 0.10 checkpoints.
+
+    They pickle the message hub (``HistoryBuffer`` of numpy arrays) next to the weights; mmengine loads them
+    without passing ``weights_only``. Only these types are allowlisted (``getattr`` is how numpy pickles its
+    scalar dtypes); anything else in a checkpoint is still refused.
+    """
+    import numpy as np
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    dtypes = {type(np.dtype(t)) for t in (np.float64, np.float32, np.float16, np.int64, np.int32, np.int16,
+                                          np.int8, np.uint8, np.bool_)}
+    torch.serialization.add_safe_globals([HistoryBuffer, np.core.multiarray.scalar, np.core.multiarray._reconstruct,
+                                          np.ndarray, np.dtype, getattr, *dtypes])
+
+
 def load_config(args) -> Config:
+    allow_mmengine_checkpoints()
     if "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(args.local_rank)
     cfg = Config.fromfile(args.config)
@@ -31,4 +48,32 @@ def load_config(args) -> Config:
     if not torch.cuda.is_available():
         # CPU-only machines: NCCL is not available, gloo is.
         cfg.setdefault("env_cfg", {}).setdefault("dist_cfg", {})["backend"] = "gloo"
+        if args.launcher != "none":
+            _prepare_cpu_distributed(cfg)
     return cfg
+
+
+def _prepare_cpu_distributed(cfg):
+    """Multi-process CPU training (gloo): mmengine 0.10 assumes a GPU per process in two places, so
+
+    * the process group is created here (mmengine's init_dist calls torch.cuda.set_device first), and
+    * the model is wrapped by a DDP that drops the per-process ``device_ids`` (CPU modules take none).
+    """
+    import torch.distributed as dist
+    from mmengine.model import MMDistributedDataParallel
+    from mmengine.registry import MODEL_WRAPPERS
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+
+    if "CPUDistributedDataParallel" not in MODEL_WRAPPERS.module_dict:
+        @MODEL_WRAPPERS.register_module()
+        class CPUDistributedDataParallel(MMDistributedDataParallel):
+            def __init__(self, module, device_ids=None, **kwargs):
+                super().__init__(module=module, device_ids=None, **kwargs)
+
+    wrapper = dict(cfg.get("model_wrapper_cfg") or {})
+    wrapper.update(type="CPUDistributedDataParallel")
+    wrapper.setdefault("broadcast_buffers", False)
+    wrapper.setdefault("find_unused_parameters", cfg.get("find_unused_parameters", False))
+    cfg.model_wrapper_cfg = wrapper

@@ -62,7 +62,7 @@ mmcv_ops_ok() { "$PY" -c 'import mmcv, mmcv.ops; from mmcv.ops import nms, RoIAl
 if ! have mmcv "$MMCV_VER" || ! mmcv_ops_ok; then
   WHEEL=$(ls "$WDIR"/mmcv-"$MMCV_VER"-*.whl 2>/dev/null | head -n1 || true)
   if [ -z "$WHEEL" ]; then
-    say "no cached mmcv wheel in $WDIR: building mmcv $MMCV_VER with CPU ops (10-15 min on 2 cores)"
+    say "no cached mmcv wheel in $WDIR: building mmcv $MMCV_VER with CPU ops (about 7-10 min on 2 cores)"
     BUILD=$(mktemp -d)
     trap 'rm -rf "$BUILD"' EXIT
     "${PIP[@]}" download --no-deps --no-binary :all: "mmcv==$MMCV_VER" -d "$BUILD"
@@ -71,7 +71,8 @@ if ! have mmcv "$MMCV_VER" || ! mmcv_ops_ok; then
     # torch 2.14 headers need C++20; mmcv 2.1.0 asks for c++14/c++17.
     sed -i -E 's/-std=c\+\+1[47]/-std=c++20/g' "$SRC/setup.py"
     grep -q 'c++20' "$SRC/setup.py" || { echo "setup: could not patch mmcv's C++ standard" >&2; exit 1; }
-    NSRC=$(find "$SRC/mmcv/ops/csrc/pytorch" -maxdepth 2 -name '*.cpp' | wc -l)
+    # the CPU build compiles csrc/pytorch/*.cpp and csrc/pytorch/cpu/*.cpp
+    NSRC=$(find "$SRC/mmcv/ops/csrc/pytorch" "$SRC/mmcv/ops/csrc/pytorch/cpu" -maxdepth 1 -name '*.cpp' | wc -l)
     say "compiling $NSRC C++ sources; a progress line follows every 30 s"
     mkdir -p "$WDIR"
     # torch's extension builder runs ninja with its output captured, so progress is read off the

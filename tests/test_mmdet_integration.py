@@ -1,0 +1,111 @@
+"""coc_det inside MMDetection: registry names, the shipped configs, one Mask R-CNN training step, a
+2-process gloo run of tools/dist_train.sh, and tools/test.py producing COCO bbox/segm metrics."""
+import glob
+import math
+import os
+import os.path as osp
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmengine.config import Config
+
+import coc_det  # noqa: F401  (registers the backbone)
+from mmdet.registry import MODELS
+from mmdet.utils import register_all_modules
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIGS = sorted(glob.glob(osp.join(ROOT, "configs", "mask-rcnn_coc-*_fpn_1x_coco.py")))
+DEMO = osp.join(ROOT, "configs", "demo", "mask-rcnn_coc-demo_fpn_shapes.py")
+register_all_modules()
+
+
+def test_registry_names():
+    from coc_det.backbone import ContextCluster
+    assert MODELS.get("ContextCluster") is ContextCluster
+    for arch in ("small", "medium"):
+        for p in (2, 5, 7):
+            m = MODELS.build(dict(type=f"context_cluster_{arch}_feat{p}", style="pytorch"))
+            assert isinstance(m, ContextCluster)
+            assert m.proposals == [p] * 4 and len(m.network[4]) == (6 if arch == "small" else 12)
+
+
+def test_six_configs_follow_the_public_recipe():
+    assert [osp.basename(c) for c in CONFIGS] == sorted(
+        f"mask-rcnn_coc-{a}-{m}_fpn_1x_coco.py" for a in ("small", "medium") for m in (4, 25, 49))
+    for path in CONFIGS:
+        cfg = Config.fromfile(path)
+        arch, centres = osp.basename(path).split("_")[1].split("-")[1:]
+        bb = cfg.model.backbone
+        assert (bb.type, bb.arch, bb.proposal ** 2) == ("ContextCluster", arch, int(centres))
+        assert cfg.model.neck.in_channels == [64, 128, 320, 512]
+        assert cfg.optim_wrapper.optimizer == dict(type="AdamW", lr=2e-4, weight_decay=1e-4)
+        assert cfg.optim_wrapper.get("clip_grad") is None
+        assert cfg.train_cfg.max_epochs == 12
+        assert [s for s in cfg.param_scheduler if s.type == "MultiStepLR"][0].milestones == [8, 11]
+        assert cfg.train_dataloader.batch_size == 4 and cfg.auto_scale_lr.base_batch_size == 32
+        assert cfg.model.data_preprocessor.pad_size_divisor == 32
+
+
+def test_mask_rcnn_coc_training_step():
+    from mmdet.testing import demo_mm_inputs
+    cfg = Config.fromfile(osp.join(ROOT, "configs", "mask-rcnn_coc-small-25_fpn_1x_coco.py"))
+    model = MODELS.build(cfg.model)
+    model.init_weights()  # Pretrained with checkpoint=None: random init, logged
+    model.train()
+    packed = demo_mm_inputs(2, [[3, 128, 128], [3, 96, 128]], num_items=[3, 2], num_classes=80, with_mask=True)
+    data = model.data_preprocessor(packed, True)  # pads to /32
+    losses = model(**data, mode="loss")
+    total = sum(v.sum() if isinstance(v, torch.Tensor) else sum(v) for k, v in losses.items() if "loss" in k)
+    assert math.isfinite(total.item())
+    total.backward()
+    mixer = model.backbone.network[0][0].token_mixer
+    for p in (mixer.f.weight, mixer.v.weight, mixer.sim_alpha, model.backbone.patch_embed.proj.weight):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    """8 training / 4 validation images of the demo set, and a 2-process CPU training run on them."""
+    root = tmp_path_factory.mktemp("demo")
+    data = root / "data"
+    subprocess.run([sys.executable, osp.join(ROOT, "tools", "make_demo_data.py"), "--out", str(data),
+                    "--train", "8", "--val", "4"], check=True)
+    work = root / "work"
+    d = str(data) + "/"
+    opts = [f"train_dataloader.dataset.data_root={d}", f"val_dataloader.dataset.data_root={d}",
+            f"test_dataloader.dataset.data_root={d}",
+            f"val_evaluator.ann_file={d}annotations/instances_val.json",
+            f"test_evaluator.ann_file={d}annotations/instances_val.json",
+            "train_dataloader.batch_size=2", "train_cfg.max_epochs=1", "train_cfg.val_interval=2",
+            "default_hooks.logger.interval=1", "default_hooks.checkpoint.interval=1"]
+    env = dict(os.environ, PORT="29531", PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    proc = subprocess.run(["bash", osp.join(ROOT, "tools", "dist_train.sh"), DEMO, "2", "--work-dir", str(work),
+                           "--cfg-options", *opts], env=env, capture_output=True, text=True, timeout=900)
+    return dict(proc=proc, work=work, opts=opts, env=env)
+
+
+def test_dist_train_two_processes_gloo(tiny_demo):
+    proc = tiny_demo["proc"]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "Distributed training: True" in log and "GPU number: 2" in log  # mmengine's words for world size
+    assert "Epoch(train) [1][2/2]" in log  # 8 images / (2 processes x 2 per batch) = 2 iterations
+    assert osp.exists(tiny_demo["work"] / "epoch_1.pth")
+
+
+def test_test_py_reports_bbox_and_segm(tiny_demo, tmp_path):
+    assert tiny_demo["proc"].returncode == 0
+    out = tmp_path / "results.pkl"
+    proc = subprocess.run([sys.executable, osp.join(ROOT, "tools", "test.py"), DEMO,
+                           str(tiny_demo["work"] / "epoch_1.pth"), "--work-dir", str(tmp_path / "test"),
+                           "--out", str(out), "--cfg-options", *tiny_demo["opts"]],
+                          capture_output=True, text=True, timeout=600, env=tiny_demo["env"])
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "coco/bbox_mAP" in log and "coco/segm_mAP" in log
+    with open(out, "rb") as f:
+        results = pickle.load(f)
+    assert len(results) == 4 and "pred_instances" in results[0]
