@@ -315,3 +315,42 @@ def _log(msg: str):
         print_log(msg, logger="current")
     except ImportError:
         logger.info(msg)
+
+
+class record_assignments:
+    """Context manager that records the hard cluster assignment of chosen mixers during forward passes.
+
+        with record_assignments(model, [(0, 0), (1, 1)]) as maps:
+            model(images)
+        maps[(0, 0)]  # [B, heads, H_s, W_s] int64: centre index (i*pw + j) of every pixel, per head
+
+    ``(stage, block)`` are 0-based. Only the chosen mixers get a forward hook, which recomputes their
+    similarity features ``f(x)`` and runs the pooling + assignment alone; the normal forward is unchanged
+    and no hook remains after the ``with`` block.
+    """
+
+    def __init__(self, model: ContextCluster, blocks):
+        self.model, self.blocks = model, list(blocks)
+        self.maps: Dict[tuple, torch.Tensor] = {}
+        self._handles = []
+
+    def __enter__(self):
+        from coc_kernels import cluster_assignment
+
+        for stage, block in self.blocks:
+            mixer = self.model.network[2 * stage][block].token_mixer
+
+            def hook(mod, inputs, output, key=(stage, block)):
+                with torch.no_grad():
+                    self.maps[key] = cluster_assignment(mod.f(inputs[0]), mod.sim_alpha, mod.sim_beta,
+                                                        heads=mod.heads, proposal=mod.proposal, fold=mod.fold,
+                                                        impl=mod.impl if mod.impl != "dense" else "reference")
+
+            self._handles.append(mixer.register_forward_hook(hook))
+        return self.maps
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        return False

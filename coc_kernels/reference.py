@@ -5,9 +5,10 @@ Two implementations of the same math (see ``shared/DESIGN.md`` and the public Co
 * :func:`context_cluster_dense` - a faithful restatement of the original ``Cluster.forward`` (minus the
   1x1 convs): dense ``[G, M, N]`` similarity, a one-hot mask, ``[G, M, N, d]`` products for the
   aggregate and dispatch steps. It is the oracle the other paths are tested against.
-* :func:`context_cluster_light` - the same result without any ``[G, M, N, d]`` temporary: the hard
-  assignment is found under ``no_grad`` and only ``sigma_n = s[a_n, n]`` is rebuilt with autograd, so
-  what autograd saves is O(G * N * d). This is what CPU users get by default.
+* :func:`context_cluster_light` - the same result without any ``[G, M, N, d]`` temporary: one
+  ``[G, N, M]`` similarity (freed after the forward), the hard assignment taken under ``no_grad``, and
+  only ``sigma_n = s[a_n, n]`` kept for autograd (which saves O(G * N * d)). This is what CPU users get
+  by default.
 
 Shapes: ``x [B, heads*d, H, W]``, ``value [B, heads*dv, H, W]``, ``alpha``/``beta`` one-element tensors.
 Every ``fh x fw`` grid cell ("region", ``rh x rw`` pixels) of every head of every image is one group;
@@ -83,60 +84,112 @@ def context_cluster_dense(x, value, alpha, beta, *, heads: int, proposal, fold, 
     return from_groups(out, B, heads, fold)
 
 
-def _group_points(x, heads, fold):
-    """``[B, heads*c, H, W] -> ([G, N, c], [G, c, rh, rw])``."""
-    g = to_groups(x, heads, fold)
-    return g.flatten(2).transpose(1, 2), g
+def _points(t: torch.Tensor, heads: int, fold: Tuple[int, int]) -> torch.Tensor:
+    """``[B, heads*c, H, W] -> [G, N, c]`` contiguous (channels last: norms and dots over c are cheap)."""
+    B, C, H, W = t.shape
+    fh, fw = fold
+    t = t.reshape(B, heads, C // heads, fh, H // fh, fw, W // fw).permute(0, 1, 3, 5, 4, 6, 2)
+    return t.reshape(B * heads * fh * fw, (H // fh) * (W // fw), C // heads)
+
+
+def _region_centres(t: torch.Tensor, heads: int, proposal, fold) -> torch.Tensor:
+    """Adaptive-avg-pool centres of every region: ``[G, M, c]``.
+
+    Pooling the whole map to ``(fh*ph, fw*pw)`` gives exactly each region's own windows: window
+    ``k*ph + j`` spans ``floor((k*ph + j)*rh/ph) = k*rh + floor(j*rh/ph)`` (and likewise its end), so
+    no per-region copy is needed.
+    """
+    B, C, H, W = t.shape
+    (fh, fw), (ph, pw) = fold, proposal
+    c = F.adaptive_avg_pool2d(t, (fh * ph, fw * pw)).reshape(B, heads, C // heads, fh, ph, fw, pw)
+    return c.permute(0, 1, 3, 5, 4, 6, 2).reshape(B * heads * fh * fw, ph * pw, C // heads)
 
 
 def assign_light(x, alpha, beta, *, heads: int, proposal, fold):
     """Hard assignment without ``[G, M, N, d]`` temporaries.
 
-    Returns ``a [G, N]`` (int64, first index on ties of the sigmoid), ``c_hat [G, M, d]``,
-    ``x_hat [G, N, d]`` (both differentiable), and ``cos [G, N]`` of each point with its centre.
+    Returns ``a [G, N]`` (int64, first index of the maximum of the sigmoid) and ``sigma [G, N]``
+    (``s[a_n, n]``; differentiable w.r.t. x, alpha, beta when grad mode needs it).
     """
-    xp, xg = _group_points(x, heads, fold)
-    c_hat = F.normalize(F.adaptive_avg_pool2d(xg, proposal).flatten(2).transpose(1, 2), dim=-1)
-    x_hat = F.normalize(xp, dim=-1)
+    need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, alpha, beta))
+    x_hat = F.normalize(_points(x, heads, fold), dim=-1)  # [G, N, d]
+    c_hat = F.normalize(_region_centres(x, heads, proposal, fold), dim=-1)  # [G, M, d]
+    cos = torch.bmm(x_hat, c_hat.transpose(1, 2))  # [G, N, M]
     with torch.no_grad():
-        s = torch.sigmoid(beta + alpha * torch.bmm(c_hat, x_hat.transpose(1, 2)))  # [G, M, N]
-        a = s.argmax(dim=1)  # first index of the maximum
+        s = (cos.detach() * alpha if need_grad else cos.mul_(alpha)).add_(beta).sigmoid_()
+        s_max, a = s.max(dim=-1)  # max(dim) returns the first index of the maximum
         del s
-    c_sel = torch.gather(c_hat, 1, a.unsqueeze(-1).expand(-1, -1, c_hat.shape[-1]))  # [G, N, d]
-    cos = (c_sel * x_hat).sum(-1)
-    return a, c_hat, x_hat, cos
+    if not need_grad:
+        return a, s_max
+    return a, torch.sigmoid(beta + alpha * cos.gather(-1, a.unsqueeze(-1)).squeeze(-1))
+
+
+def _pixel_centre_index(a: torch.Tensor, B: int, heads: int, H: int, W: int, proposal, fold) -> torch.Tensor:
+    """Group-order assignment ``a [G, N]`` -> ``[B, heads, H*W]`` index into the pooled grid
+    ``(fh*ph) x (fw*pw)`` (row-major), i.e. the pixel's centre in the whole-map pooling."""
+    (ph, pw), (fh, fw) = proposal, fold
+    rh, rw = H // fh, W // fw
+    a = a.reshape(B, heads, fh, fw, rh, rw)
+    i = torch.arange(fh, device=a.device).view(1, 1, fh, 1, 1, 1)
+    j = torch.arange(fw, device=a.device).view(1, 1, 1, fw, 1, 1)
+    g = (i * ph + a // pw) * (fw * pw) + j * pw + a % pw
+    return g.permute(0, 1, 2, 4, 3, 5).reshape(B, heads, H * W)
+
+
+CHUNK_ELEMS = 1 << 20  # similarity entries per chunk of the light path (4 MB in fp32: stays in cache)
 
 
 def context_cluster_light(x, value, alpha, beta, *, heads: int, proposal, fold, denominator="count"):
-    """Memory-light torch path: same output and gradients as :func:`context_cluster_dense`."""
-    B = x.shape[0]
-    ph, pw = proposal
-    M = ph * pw
-    a, _, _, cos = assign_light(x, alpha, beta, heads=heads, proposal=proposal, fold=fold)
-    # sigma_n = s[a_n, n]: the same sigmoid evaluated at the chosen centre (bitwise the same value
-    # as in the dense matrix up to the dot product's summation order).
-    sigma = torch.sigmoid(beta + alpha * cos)  # [G, N]
-    vp, vg = _group_points(value, heads, fold)  # [G, N, dv]
-    G, N, dv = vp.shape
-    vc = F.adaptive_avg_pool2d(vg, proposal).flatten(2).transpose(1, 2)  # [G, M, dv]
-    idx = a.unsqueeze(-1).expand(-1, -1, dv)
-    U = torch.zeros(G, M, dv, dtype=vp.dtype, device=vp.device).scatter_add(1, idx, sigma.unsqueeze(-1) * vp)
-    if denominator == "count":
-        den = torch.zeros(G, M, dtype=vp.dtype, device=vp.device).scatter_add(
-            1, a, torch.ones_like(sigma, dtype=vp.dtype))
-    else:
-        den = torch.zeros(G, M, dtype=sigma.dtype, device=vp.device).scatter_add(1, a, sigma)
-    o = (U + vc) / (den.unsqueeze(-1) + 1.0)  # [G, M, dv]
-    y = sigma.unsqueeze(-1) * torch.gather(o, 1, idx)  # [G, N, dv]
-    rh, rw = vg.shape[-2:]
-    return from_groups(y.transpose(1, 2).reshape(G, dv, rh, rw), B, heads, fold)
+    """Memory-light torch path: same output and gradients as :func:`context_cluster_dense`.
+
+    Work is split into chunks of (image, head, rows of regions) holding about ``CHUNK_ELEMS``
+    similarity entries, so that the passes over each chunk run from cache (the path is memory-bound);
+    every chunk is an independent set of groups, written into its slice of the output.
+    """
+    B, C, H, W = x.shape
+    (ph, pw), (fh, fw) = proposal, fold
+    d, dv, rh = C // heads, value.shape[1] // heads, H // fh
+    rows = max(1, CHUNK_ELEMS // (W * rh * ph * pw))  # region rows per chunk
+    if B * heads == 1 and rows >= fh:
+        return _light(x, value, alpha, beta, heads, proposal, fold, denominator)
+    out = value.new_empty(B, heads * dv, H, W)
+    for b in range(B):
+        for h in range(heads):
+            for r0 in range(0, fh, rows):
+                r1 = min(fh, r0 + rows)
+                rs = slice(r0 * rh, r1 * rh)
+                out[b:b + 1, h * dv:(h + 1) * dv, rs] = _light(
+                    x[b:b + 1, h * d:(h + 1) * d, rs], value[b:b + 1, h * dv:(h + 1) * dv, rs], alpha, beta, 1,
+                    proposal, (r1 - r0, fw), denominator)
+    return out
+
+
+def _light(x, value, alpha, beta, heads, proposal, fold, denominator):
+    """One chunk of :func:`context_cluster_light`. The value side never leaves the ``[B, C, H, W]``
+    layout: centres of all regions come from one whole-map pooling, and aggregate / dispatch are a
+    scatter-add / gather along the pixels into / from that pooled grid, indexed by each pixel's centre."""
+    B, C, H, W = x.shape
+    (ph, pw), (fh, fw) = proposal, fold
+    P = fh * ph * fw * pw
+    a, sigma = assign_light(x, alpha, beta, heads=heads, proposal=proposal, fold=fold)  # [G, N]
+    gidx = _pixel_centre_index(a, B, heads, H, W, proposal, fold)  # [B, heads, HW]
+    sig = sigma.reshape(B, heads, fh, fw, H // fh, W // fw).permute(0, 1, 2, 4, 3, 5).reshape(B, heads, 1, H * W)
+    dv = value.shape[1] // heads
+    v = value.reshape(B, heads, dv, H * W)
+    idx = gidx.unsqueeze(2).expand(-1, -1, dv, -1)
+    vc = F.adaptive_avg_pool2d(value, (fh * ph, fw * pw)).reshape(B, heads, dv, P)
+    U = v.new_zeros(B, heads, dv, P).scatter_add_(3, idx, sig * v)
+    weight = torch.ones_like(sig) if denominator == "count" else sig
+    den = sig.new_zeros(B, heads, 1, P).scatter_add_(3, gidx.unsqueeze(2), weight)
+    o = (U + vc) / (den + 1.0)  # [B, heads, dv, P]
+    return (torch.gather(o, 3, idx) * sig).reshape(B, heads * dv, H, W)
 
 
 def cluster_assignment_reference(x, alpha, beta, *, heads: int, proposal, fold) -> torch.Tensor:
     """Centre index of every pixel and head: ``[B, heads, H, W]`` int64 (index m = i*pw + j)."""
     B, _, H, W = x.shape
     with torch.no_grad():
-        a, *_ = assign_light(x, alpha, beta, heads=heads, proposal=proposal, fold=fold)
+        a, _ = assign_light(x, alpha, beta, heads=heads, proposal=proposal, fold=fold)
     fh, fw = fold
     rh, rw = H // fh, W // fw
     a = a.reshape(B, heads, fh, fw, rh, rw).permute(0, 1, 2, 4, 3, 5)

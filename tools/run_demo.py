@@ -41,27 +41,24 @@ def main(argv=None):
         cfg[key].ann_file = root + "annotations/instances_val.json"
     if args.epochs is not None:
         cfg.train_cfg.max_epochs = args.epochs
-        cfg.train_cfg.val_interval = args.epochs
         cfg.default_hooks.checkpoint.interval = args.epochs
         cfg.param_scheduler[1].end = args.epochs
         cfg.param_scheduler[1].milestones = [max(1, args.epochs - 1)]
-    # evaluate once, after training (the test below), not also inside the training loop
-    train_cfg = cfg.copy()
-    train_cfg.val_cfg = train_cfg.val_dataloader = train_cfg.val_evaluator = None
-    train_cfg.train_cfg.pop("val_interval", None)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"[demo] training on {device} for {train_cfg.train_cfg.max_epochs} epochs; logs in {args.work_dir}")
+    epochs = cfg.train_cfg.max_epochs
+    print(f"[demo] training on {device} for {epochs} epochs (COCO evaluation every "
+          f"{cfg.train_cfg.val_interval} and after the last); logs in {args.work_dir}")
     t0 = time.time()
-    Runner.from_cfg(train_cfg).train()
-    t_train = time.time() - t0
-
-    ckpt = osp.join(args.work_dir, f"epoch_{cfg.train_cfg.max_epochs}.pth")
-    test_cfg = cfg.copy()
-    test_cfg.load_from = ckpt
-    metrics = Runner.from_cfg(test_cfg).test()
-    print(f"\n[demo] trained in {t_train / 60:.1f} min on {device}; final checkpoint {ckpt}")
-    print(f"[demo] bbox AP {metrics['coco/bbox_mAP']:.3f} (AP50 {metrics['coco/bbox_mAP_50']:.3f})   "
-          f"segm AP {metrics['coco/segm_mAP']:.3f} (AP50 {metrics['coco/segm_mAP_50']:.3f})")
+    runner = Runner.from_cfg(cfg)
+    runner.train()  # ends with an evaluation of the final weights on the validation split
+    minutes = (time.time() - t0) / 60
+    hub = runner.message_hub
+    metrics = {k: hub.get_scalar(f"val/coco/{k}").current()
+               for k in ("bbox_mAP", "bbox_mAP_50", "segm_mAP", "segm_mAP_50")}
+    print(f"\n[demo] trained and evaluated in {minutes:.1f} min on {device}; checkpoint "
+          f"{osp.join(args.work_dir, f'epoch_{epochs}.pth')}")
+    print(f"[demo] bbox AP {metrics['bbox_mAP']:.3f} (AP50 {metrics['bbox_mAP_50']:.3f})   "
+          f"segm AP {metrics['segm_mAP']:.3f} (AP50 {metrics['segm_mAP_50']:.3f})")
     return metrics
 
 

@@ -63,7 +63,7 @@ val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json', metr
 test_evaluator = val_evaluator
 
 max_epochs = 6
-train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
+train_cfg = dict(max_epochs=max_epochs, val_interval=2)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
     dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[5], gamma=0.1),
