@@ -93,10 +93,10 @@ def _time(fn, reps, warmup):
     return statistics.median(out)
 
 
-def measure(impl, arch, stage, centres, batch, dtype, reps, warmup, forward_only):
+def measure(impl, arch, stage, centres, batch, dtype, reps, warmup, forward_only, img=(800, 1344)):
     device = "cuda" if ON_GPU else "cpu"
     heads, p, fold = HEADS[arch][stage - 1], CENTRES[centres], FOLDS[stage - 1]
-    x, v, a, b = make_inputs(arch, stage, batch, dtype, device)
+    x, v, a, b = make_inputs(arch, stage, batch, dtype, device, img)
     f = runner(impl, heads, p, fold)
     res = dict(impl=impl, arch=arch, stage=stage, centres=centres, batch=batch, dtype=str(dtype).split(".")[-1],
                shape=list(x.shape))
@@ -164,8 +164,10 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--reps", type=int, default=20 if ON_GPU else 3)
     p.add_argument("--warmup", type=int, default=5 if ON_GPU else 1)
+    p.add_argument("--size", nargs=2, type=int, default=[800, 1344], help="image size the shapes derive from")
     p.add_argument("--json", help="write the rows as JSON here")
     p.add_argument("--md", help="write the markdown table here")
+    p.add_argument("--plot", help="write a chart (time and memory per stage and centre count) here")
     args = p.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     forward_only = not ON_GPU
@@ -176,7 +178,7 @@ def main(argv=None):
                 for impl in args.impls:
                     try:
                         r = measure(impl, arch, stage, centres, args.batch, dtype, args.reps, args.warmup,
-                                    forward_only)
+                                    forward_only, tuple(args.size))
                     except torch.cuda.OutOfMemoryError:
                         r = dict(impl=impl, arch=arch, stage=stage, centres=centres, error="OOM")
                         torch.cuda.empty_cache()
@@ -185,6 +187,7 @@ def main(argv=None):
     dev = torch.cuda.get_device_name() if ON_GPU else f"CPU ({platform.processor() or platform.machine()}, " \
                                                       f"{torch.get_num_threads()} threads)"
     md = (f"Mixer benchmark on {dev}, torch {torch.__version__}, {args.dtype}, batch {args.batch}, "
+          f"{args.size[0]}x{args.size[1]} input, "
           f"{'forward only' if forward_only else 'median of %d' % args.reps}\n\n" + table(rows, forward_only))
     if not ON_GPU:
         md += "\n\n" + triton_smoke()
@@ -195,6 +198,40 @@ def main(argv=None):
     if args.md:
         with open(args.md, "w") as f:
             f.write(md + "\n")
+    if args.plot:
+        plot(rows, args.plot, f"CoC mixer, {dev}, batch {args.batch}, {args.size[0]}x{args.size[1]}")
+
+
+def plot(rows, out, title):
+    """Grouped bars: time (and peak memory, when measured) per (arch, stage, centres), one bar per impl."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if "error" not in r]
+    key = "fwd_bwd_ms" if any("fwd_bwd_ms" in r for r in rows) else "fwd_ms"
+    cases = list(dict.fromkeys((r["arch"], r["stage"], r["centres"]) for r in rows))
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    panels = [(key, "time (ms, " + key.replace("_ms", "").replace("_", "+") + ")")]
+    if any("peak_extra_mb" in r for r in rows):
+        panels.append(("peak_extra_mb", "peak extra memory (MB)"))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6, 1.1 * len(cases) + 2), 3.2 * len(panels)), squeeze=False)
+    width = 0.8 / len(impls)
+    for ax, (col, label) in zip(axes[:, 0], panels):
+        for k, impl in enumerate(impls):
+            vals = [next((r.get(col, float("nan")) for r in rows if r["impl"] == impl
+                          and (r["arch"], r["stage"], r["centres"]) == c), float("nan")) for c in cases]
+            ax.bar([i + k * width for i in range(len(cases))], vals, width, label=impl)
+        ax.set_yscale("log")
+        ax.set_ylabel(label)
+        ax.set_xticks([i + width * (len(impls) - 1) / 2 for i in range(len(cases))])
+        ax.set_xticklabels([f"{a}\nstage {s}\n{m} centres" for a, s, m in cases], fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    axes[0, 0].set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

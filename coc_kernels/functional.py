@@ -86,7 +86,7 @@ def _resolve_impl(impl: str, x: Tensor) -> str:
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
-        return "triton" if x.is_cuda and triton_available() else "reference"
+        return "triton" if x.is_cuda and x.dtype != torch.float64 and triton_available() else "reference"
     if impl == "triton":
         if not triton_available():
             raise RuntimeError("impl='triton' needs triton, which does not import here")
@@ -110,7 +110,8 @@ def context_cluster(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, *, he
         proposal: centres per region, int or ``(ph, pw)`` (``M = ph*pw``).
         fold: regions per axis, int or ``(fh, fw)``; H and W must divide by it.
         impl: ``"triton"`` (fused kernels), ``"reference"`` (memory-light torch),
-            ``"dense"`` (the original's dense formulation), ``"auto"`` (triton on CUDA, else reference).
+            ``"dense"`` (the original's dense formulation), ``"auto"`` (triton for CUDA tensors of
+            fp32/fp16/bf16 when triton imports, else reference).
         denominator: ``"count"`` (as the released code and checkpoints) or ``"similarity"`` (paper Eq. 1).
 
     Returns:

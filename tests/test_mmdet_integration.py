@@ -109,3 +109,16 @@ def test_test_py_reports_bbox_and_segm(tiny_demo, tmp_path):
     with open(out, "rb") as f:
         results = pickle.load(f)
     assert len(results) == 4 and "pred_instances" in results[0]
+
+
+def test_plot_log_from_training_run(tiny_demo, tmp_path):
+    sys.path.insert(0, osp.join(ROOT, "tools"))
+    import plot_log
+    from PIL import Image
+    assert tiny_demo["proc"].returncode == 0
+    train, val = plot_log.read_scalars(plot_log.find_scalars(str(tiny_demo["work"])))
+    assert len(train) == 2 and all("loss_mask" in r and "loss" in r for r in train)
+    assert len(val) == 1 and "coco/bbox_mAP" in val[0] and "coco/segm_mAP" in val[0]
+    out = tmp_path / "curves.png"
+    plot_log.main([str(tiny_demo["work"]), "--out", str(out)])
+    assert Image.open(out).size == (1100, 400)

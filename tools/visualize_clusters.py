@@ -115,7 +115,9 @@ def main(argv=None):
     p.add_argument("--head", type=int, help="one head only (default: all heads, one panel each)")
     p.add_argument("--size", type=int, default=224, help="longer image side (default 224)")
     p.add_argument("--out", default="clusters.png")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (no --checkpoint)")
     args = p.parse_args(argv)
+    torch.manual_seed(args.seed)
     model = build_backbone(args.config, args.checkpoint)
     if not 0 <= args.stage < len(model.folds) or not 0 <= args.block < len(model.network[2 * args.stage]):
         p.error(f"no block {args.block} in stage {args.stage}")
