@@ -30,7 +30,8 @@ PY="$VENV/bin/python"
 PIP=("$PY" -m pip --disable-pip-version-check -q)
 
 # Is a distribution installed at exactly this version? (fast: no resolver, no network)
-have() { "$PY" - "$1" "$2" <<'PYEOF'
+# -I: ignore the current directory, whose *.egg-info would otherwise count as installed.
+have() { "$PY" -I - "$1" "$2" <<'PYEOF'
 import sys
 from importlib import metadata
 try:
@@ -109,14 +110,19 @@ if ! have mmdet 3.3.0; then
   "${PIP[@]}" install --no-deps "mmdet==3.3.0"
 fi
 
-if ! have coc-det '*' || [ "$(cd "$ROOT" && "$PY" -c 'import coc_kernels,os;print(os.path.dirname(os.path.dirname(os.path.abspath(coc_kernels.__file__))))' 2>/dev/null)" != "$ROOT" ]; then
+# editable install of this checkout (checked from outside it, so the source tree itself doesn't count)
+if ! (cd / && "$PY" -c "import os, sys, coc_kernels, coc_det
+sys.exit(os.path.dirname(os.path.dirname(os.path.abspath(coc_kernels.__file__))) != sys.argv[1])" "$ROOT") 2>/dev/null; then
   say "installing this package (editable)"
   "${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT"
 fi
 
-"$PY" - <<'PYEOF'
+(cd / && "$PY" - <<'PYEOF'
 import torch, torchvision, triton, mmengine, mmcv, mmdet, mmcv.ops, pycocotools, numpy
 print(f"[setup] torch {torch.__version__}, torchvision {torchvision.__version__}, triton {triton.__version__}, "
       f"mmengine {mmengine.__version__}, mmcv {mmcv.__version__} (ops), mmdet {mmdet.__version__}, numpy {numpy.__version__}")
+import coc_kernels, coc_det
+assert coc_det.HAS_MMDET, "coc_det did not register with mmdet"
 PYEOF
+)
 say "done: activate with 'source ${VENV#$ROOT/}/bin/activate'"
