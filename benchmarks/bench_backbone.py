@@ -21,6 +21,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks._report import report  # noqa: E402
 from coc_det.backbone import ContextCluster  # noqa: E402
 
 ON_GPU = torch.cuda.is_available()
@@ -111,14 +112,7 @@ def main(argv=None):
         ms = f"{r['ms']:.1f}" if "ms" in r else r.get("error", "-")
         mem = f"{r['peak_extra_gb']:.2f}" if "peak_extra_gb" in r else "-"
         lines.append(f"| {r['variant']} | {r['impl']} | {ms} | {mem} | {ratio} |")
-    md = "\n".join(lines)
-    print("\n" + md)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(device=dev, torch=torch.__version__, rows=rows), f, indent=1)
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write(md + "\n")
+    report("\n".join(lines), rows, dev, args.json, args.md)
 
 
 if __name__ == "__main__":

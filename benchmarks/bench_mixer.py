@@ -29,6 +29,7 @@ if not ON_GPU:  # the Triton smoke run needs the interpreter, set before triton 
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks._report import report  # noqa: E402
 from coc_kernels import context_cluster  # noqa: E402
 from coc_kernels.reference import context_cluster_dense  # noqa: E402
 
@@ -191,13 +192,7 @@ def main(argv=None):
           f"{'forward only' if forward_only else 'median of %d' % args.reps}\n\n" + table(rows, forward_only))
     if not ON_GPU:
         md += "\n\n" + triton_smoke()
-    print("\n" + md)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(device=dev, torch=torch.__version__, rows=rows), f, indent=1)
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write(md + "\n")
+    report(md, rows, dev, args.json, args.md)
     if args.plot:
         plot(rows, args.plot, f"CoC mixer, {dev}, batch {args.batch}, {args.size[0]}x{args.size[1]}")
 

@@ -34,6 +34,9 @@ def allow_mmengine_checkpoints():
 
 
 def load_config(args) -> Config:
+    from mmdet.utils import setup_cache_size_limit_of_dynamo
+
+    setup_cache_size_limit_of_dynamo()
     allow_mmengine_checkpoints()
     if "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(args.local_rank)

@@ -26,9 +26,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     from mmengine.runner import Runner
-    from mmdet.utils import setup_cache_size_limit_of_dynamo
 
-    setup_cache_size_limit_of_dynamo()
     cfg = load_config(args)
     cfg.load_from = args.checkpoint
     if args.amp:
