@@ -122,3 +122,19 @@ def test_plot_log_from_training_run(tiny_demo, tmp_path):
     out = tmp_path / "curves.png"
     plot_log.main([str(tiny_demo["work"]), "--out", str(out)])
     assert Image.open(out).size == (1100, 400)
+
+
+def test_resume_continues_from_last_checkpoint(tiny_demo, tmp_path):
+    """--resume reads mmengine's own checkpoint (under torch's weights_only default) and goes on."""
+    import shutil
+    assert tiny_demo["proc"].returncode == 0
+    work = tmp_path / "resume"
+    shutil.copytree(tiny_demo["work"], work)
+    opts = [o for o in tiny_demo["opts"] if not o.startswith("train_cfg.max_epochs")] + ["train_cfg.max_epochs=2"]
+    proc = subprocess.run([sys.executable, osp.join(ROOT, "tools", "train.py"), DEMO, "--work-dir", str(work),
+                           "--resume", "--cfg-options", *opts, "train_dataloader.batch_size=4"],
+                          capture_output=True, text=True, timeout=600, env=tiny_demo["env"])
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "resumed epoch: 1" in log.lower() or "resumed epoch 1" in log.lower(), log[-3000:]
+    assert "Epoch(train) [2][2/2]" in log and osp.exists(work / "epoch_2.pth")
