@@ -50,7 +50,10 @@ def _check_scalar(t: Tensor, name: str, like: Tensor):
         raise ValueError(f"{name} must be a one-element tensor, got {getattr(t, 'shape', type(t).__name__)}")
     if t.device != like.device:
         raise ValueError(f"{name} is on {t.device} but x is on {like.device}")
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(t.detach()).all()):
+    # A host-side look at the value (one sync on CUDA); skipped where it cannot happen: inside
+    # torch.compile tracing and CUDA-graph capture.
+    capturing = t.is_cuda and torch.cuda.is_current_stream_capturing()
+    if not torch.compiler.is_compiling() and not capturing and not bool(torch.isfinite(t.detach()).all()):
         raise ValueError(f"{name} must be finite, got {t.detach().cpu().item()}")
 
 

@@ -47,10 +47,10 @@ if ! have torch "$TORCH_VER" || ! have torchvision "$TV_VER"; then
   "${PIP[@]}" install "torch==$TORCH_VER" "torchvision==$TV_VER"
 fi
 
+# mmcv's setup.py needs pkg_resources (setuptools < 81); torch 2.14 asks for setuptools >= 77.
 if ! have mmengine '*' || ! have pycocotools '*' || ! have pytest '*' || ! have matplotlib '*' \
-   || ! have setuptools '*'; then
+   || ! "$PY" -I -W ignore -c 'import pkg_resources' 2>/dev/null; then
   say "installing build tools and Python dependencies"
-  # mmdet is installed without its mmcv pin being resolved from PyPI (mmcv is ours, below).
   "${PIP[@]}" install "setuptools>=77,<81" wheel "numpy<2" "mmengine>=0.10.4,<0.11" pycocotools \
       pytest "matplotlib>=3.7" "opencv-python>=4.8,<5" terminaltables scipy shapely six tqdm \
       "torch==$TORCH_VER"
@@ -106,6 +106,7 @@ if ! have mmcv "$MMCV_VER" || ! mmcv_ops_ok; then
 fi
 
 if ! have mmdet 3.3.0; then
+  # --no-deps: its dependencies are above, and its mmcv pin must not pull mmcv from PyPI (ours is built).
   say "installing mmdet 3.3.0"
   "${PIP[@]}" install --no-deps "mmdet==3.3.0"
 fi
