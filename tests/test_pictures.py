@@ -1,4 +1,4 @@
-"""Cluster maps from the backbone, the cluster-map renderer, and the benchmark chart."""
+"""Cluster maps from the backbone and the cluster-map renderer."""
 import os.path as osp
 import sys
 
@@ -68,12 +68,3 @@ def test_render_uses_given_map_exactly():
     for (i, j), m in np.ndenumerate(assign):
         block = out[i * 4:(i + 1) * 4, j * 4:(j + 1) * 4]
         assert (block == np.round(vc.ALPHA * pal[m].astype(float)).astype(np.uint8)).all()
-
-
-def test_benchmark_chart(tmp_path):
-    from benchmarks import bench_mixer
-    out = tmp_path / "chart.png"
-    bench_mixer.main(["--size", "64", "96", "--centres", "4", "--stages", "1", "2", "--impls", "dense", "reference",
-                      "--reps", "1", "--warmup", "0", "--plot", str(out), "--json", str(tmp_path / "r.json")])
-    img = Image.open(out)
-    assert img.size[0] >= 600 and img.size[1] >= 300
