@@ -26,22 +26,7 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-EPS = 1e-12  # F.normalize's eps
 DENOMINATORS = ("count", "similarity")
-
-
-def pool_windows(size: int, out: int) -> list[tuple[int, int]]:
-    """``adaptive_avg_pool`` windows along one axis: ``[(start, end), ...]`` (end exclusive)."""
-    return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
-
-
-def pooling_matrix(rh: int, rw: int, ph: int, pw: int, *, dtype=torch.float32, device=None) -> torch.Tensor:
-    """``P [M, N]`` with ``P @ points == adaptive_avg_pool2d`` of a ``rh x rw`` region (row-major points)."""
-    P = torch.zeros(ph, pw, rh, rw, dtype=dtype, device=device)
-    for i, (r0, r1) in enumerate(pool_windows(rh, ph)):
-        for j, (c0, c1) in enumerate(pool_windows(rw, pw)):
-            P[i, j, r0:r1, c0:c1] = 1.0 / ((r1 - r0) * (c1 - c0))
-    return P.reshape(ph * pw, rh * rw)
 
 
 def to_groups(t: torch.Tensor, heads: int, fold: Tuple[int, int]) -> torch.Tensor:

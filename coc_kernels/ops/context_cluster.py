@@ -25,8 +25,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-EPS = 1e-12
-
 
 # ----------------------------------------------------------------------------------------------------
 # helpers shared by all kernels
