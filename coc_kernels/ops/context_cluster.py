@@ -112,6 +112,37 @@ def _assign(c_hat, xt, offs_m, M, alpha, beta, eps):
 
 
 @triton.jit
+def _mat_ptrs(ptr, g64, offs_m, offs_c, M, C):
+    """Pointers and mask of group g's row-major ``[M, C]`` block in a ``[G, M, C]`` buffer."""
+    return (ptr + g64 * M * C + offs_m[:, None] * C + offs_c[None, :],
+            (offs_m < M)[:, None] & (offs_c < C)[None, :])
+
+
+@triton.jit
+def _accumulate(U, den, oh, sigma, vt, BY_COUNT: tl.constexpr):
+    """Aggregate one tile: ``U += (onehot * sigma)^T v``; ``den +=`` assigned count or sigma sum."""
+    U += tl.dot(tl.trans(oh * sigma[:, None]), vt, input_precision="ieee")
+    if BY_COUNT:
+        den += tl.sum(oh, axis=0)
+    else:
+        den += tl.sum(oh * sigma[:, None], axis=0)
+    return U, den
+
+
+@triton.jit
+def _dispatch(a_ptr, sig_ptr, o, yb, g64, offs_m, offs_dv, N, DV, rw, s_c, s_h, s_w,
+              BLOCK_N: tl.constexpr, DT: tl.constexpr):
+    """``y_n = sigma_n * o[a_n]`` for every point of the group, from the stored ``a`` and ``sigma``."""
+    for n0 in range(0, N, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        valid = offs_n < N
+        a = tl.load(a_ptr + g64 * N + offs_n, mask=valid, other=0)
+        sigma = tl.load(sig_ptr + g64 * N + offs_n, mask=valid, other=0.0)
+        yt = tl.dot(_onehot_t(a, offs_m, valid, DT), o, input_precision="ieee") * sigma[:, None]
+        _store_points(yb, yt, offs_n, offs_dv, N, DV, rw, s_c, s_h, s_w)
+
+
+@triton.jit
 def _onehot_t(a, offs_m, valid_n, DT: tl.constexpr):
     """``[BLOCK_N, BLOCK_M]`` one-hot of the assignment (rows of invalid points are zero)."""
     return ((a[:, None] == offs_m[None, :]) & valid_n[:, None]).to(DT)
@@ -143,8 +174,8 @@ def _coc_fwd_kernel(
     # 1. centres and value centres
     c = _pool(xb, M, N, D, rh, rw, ph, pw, sxc, sxh, sxw, BLOCK_M, BLOCK_N, BLOCK_D, DT)
     vc = _pool(vb, M, N, DV, rh, rw, ph, pw, svc, svh, svw, BLOCK_M, BLOCK_N, BLOCK_DV, DT)
-    mm = (offs_m < M)[:, None]
-    tl.store(c_ptr + g64 * M * D + offs_m[:, None] * D + offs_d[None, :], c, mask=mm & (offs_d < D)[None, :])
+    c_p, c_mask = _mat_ptrs(c_ptr, g64, offs_m, offs_d, M, D)
+    tl.store(c_p, c, mask=c_mask)
     c_hat, _ = _normalize_rows(c, eps)
 
     # 2. assignment + aggregate
@@ -157,26 +188,16 @@ def _coc_fwd_kernel(
         a, sigma, _, _ = _assign(c_hat, xt, offs_m, M, alpha, beta, eps)
         tl.store(a_ptr + g64 * N + offs_n, a, mask=valid)
         tl.store(sig_ptr + g64 * N + offs_n, sigma, mask=valid)
-        oh = _onehot_t(a, offs_m, valid, DT)  # [BN, BM]
         vt = _load_points(vb, offs_n, offs_dv, N, DV, rw, svc, svh, svw, DT)
-        U += tl.dot(tl.trans(oh * sigma[:, None]), vt, input_precision="ieee")
-        if BY_COUNT:
-            den += tl.sum(oh, axis=0)
-        else:
-            den += tl.sum(oh * sigma[:, None], axis=0)
+        U, den = _accumulate(U, den, _onehot_t(a, offs_m, valid, DT), sigma, vt, BY_COUNT)
     o = (U + vc) / (den + 1.0)[:, None]
-    tl.store(o_ptr + g64 * M * DV + offs_m[:, None] * DV + offs_dv[None, :], o, mask=mm & (offs_dv < DV)[None, :])
+    o_p, o_mask = _mat_ptrs(o_ptr, g64, offs_m, offs_dv, M, DV)
+    tl.store(o_p, o, mask=o_mask)
     tl.store(den_ptr + g64 * M + offs_m, den, mask=offs_m < M)
     tl.debug_barrier()  # a / sigma written above are read back by other threads below
 
     # 3. dispatch
-    for n0 in range(0, N, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        valid = offs_n < N
-        a = tl.load(a_ptr + g64 * N + offs_n, mask=valid, other=0)
-        sigma = tl.load(sig_ptr + g64 * N + offs_n, mask=valid, other=0.0)
-        yt = tl.dot(_onehot_t(a, offs_m, valid, DT), o, input_precision="ieee") * sigma[:, None]
-        _store_points(yb, yt, offs_n, offs_dv, N, DV, rw, syc, syh, syw)
+    _dispatch(a_ptr, sig_ptr, o, yb, g64, offs_m, offs_dv, N, DV, rw, syc, syh, syw, BLOCK_N, DT)
 
 
 @triton.jit
@@ -203,11 +224,10 @@ def _coc_bwd_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     g64 = g.to(tl.int64)
-    mm = (offs_m < M)[:, None]
-    c = tl.load(c_ptr + g64 * M * D + offs_m[:, None] * D + offs_d[None, :],
-                mask=mm & (offs_d < D)[None, :], other=0.0)
-    o = tl.load(o_ptr + g64 * M * DV + offs_m[:, None] * DV + offs_dv[None, :],
-                mask=mm & (offs_dv < DV)[None, :], other=0.0)
+    c_p, c_mask = _mat_ptrs(c_ptr, g64, offs_m, offs_d, M, D)
+    c = tl.load(c_p, mask=c_mask, other=0.0)
+    o_p, o_mask = _mat_ptrs(o_ptr, g64, offs_m, offs_dv, M, DV)
+    o = tl.load(o_p, mask=o_mask, other=0.0)
     den = tl.load(den_ptr + g64 * M + offs_m, mask=offs_m < M, other=0.0)
 
     # A. do_m = sum_{a_n = m} sigma_n dy_n
@@ -283,10 +303,8 @@ def _pool_kernel(x_ptr, c_ptr, sxb, sxc, sxh, sxw, heads, fh, fw, rh, rw, ph, pw
     g = tl.program_id(0)
     xb = x_ptr + _group_offset(g, heads, fh, fw, rh, rw, D, sxb, sxc, sxh, sxw)
     c = _pool(xb, M, N, D, rh, rw, ph, pw, sxc, sxh, sxw, BLOCK_M, BLOCK_N, BLOCK_D, DT)
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    tl.store(c_ptr + g.to(tl.int64) * M * D + offs_m[:, None] * D + offs_d[None, :], c,
-             mask=(offs_m < M)[:, None] & (offs_d < D)[None, :])
+    c_p, c_mask = _mat_ptrs(c_ptr, g.to(tl.int64), tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_D), M, D)
+    tl.store(c_p, c, mask=c_mask)
 
 
 @triton.jit
@@ -301,8 +319,8 @@ def _assign_kernel(x_ptr, c_ptr, a_ptr, sig_ptr, alpha_ptr, beta_ptr, sxb, sxc, 
     beta = tl.load(beta_ptr).to(DT)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    c = tl.load(c_ptr + g64 * M * D + offs_m[:, None] * D + offs_d[None, :],
-                mask=(offs_m < M)[:, None] & (offs_d < D)[None, :], other=0.0)
+    c_p, c_mask = _mat_ptrs(c_ptr, g64, offs_m, offs_d, M, D)
+    c = tl.load(c_p, mask=c_mask, other=0.0)
     c_hat, _ = _normalize_rows(c, 1e-12)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -324,7 +342,6 @@ def _aggregate_kernel(v_ptr, a_ptr, sig_ptr, vc_ptr, o_ptr, den_ptr, svb, svc, s
     vb = v_ptr + _group_offset(g, heads, fh, fw, rh, rw, DV, svb, svc, svh, svw)
     offs_m = tl.arange(0, BLOCK_M)
     offs_dv = tl.arange(0, BLOCK_DV)
-    mask_md = (offs_m < M)[:, None] & (offs_dv < DV)[None, :]
     U = tl.zeros((BLOCK_M, BLOCK_DV), dtype=DT)
     den = tl.zeros((BLOCK_M,), dtype=DT)
     for n0 in range(0, N, BLOCK_N):
@@ -332,16 +349,12 @@ def _aggregate_kernel(v_ptr, a_ptr, sig_ptr, vc_ptr, o_ptr, den_ptr, svb, svc, s
         valid = offs_n < N
         a = tl.load(a_ptr + g64 * N + offs_n, mask=valid, other=0)
         sigma = tl.load(sig_ptr + g64 * N + offs_n, mask=valid, other=0.0)
-        oh = _onehot_t(a, offs_m, valid, DT)
         vt = _load_points(vb, offs_n, offs_dv, N, DV, rw, svc, svh, svw, DT)
-        U += tl.dot(tl.trans(oh * sigma[:, None]), vt, input_precision="ieee")
-        if BY_COUNT:
-            den += tl.sum(oh, axis=0)
-        else:
-            den += tl.sum(oh * sigma[:, None], axis=0)
-    vc = tl.load(vc_ptr + g64 * M * DV + offs_m[:, None] * DV + offs_dv[None, :], mask=mask_md, other=0.0)
-    o = (U + vc) / (den + 1.0)[:, None]
-    tl.store(o_ptr + g64 * M * DV + offs_m[:, None] * DV + offs_dv[None, :], o, mask=mask_md)
+        U, den = _accumulate(U, den, _onehot_t(a, offs_m, valid, DT), sigma, vt, BY_COUNT)
+    vc_p, mask_md = _mat_ptrs(vc_ptr, g64, offs_m, offs_dv, M, DV)
+    o = (tl.load(vc_p, mask=mask_md, other=0.0) + U) / (den + 1.0)[:, None]
+    o_p, _ = _mat_ptrs(o_ptr, g64, offs_m, offs_dv, M, DV)
+    tl.store(o_p, o, mask=mask_md)
     tl.store(den_ptr + g64 * M + offs_m, den, mask=offs_m < M)
 
 
@@ -354,15 +367,9 @@ def _dispatch_kernel(a_ptr, sig_ptr, o_ptr, y_ptr, syb, syc, syh, syw, heads, fh
     yb = y_ptr + _group_offset(g, heads, fh, fw, rh, rw, DV, syb, syc, syh, syw)
     offs_m = tl.arange(0, BLOCK_M)
     offs_dv = tl.arange(0, BLOCK_DV)
-    o = tl.load(o_ptr + g64 * M * DV + offs_m[:, None] * DV + offs_dv[None, :],
-                mask=(offs_m < M)[:, None] & (offs_dv < DV)[None, :], other=0.0)
-    for n0 in range(0, N, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        valid = offs_n < N
-        a = tl.load(a_ptr + g64 * N + offs_n, mask=valid, other=0)
-        sigma = tl.load(sig_ptr + g64 * N + offs_n, mask=valid, other=0.0)
-        yt = tl.dot(_onehot_t(a, offs_m, valid, DT), o, input_precision="ieee") * sigma[:, None]
-        _store_points(yb, yt, offs_n, offs_dv, N, DV, rw, syc, syh, syw)
+    o_p, o_mask = _mat_ptrs(o_ptr, g64, offs_m, offs_dv, M, DV)
+    o = tl.load(o_p, mask=o_mask, other=0.0)
+    _dispatch(a_ptr, sig_ptr, o, yb, g64, offs_m, offs_dv, N, DV, rw, syc, syh, syw, BLOCK_N, DT)
 
 
 # ----------------------------------------------------------------------------------------------------
