@@ -18,7 +18,6 @@ from typing import Dict, Sequence, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from coc_kernels import context_cluster
 
@@ -204,7 +203,7 @@ class ContextCluster(BaseModule):
         # an input side that every stage's map divides by its fold: stage i has stride 4 * 2**i
         self.size_divisor = 1
         for i, f in enumerate(folds):
-            f = f if isinstance(f, int) else max(f)
+            f = math.lcm(*f) if isinstance(f, (tuple, list)) else f
             self.size_divisor = math.lcm(self.size_divisor, 4 * 2 ** i * f)
 
         self.patch_embed = PointRecuder(4, 4, 0, 5, dims[0])
@@ -263,7 +262,8 @@ class ContextCluster(BaseModule):
         """Load a CoC checkpoint (weights under 'state_dict', 'model', or bare); logs missing/unexpected keys.
 
         The classifier of an ImageNet checkpoint (``norm``, ``head``) is ignored; the output norms
-        ``norm0/2/4/6`` it lacks stay at their initial values.
+        ``norm0/2/4/6`` it lacks stay at their initial values. A detector checkpoint (keys under
+        ``backbone.``) gives its backbone weights when no ``prefix`` is named.
         """
         state = _read_checkpoint(checkpoint)
         for key in ("state_dict", "model"):
@@ -271,6 +271,8 @@ class ContextCluster(BaseModule):
                 state = state[key]
                 break
         state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+        if prefix is None and any(k.startswith("backbone.") for k in state):
+            prefix = "backbone."
         if prefix:
             state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         classifier = [k for k in state if k.split(".")[0] in ("norm", "head")]
@@ -344,7 +346,7 @@ class record_assignments:
                 with torch.no_grad():
                     self.maps[key] = cluster_assignment(mod.f(inputs[0]), mod.sim_alpha, mod.sim_beta,
                                                         heads=mod.heads, proposal=mod.proposal, fold=mod.fold,
-                                                        impl=mod.impl if mod.impl != "dense" else "reference")
+                                                        impl=mod.impl)
 
             self._handles.append(mixer.register_forward_hook(hook))
         return self.maps

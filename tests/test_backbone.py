@@ -78,6 +78,25 @@ def test_pretrained_classification_checkpoint_loads(tmp_path, wrap, caplog):
     assert torch.equal(model2.state_dict()["network.2.1.token_mixer.f.weight"], state["network.2.1.token_mixer.f.weight"])
 
 
+def test_detector_checkpoint_gives_its_backbone(tmp_path):
+    src = ContextCluster("small")
+    for p in src.parameters():
+        torch.nn.init.normal_(p)
+    state = {f"backbone.{k}": v for k, v in src.state_dict().items()}
+    state["neck.lateral_convs.0.conv.weight"] = torch.randn(256, 64, 1, 1)
+    torch.save({"meta": {}, "state_dict": state}, tmp_path / "maskrcnn.pth")
+    model = ContextCluster("small")
+    missing, unexpected = model.load_pretrained(str(tmp_path / "maskrcnn.pth"))
+    assert missing == [] and unexpected == []
+    assert all(torch.equal(v, src.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_size_divisor_covers_both_fold_factors():
+    model = ContextCluster(dict(layers=[1], embed_dims=[16], mlp_ratios=[2], heads=[1], head_dim=[16]),
+                           fold=[(2, 3)], out_indices=(0,))
+    assert model.size_divisor == 24  # stride 4 x lcm(2, 3)
+
+
 def test_mixer_paths_agree_inside_backbone():
     """Triton (interpreter) and memory-light mixers give the dense path's outputs and gradients."""
     arch = dict(layers=[1, 1, 1, 1], embed_dims=[16, 32, 32, 32], mlp_ratios=[2, 2, 2, 2],

@@ -87,11 +87,7 @@ def build_backbone(config: str, checkpoint: str | None):
     bb["init_cfg"] = None
     model = ContextCluster(**bb)
     if checkpoint:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        state = state.get("state_dict", state.get("model", state))
-        if any(k.startswith("backbone.") for k in state):
-            state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-        missing, _ = model.load_state_dict(state, strict=False)
+        missing, _ = model.load_pretrained(checkpoint)
         if len(missing) == len(model.state_dict()):
             raise ValueError(f"{checkpoint} holds no ContextCluster weights")
     return model.eval()
