@@ -30,13 +30,15 @@ if not ON_GPU:  # the Triton smoke run needs the interpreter, set before triton 
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks._report import report  # noqa: E402
+from coc_det.backbone import ARCH_SETTINGS, DEFAULT_FOLDS, PROPOSAL_OF_CENTRES  # noqa: E402
 from coc_kernels import context_cluster  # noqa: E402
 from coc_kernels.reference import context_cluster_dense  # noqa: E402
 
-HEADS = {"small": [4, 4, 8, 8], "medium": [6, 6, 12, 12]}
-FOLDS = [8, 4, 2, 1]
-HEAD_DIM = 32
-CENTRES = {4: 2, 25: 5, 49: 7}
+# the model zoo's settings (one source of truth: coc_det.backbone)
+HEADS = {arch: s["heads"] for arch, s in ARCH_SETTINGS.items()}
+HEAD_DIMS = {arch: s["head_dim"] for arch, s in ARCH_SETTINGS.items()}
+FOLDS = list(DEFAULT_FOLDS)
+CENTRES = PROPOSAL_OF_CENTRES
 
 
 def stage_shape(batch: int, stage: int, img=(800, 1344)):
@@ -46,7 +48,7 @@ def stage_shape(batch: int, stage: int, img=(800, 1344)):
 
 def make_inputs(arch, stage, batch, dtype, device, img=(800, 1344)):
     B, H, W = stage_shape(batch, stage, img)
-    C = HEADS[arch][stage - 1] * HEAD_DIM
+    C = HEADS[arch][stage - 1] * HEAD_DIMS[arch][stage - 1]
     x = torch.randn(B, C, H, W, device=device, dtype=dtype, requires_grad=True)
     v = torch.randn(B, C, H, W, device=device, dtype=dtype, requires_grad=True)
     a = torch.ones(1, device=device, requires_grad=True)
@@ -169,6 +171,8 @@ def main(argv=None):
     p.add_argument("--json", help="write the rows as JSON here")
     p.add_argument("--md", help="write the markdown table here")
     p.add_argument("--plot", help="write a chart (time and memory per stage and centre count) here")
+    p.add_argument("--profile", action="store_true",
+                   help="GPU: also print the CUDA time of each kernel of the triton path (torch.profiler)")
     args = p.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     forward_only = not ON_GPU
@@ -193,8 +197,39 @@ def main(argv=None):
     if not ON_GPU:
         md += "\n\n" + triton_smoke()
     report(md, rows, dev, args.json, args.md)
+    if args.profile and ON_GPU:
+        for arch in args.arch:
+            for stage in args.stages:
+                for centres in args.centres:
+                    profile(arch, stage, centres, args.batch, dtype, tuple(args.size))
     if args.plot:
         plot(rows, args.plot, f"CoC mixer, {dev}, batch {args.batch}, {args.size[0]}x{args.size[1]}")
+
+
+def profile(arch, stage, centres, batch, dtype, img):
+    """Per-kernel CUDA time of the triton path's forward+backward (mean of 10 steps)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+    heads, p, fold = HEADS[arch][stage - 1], CENTRES[centres], FOLDS[stage - 1]
+    x, v, a, b = make_inputs(arch, stage, batch, dtype, "cuda", img)
+    dy = torch.randn_like(x)
+    f = runner("triton", heads, p, fold)
+
+    def step():
+        torch.autograd.grad(f(x, v, a, b), (x, v, a, b), dy)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with tprofile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            step()
+        torch.cuda.synchronize()
+    print(f"\nkernels of triton fwd+bwd, {arch} stage {stage} {centres} centres, {str(dtype)[6:]} (per step):")
+    for e in sorted(prof.key_averages(), key=lambda e: -getattr(e, "device_time_total", 0)):
+        t = (getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)) / 10
+        if t > 0:
+            print(f"  {t / 1e3:8.4f} ms  x{e.count // 10:<3d} {e.key[:90]}")
 
 
 def plot(rows, out, title):

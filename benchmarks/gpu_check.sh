@@ -1,25 +1,35 @@
 #!/usr/bin/env bash
 # One-shot GPU check for a machine with only torch + triton (no mmcv/mmdet/mmengine):
-#   1. fused vs dense correctness at the real detection shapes (forward + gradients, fp32 and bf16),
-#   2. the mixer benchmark (every stage and centre count; torch.compile baseline at stage 1),
-#   3. the backbone benchmark (small-25 and medium-49, fp32 and bf16 autocast).
-# Tables land in OUT_DIR (default: bench_out). Sized to finish within ~6 minutes on an H100/H200.
+#   1. the kernel tests, compiled on the GPU (outputs poisoned with NaN),
+#   2. fused vs dense correctness at the real detection shapes (forward + gradients, fp32 and bf16),
+#   3. the mixer benchmark (every stage and centre count, fp32; bf16; torch.compile baseline at stage 1)
+#      and the per-kernel time of the fused path at stage 1,
+#   4. the backbone benchmark (small-25 and medium-49, fp32 and bf16 autocast).
+# Tables land in OUT_DIR (default: bench_out); a summary is printed last.
 #   bash benchmarks/gpu_check.sh [OUT_DIR]
 set -uo pipefail
 OUT=${1:-bench_out}
 mkdir -p "$OUT"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-python}
+export PYTHONUNBUFFERED=1
 status=0
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
   $PY -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'; date -u; } \
   | tee "$OUT/env.txt"
-run() { echo "== $*"; local t=$SECONDS; "$@" || status=1; echo "   ($((SECONDS - t)) s)"; }
+T0=$SECONDS
+run() { echo "== [$((SECONDS - T0)) s] $*"; local t=$SECONDS; "$@" || status=1; echo "   ($((SECONDS - t)) s)"; }
+run $PY -m pytest -q -x -p no:cacheprovider tests/test_context_cluster.py
 run $PY benchmarks/check_correctness.py --md "$OUT/correctness.md"
-run $PY benchmarks/bench_mixer.py --impls dense reference triton --json "$OUT/mixer.json" --md "$OUT/mixer.md"
-run $PY benchmarks/bench_mixer.py --arch small --stages 1 --centres 25 --impls dense dense+compile triton \
-    --json "$OUT/mixer_compile.json" --md "$OUT/mixer_compile.md"
-run $PY benchmarks/bench_backbone.py --json "$OUT/backbone_fp32.json" --md "$OUT/backbone_fp32.md"
-run $PY benchmarks/bench_backbone.py --amp --json "$OUT/backbone_bf16.json" --md "$OUT/backbone_bf16.md"
-cat "$OUT"/*.md
+run $PY benchmarks/bench_mixer.py --impls dense triton --json "$OUT/mixer.json" --md "$OUT/mixer.md"
+run $PY benchmarks/bench_mixer.py --arch small --dtype bfloat16 --impls dense triton --json "$OUT/mixer_bf16.json" \
+    --md "$OUT/mixer_bf16.md"
+run $PY benchmarks/bench_mixer.py --arch small --stages 1 --centres 25 --impls dense+compile triton \
+    --json "$OUT/mixer_compile.json" --md "$OUT/mixer_compile.md" --profile
+run $PY benchmarks/bench_mixer.py --arch small --stages 1 4 --centres 49 --impls triton --profile --reps 5
+run $PY benchmarks/bench_backbone.py --impls dense triton --reps 5 --json "$OUT/backbone_fp32.json" --md "$OUT/backbone_fp32.md"
+run $PY benchmarks/bench_backbone.py --impls dense triton --reps 5 --amp --json "$OUT/backbone_bf16.json" --md "$OUT/backbone_bf16.md"
+echo "== total $((SECONDS - T0)) s, status $status"
+
+cat "$OUT"/correctness.md "$OUT"/mixer*.md "$OUT"/backbone*.md
 exit $status

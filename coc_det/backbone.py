@@ -37,12 +37,19 @@ except ImportError:  # pragma: no cover - exercised on machines without mmengine
 logger = logging.getLogger("coc_det")
 
 ARCH_SETTINGS: Dict[str, dict] = {
-    # layers per stage, channels, MLP ratios, heads, head dim (32 in every published variant)
+    # layers per stage, channels, MLP ratios, heads, head dim per stage (as the public CoC code)
+    "tiny": dict(layers=[3, 4, 5, 2], embed_dims=[32, 64, 196, 320], mlp_ratios=[8, 8, 4, 4],
+                 heads=[4, 4, 8, 8], head_dim=[24, 24, 24, 24]),
     "small": dict(layers=[2, 2, 6, 2], embed_dims=[64, 128, 320, 512], mlp_ratios=[8, 8, 4, 4],
                   heads=[4, 4, 8, 8], head_dim=[32, 32, 32, 32]),
     "medium": dict(layers=[4, 4, 12, 4], embed_dims=[64, 128, 320, 512], mlp_ratios=[8, 8, 4, 4],
                    heads=[6, 6, 12, 12], head_dim=[32, 32, 32, 32]),
 }
+
+#: regions per axis of each stage in the region-partitioned models (stage i's map has stride 4 * 2**i)
+DEFAULT_FOLDS = (8, 4, 2, 1)
+#: centres per region ("-4 / -25 / -49" in the model names) -> centres per region axis (``proposal``)
+PROPOSAL_OF_CENTRES = {4: 2, 25: 5, 49: 7}
 
 
 def _per_stage(v, n: int, name: str) -> list:
@@ -176,7 +183,7 @@ class ContextCluster(BaseModule):
     """
 
     def __init__(self, arch: Union[str, dict] = "small", proposal: Union[int, Sequence[int]] = 2,
-                 fold: Union[int, Sequence[int]] = (8, 4, 2, 1), out_indices: Sequence[int] = (0, 1, 2, 3),
+                 fold: Union[int, Sequence[int]] = DEFAULT_FOLDS, out_indices: Sequence[int] = (0, 1, 2, 3),
                  drop_path_rate: float = 0.0, layer_scale_init_value: float = 1e-5, mixer_impl: str = "auto",
                  denominator: str = "count", frozen_stages: int = -1, init_cfg=None):
         super().__init__(init_cfg=init_cfg)

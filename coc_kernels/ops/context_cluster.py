@@ -1,33 +1,56 @@
-"""Triton kernels of the Context Cluster mixer (forward, backward, and each step on its own).
+"""Triton kernels of the Context Cluster mixer, the custom ops that launch them, and their autograd.
 
-Every program handles one group g = (image b, head h, region i, j) and addresses its points directly in
-the ``[B, C, H, W]`` layout through strides: no rearrange copies, no ``[G, M, N]`` or ``[G, M, N, d]``
-tensor in memory. Tiles of ``BLOCK_N`` points are streamed; the per-group state (centres, their
-values, the aggregates) lives in registers as ``[BLOCK_M, BLOCK_D]`` tiles. All products go through
-``tl.dot`` with ``input_precision="ieee"`` (fp32, no TF32: the assignment is an argmax and must agree
-with the torch reference), with one-hot / pooling-weight matrices playing the role of gather, scatter
-and pooling. Loads are upcast to fp32; outputs are stored in the caller's dtype.
+A *group* g is one (image, head, region); its N points are the region's pixels, addressed in the
+``[B, C, H, W]`` tensors through strides (no rearrange copies). A group's points are split into ``NC``
+*chunks* of ``TPP`` tiles of ``BLOCK_N`` points; every kernel runs on a ``(G, NC)`` grid, so a stage
+with few groups (stage 4: 16) still fills the GPU. Per-group quantities (centres, cluster aggregates,
+their gradients) are sums over chunks: each program writes its chunk's partial sum, and the next
+kernel adds the ``NC`` partials in a fixed order. No float atomics anywhere: results are bitwise
+reproducible for a given shape.
 
-Forward (one kernel, three passes over the group's points):
-  1. pool ``c`` (from x) and ``vc`` (from value) with exact ``adaptive_avg_pool2d`` windows;
-  2. ``s = sigmoid(beta + alpha * <c_hat, x_hat>)``, ``a = argmax_m s`` (first index on ties),
-     ``sigma = max_m s``; aggregate ``U = sum sigma v`` and the denominator; ``o = (U + vc)/(D + 1)``;
-  3. dispatch ``y_n = sigma_n * o[a_n]``.
+Tiles are ``[channels, points]`` (points along the fast axis, contiguous in ``[B, C, H, W]``).
+Scatters over the assignment (cluster sums, their gradients) and the pooling windows are dot products
+with one-hot / pooling-weight tiles (``input_precision="ieee"``: the argmax must match the fp32
+reference, TF32 would flip assignments). Gathers (``o[a_n]``, ``dU[a_n]``, ``c_hat[a_n]``) are loads
+from a tiny per-program copy of the group state that stays in L1/L2.
+
+Forward, 3 launches:
+  1. ``_pool_kernel``: partial window sums of x for the centres ``c`` (adaptive-avg-pool windows);
+  2. ``_assign_kernel``: ``c = sum of partials``; ``s = sigmoid(beta + alpha <c_hat, x_hat>)``,
+     ``a = argmax_m s`` (first index on ties), ``sigma = max_m s``; partial sums of
+     ``U + vc = sum_n (onehot*sigma + pool weight) v_n`` and of the denominator;
+  3. ``_dispatch_kernel``: ``o = (U + vc) / (den + 1)``, ``y_n = sigma_n * o[a_n]``.
+Backward, 3 launches:
+  1. ``_bwd_do_kernel``: partial ``do_m = sum_{a_n=m} sigma_n dy_n``;
+  2. ``_bwd_main_kernel``: dv (complete), partial dalpha/dbeta, the direct part of dx, partial ``d c_hat``;
+  3. ``_bwd_pool_kernel``: ``dc`` through the normalisation, its pooling adjoint added to dx; the
+     dalpha/dbeta partials summed in a fixed order.
 Saved for backward: ``a [G, N]`` int32, ``sigma [G, N]``, ``c [G, M, d]``, ``o [G, M, dv]``,
-``den [G, M]`` (all fp32): O(G * (N + M * d)).
-
-Backward (one kernel, three passes): ``do``; then dv, dalpha, dbeta, the direct part of dx and
-``d c_hat``; then the pooling adjoint of ``dc`` added to dx. Per-group dalpha/dbeta partials are summed
-by torch afterwards (no float atomics: results are bitwise reproducible).
+``den [G, M]``: O(G (N + M d)), never a ``[G, M, N]`` tensor.
 """
 from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
 
 import triton
 import triton.language as tl
 
 
+
+def _kernel(fn):
+    """``triton.jit`` without value specialisation of any integer argument: sizes and strides change with
+    every image (detection inputs vary in size), and the rest (heads, folds, centres) gains nothing from
+    it, so each (block sizes, dtypes) configuration compiles once."""
+    import inspect
+    ints = [name for name, p in inspect.signature(fn).parameters.items()
+            if not name.endswith("_ptr") and "constexpr" not in str(p.annotation)]
+    return triton.jit(do_not_specialize=ints)(fn)
+
+
 # ----------------------------------------------------------------------------------------------------
-# helpers shared by all kernels
+# helpers
 # ----------------------------------------------------------------------------------------------------
 @triton.jit
 def _group_offset(g, heads, fh, fw, rh, rw, C, s_b, s_c, s_h, s_w):
@@ -41,179 +64,248 @@ def _group_offset(g, heads, fh, fw, rh, rw, C, s_b, s_c, s_h, s_w):
 
 
 @triton.jit
-def _point_offsets(offs_n, offs_c, rw, s_c, s_h, s_w):
+def _tile_ptrs(base, offs_c, offs_n, C, N, rw, s_c, s_h, s_w):
+    """Pointers and mask of the ``[BLOCK_C, BLOCK_N]`` tile: channel c of point n = (n // rw, n % rw)."""
     r = offs_n // rw
-    s = offs_n % rw
-    return (r * s_h + s * s_w)[:, None] + offs_c[None, :] * s_c
+    col = offs_n - r * rw
+    ptrs = base + offs_c[:, None] * s_c + (r * s_h + col * s_w)[None, :]  # int32 inside a group (host-checked)
+    return ptrs, (offs_c < C)[:, None] & (offs_n < N)[None, :]
 
 
 @triton.jit
-def _load_points(ptr, offs_n, offs_c, N, C, rw, s_c, s_h, s_w, DT: tl.constexpr):
-    """``[BLOCK_N, BLOCK_C]`` tile in the compute dtype DT of point features (zeros outside)."""
-    mask = (offs_n < N)[:, None] & (offs_c < C)[None, :]
-    return tl.load(ptr + _point_offsets(offs_n, offs_c, rw, s_c, s_h, s_w), mask=mask, other=0.0).to(DT)
+def _load_tile(base, offs_c, offs_n, C, N, rw, s_c, s_h, s_w, DT: tl.constexpr):
+    ptrs, mask = _tile_ptrs(base, offs_c, offs_n, C, N, rw, s_c, s_h, s_w)
+    return tl.load(ptrs, mask=mask, other=0.0).to(DT)
 
 
 @triton.jit
-def _store_points(ptr, val, offs_n, offs_c, N, C, rw, s_c, s_h, s_w):
-    mask = (offs_n < N)[:, None] & (offs_c < C)[None, :]
-    tl.store(ptr + _point_offsets(offs_n, offs_c, rw, s_c, s_h, s_w), val.to(ptr.dtype.element_ty), mask=mask)
+def _store_tile(base, val, offs_c, offs_n, C, N, rw, s_c, s_h, s_w):
+    ptrs, mask = _tile_ptrs(base, offs_c, offs_n, C, N, rw, s_c, s_h, s_w)
+    tl.store(ptrs, val.to(base.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _pool_weights(offs_m, offs_n, M, N, rh, rw, ph, pw, DT: tl.constexpr):
-    """``[BLOCK_M, BLOCK_N]``: 1/|window m| where point n lies in adaptive-avg-pool window m, else 0."""
+def _pool_w(offs_m, offs_n, M, N, rh, rw, ph, pw, N_MAJOR: tl.constexpr, DT: tl.constexpr):
+    """Adaptive-avg-pool weights: 1/|window m| where point n lies in window m, else 0.
+
+    ``[BLOCK_N, BLOCK_M]`` if N_MAJOR else ``[BLOCK_M, BLOCK_N]``. Window bounds are computed on the 1-D
+    index vectors (integer divisions per centre and per point, not per pair).
+    """
     mi = offs_m // pw
-    mj = offs_m % pw
+    mj = offs_m - mi * pw
     r0 = (mi * rh) // ph
     r1 = ((mi + 1) * rh + ph - 1) // ph
     c0 = (mj * rw) // pw
     c1 = ((mj + 1) * rw + pw - 1) // pw
-    area = tl.maximum((r1 - r0) * (c1 - c0), 1).to(DT)
-    r = (offs_n // rw)[None, :]
-    s = (offs_n % rw)[None, :]
-    inside = ((r >= r0[:, None]) & (r < r1[:, None]) & (s >= c0[:, None]) & (s < c1[:, None])
-              & (offs_m < M)[:, None] & (offs_n < N)[None, :])
-    return tl.where(inside, 1.0 / area[:, None], 0.0)
+    inv = tl.where(offs_m < M, 1.0 / tl.maximum((r1 - r0) * (c1 - c0), 1).to(DT), 0.0)
+    r = offs_n // rw
+    s = offs_n - r * rw
+    r = tl.where(offs_n < N, r, -1)  # points past N lie in no window
+    if N_MAJOR:
+        inside = ((r[:, None] >= r0[None, :]) & (r[:, None] < r1[None, :])
+                  & (s[:, None] >= c0[None, :]) & (s[:, None] < c1[None, :]))
+        w = tl.where(inside, inv[None, :], 0.0)
+    else:
+        inside = ((r[None, :] >= r0[:, None]) & (r[None, :] < r1[:, None])
+                  & (s[None, :] >= c0[:, None]) & (s[None, :] < c1[:, None]))
+        w = tl.where(inside, inv[:, None], 0.0)
+    return w
 
 
 @triton.jit
-def _pool(ptr, M, N, C, rh, rw, ph, pw, s_c, s_h, s_w,
-          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, DT: tl.constexpr):
-    """Adaptive-avg-pool centres of one group: ``[BLOCK_M, BLOCK_C]`` in DT."""
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_c = tl.arange(0, BLOCK_C)
-    acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=DT)
-    for n0 in range(0, N, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        w = _pool_weights(offs_m, offs_n, M, N, rh, rw, ph, pw, DT)
-        t = _load_points(ptr, offs_n, offs_c, N, C, rw, s_c, s_h, s_w, DT)
-        acc += tl.dot(w, t, input_precision="ieee")
+def _sum_partials(ptr, offs_r, offs_c, R, C, NC, ROW_STRIDE, COL_STRIDE):
+    """Fixed-order sum over the NC chunk partials of a ``[NC, ...]`` buffer; tile ``[len(offs_r), len(offs_c)]``
+    with element (r, c) at ``r * ROW_STRIDE + c * COL_STRIDE`` inside each partial of size R*C."""
+    mask = (offs_r < R)[:, None] & (offs_c < C)[None, :]
+    offs = offs_r[:, None] * ROW_STRIDE + offs_c[None, :] * COL_STRIDE
+    acc = tl.load(ptr + offs, mask=mask, other=0.0)
+    for j in range(1, NC):
+        acc += tl.load(ptr + j * R * C + offs, mask=mask, other=0.0)
     return acc
 
 
 @triton.jit
-def _normalize_rows(t, eps):
-    """F.normalize along dim 1 (returns the normalised tile and the row norms)."""
-    nrm = tl.sqrt(tl.sum(t * t, axis=1))
-    return t / tl.maximum(nrm, eps)[:, None], nrm
+def _sum_vec_partials(ptr, offs, R, NC):
+    acc = tl.load(ptr + offs, mask=offs < R, other=0.0)
+    for j in range(1, NC):
+        acc += tl.load(ptr + j * R + offs, mask=offs < R, other=0.0)
+    return acc
 
 
 @triton.jit
-def _assign(c_hat, xt, offs_m, M, alpha, beta, eps):
-    """Hard assignment of a tile of points. Returns ``a [BLOCK_N]`` int32, ``sigma``, ``x_hat``, ``|x|``."""
-    x_hat, xn = _normalize_rows(xt, eps)
-    cos = tl.dot(c_hat, tl.trans(x_hat), input_precision="ieee")  # [BLOCK_M, BLOCK_N]
-    s = 1.0 / (1.0 + tl.exp(-(beta + alpha * cos)))
-    s = tl.where((offs_m < M)[:, None], s, -1.0)
-    a = tl.argmax(s, axis=0, tie_break_left=True).to(tl.int32)
-    sigma = tl.max(s, axis=0)
-    return a, sigma, x_hat, xn
+def _norm_cols(t, eps):
+    """F.normalize over dim 0 of a ``[C, K]`` tile: the normalised tile and the column norms."""
+    nrm = tl.sqrt(tl.sum(t * t, axis=0))
+    return t / tl.maximum(nrm, eps)[None, :], nrm
 
 
 @triton.jit
-def _mat_ptrs(ptr, g64, offs_m, offs_c, M, C):
-    """Pointers and mask of group g's row-major ``[M, C]`` block in a ``[G, M, C]`` buffer."""
-    return (ptr + g64 * M * C + offs_m[:, None] * C + offs_c[None, :],
-            (offs_m < M)[:, None] & (offs_c < C)[None, :])
-
-
-@triton.jit
-def _accumulate(U, den, oh, sigma, vt, BY_COUNT: tl.constexpr):
-    """Aggregate one tile: ``U += (onehot * sigma)^T v``; ``den +=`` assigned count or sigma sum."""
-    U += tl.dot(tl.trans(oh * sigma[:, None]), vt, input_precision="ieee")
-    if BY_COUNT:
-        den += tl.sum(oh, axis=0)
-    else:
-        den += tl.sum(oh * sigma[:, None], axis=0)
-    return U, den
-
-
-@triton.jit
-def _dispatch(a_ptr, sig_ptr, o, yb, g64, offs_m, offs_dv, N, DV, rw, s_c, s_h, s_w,
-              BLOCK_N: tl.constexpr, DT: tl.constexpr):
-    """``y_n = sigma_n * o[a_n]`` for every point of the group, from the stored ``a`` and ``sigma``."""
-    for n0 in range(0, N, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        valid = offs_n < N
-        a = tl.load(a_ptr + g64 * N + offs_n, mask=valid, other=0)
-        sigma = tl.load(sig_ptr + g64 * N + offs_n, mask=valid, other=0.0)
-        yt = tl.dot(_onehot_t(a, offs_m, valid, DT), o, input_precision="ieee") * sigma[:, None]
-        _store_points(yb, yt, offs_n, offs_dv, N, DV, rw, s_c, s_h, s_w)
-
-
-@triton.jit
-def _onehot_t(a, offs_m, valid_n, DT: tl.constexpr):
-    """``[BLOCK_N, BLOCK_M]`` one-hot of the assignment (rows of invalid points are zero)."""
-    return ((a[:, None] == offs_m[None, :]) & valid_n[:, None]).to(DT)
+def _chunk_range(k, TPP, N, BLOCK_N: tl.constexpr):
+    n_start = k * TPP * BLOCK_N
+    return n_start, tl.minimum(N, n_start + TPP * BLOCK_N)
 
 
 # ----------------------------------------------------------------------------------------------------
-# fused forward / backward
+# forward
 # ----------------------------------------------------------------------------------------------------
-@triton.jit
-def _coc_fwd_kernel(
-    x_ptr, v_ptr, y_ptr, a_ptr, sig_ptr, c_ptr, o_ptr, den_ptr, alpha_ptr, beta_ptr,
-    sxb, sxc, sxh, sxw, svb, svc, svh, svw, syb, syc, syh, syw,
-    heads, fh, fw, rh, rw, ph, pw, M, N, D, DV,
-    BY_COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DT: tl.constexpr,
-):
+@_kernel
+def _pool_kernel(x_ptr, pc_ptr, sxb, sxc, sxh, sxw, heads, fh, fw, rh, rw, ph, pw, M, N, D, NC, TPP,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DT: tl.constexpr,
+                 PREC: tl.constexpr):
+    """Partial window sums of chunk k for the centres: ``pc [G, NC, M, D]``."""
     g = tl.program_id(0)
+    k = tl.program_id(1)
+    xb = x_ptr + _group_offset(g, heads, fh, fw, rh, rw, D, sxb, sxc, sxh, sxw)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    acc = tl.zeros((BLOCK_D, BLOCK_M), dtype=DT)
+    n_start, n_end = _chunk_range(k, TPP, N, BLOCK_N)
+    for n0 in range(n_start, n_end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        xt = _load_tile(xb, offs_d, offs_n, D, N, rw, sxc, sxh, sxw, DT)
+        acc += tl.dot(xt, _pool_w(offs_m, offs_n, M, N, rh, rw, ph, pw, True, DT), input_precision=PREC)
+    out = pc_ptr + (g.to(tl.int64) * NC + k) * M * D
+    tl.store(out + offs_d[:, None] + offs_m[None, :] * D, acc, mask=(offs_d < D)[:, None] & (offs_m < M)[None, :])
+
+
+@_kernel
+def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_ptr, alpha_ptr, beta_ptr,
+                   sxb, sxc, sxh, sxw, svb, svc, svh, svw,
+                   heads, fh, fw, rh, rw, ph, pw, M, N, D, DV, NC, TPP,
+                   AGG: tl.constexpr, BY_COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+    """Centres from the partials (chunk 0 stores ``c [G, M, D]``); assignment ``a, sigma [G, N]`` of chunk k;
+    with AGG, partial ``U + vc`` (``puv [G, NC, M, DV]``) and denominators (``pden [G, NC, M]``)."""
+    g = tl.program_id(0)
+    k = tl.program_id(1)
+    g64 = g.to(tl.int64)
     eps = 1e-12
     xb = x_ptr + _group_offset(g, heads, fh, fw, rh, rw, D, sxb, sxc, sxh, sxw)
-    vb = v_ptr + _group_offset(g, heads, fh, fw, rh, rw, DV, svb, svc, svh, svw)
-    yb = y_ptr + _group_offset(g, heads, fh, fw, rh, rw, DV, syb, syc, syh, syw)
     alpha = tl.load(alpha_ptr).to(DT)
     beta = tl.load(beta_ptr).to(DT)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    g64 = g.to(tl.int64)
+    m_ok = offs_m < M
 
-    # 1. centres and value centres
-    c = _pool(xb, M, N, D, rh, rw, ph, pw, sxc, sxh, sxw, BLOCK_M, BLOCK_N, BLOCK_D, DT)
-    vc = _pool(vb, M, N, DV, rh, rw, ph, pw, svc, svh, svw, BLOCK_M, BLOCK_N, BLOCK_DV, DT)
-    c_p, c_mask = _mat_ptrs(c_ptr, g64, offs_m, offs_d, M, D)
-    tl.store(c_p, c, mask=c_mask)
-    c_hat, _ = _normalize_rows(c, eps)
+    c = _sum_partials(pc_ptr + g64 * NC * M * D, offs_m, offs_d, M, D, NC, D, 1)  # [BM, BD]
+    c_mask = m_ok[:, None] & (offs_d < D)[None, :]
+    tl.store(c_ptr + g64 * M * D + offs_m[:, None] * D + offs_d[None, :], c, mask=c_mask & (k == 0))
+    nrm = tl.sqrt(tl.sum(c * c, axis=1))
+    c_hat = c / tl.maximum(nrm, eps)[:, None]
 
-    # 2. assignment + aggregate
-    U = tl.zeros((BLOCK_M, BLOCK_DV), dtype=DT)
-    den = tl.zeros((BLOCK_M,), dtype=DT)
-    for n0 in range(0, N, BLOCK_N):
+    if AGG:
+        vb = v_ptr + _group_offset(g, heads, fh, fw, rh, rw, DV, svb, svc, svh, svw)
+        offs_dv = tl.arange(0, BLOCK_DV)
+        uv = tl.zeros((BLOCK_DV, BLOCK_M), dtype=DT)
+        den = tl.zeros((BLOCK_M,), dtype=DT)
+    n_start, n_end = _chunk_range(k, TPP, N, BLOCK_N)
+    for n0 in range(n_start, n_end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         valid = offs_n < N
-        xt = _load_points(xb, offs_n, offs_d, N, D, rw, sxc, sxh, sxw, DT)
-        a, sigma, _, _ = _assign(c_hat, xt, offs_m, M, alpha, beta, eps)
+        x_hat, _xn = _norm_cols(_load_tile(xb, offs_d, offs_n, D, N, rw, sxc, sxh, sxw, DT), eps)
+        cos = tl.dot(c_hat, x_hat, input_precision=PREC)  # [BM, BN]
+        s = 1.0 / (1.0 + tl.exp(-(beta + alpha * cos)))
+        s = tl.where(m_ok[:, None], s, -1.0)
+        a = tl.argmax(s, axis=0, tie_break_left=True).to(tl.int32)
+        sigma = tl.max(s, axis=0)
         tl.store(a_ptr + g64 * N + offs_n, a, mask=valid)
         tl.store(sig_ptr + g64 * N + offs_n, sigma, mask=valid)
-        vt = _load_points(vb, offs_n, offs_dv, N, DV, rw, svc, svh, svw, DT)
-        U, den = _accumulate(U, den, _onehot_t(a, offs_m, valid, DT), sigma, vt, BY_COUNT)
-    o = (U + vc) / (den + 1.0)[:, None]
-    o_p, o_mask = _mat_ptrs(o_ptr, g64, offs_m, offs_dv, M, DV)
-    tl.store(o_p, o, mask=o_mask)
-    tl.store(den_ptr + g64 * M + offs_m, den, mask=offs_m < M)
-    tl.debug_barrier()  # a / sigma written above are read back by other threads below
+        if AGG:
+            onehot = (a[:, None] == offs_m[None, :]) & valid[:, None]  # [BN, BM]
+            if BY_COUNT:
+                den += tl.sum(onehot.to(DT), axis=0)
+            else:
+                den += tl.sum(tl.where(onehot, sigma[:, None], 0.0), axis=0)
+            wgt = tl.where(onehot, sigma[:, None], 0.0) + _pool_w(offs_m, offs_n, M, N, rh, rw, ph, pw, True, DT)
+            vt = _load_tile(vb, offs_dv, offs_n, DV, N, rw, svc, svh, svw, DT)
+            uv += tl.dot(vt, wgt, input_precision=PREC)  # [BDV, BM]
+    if AGG:
+        part = g64 * NC + k
+        tl.store(puv_ptr + part * M * DV + offs_dv[:, None] + offs_m[None, :] * DV, uv,
+                 mask=(offs_dv < DV)[:, None] & m_ok[None, :])
+        tl.store(pden_ptr + part * M + offs_m, den, mask=m_ok)
 
-    # 3. dispatch
-    _dispatch(a_ptr, sig_ptr, o, yb, g64, offs_m, offs_dv, N, DV, rw, syc, syh, syw, BLOCK_N, DT)
 
-
-@triton.jit
-def _coc_bwd_kernel(
-    x_ptr, v_ptr, dy_ptr, a_ptr, sig_ptr, c_ptr, o_ptr, den_ptr, alpha_ptr,
-    dx_ptr, dv_ptr, dab_ptr,
-    sxb, sxc, sxh, sxw, svb, svc, svh, svw, sdb, sdc, sdh, sdw,
-    heads, fh, fw, rh, rw, ph, pw, M, N, D, DV,
-    BY_COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DT: tl.constexpr,
-):
-    """dx and dv are contiguous ``[B, C, H, W]`` (dx in fp32); ``dab [G, 2]`` gets (dalpha, dbeta)."""
+@_kernel
+def _dispatch_kernel(a_ptr, sig_ptr, puv_ptr, pden_ptr, o_ptr, den_ptr, scr_ptr, y_ptr, alpha_ptr, beta_ptr,
+                     syb, syc, syh, syw,
+                     heads, fh, fw, rh, rw, M, N, DV, NC, TPP,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr, DT: tl.constexpr):
+    """``o = (U + vc) / (den + 1)`` (chunk 0 stores ``o [G, M, DV]``, ``den [G, M]``); ``y_n = sigma_n o[a_n]``.
+    y is NaN everywhere if alpha or beta is not finite (checked here rather than by a host sync)."""
     g = tl.program_id(0)
+    k = tl.program_id(1)
+    g64 = g.to(tl.int64)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    m_ok = offs_m < M
+    uv = _sum_partials(puv_ptr + g64 * NC * M * DV, offs_m, offs_dv, M, DV, NC, DV, 1)  # [BM, BDV]
+    den = _sum_vec_partials(pden_ptr + g64 * NC * M, offs_m, M, NC)
+    o = uv / (den + 1.0)[:, None]
+    o_offs = offs_m[:, None] * DV + offs_dv[None, :]
+    o_mask = m_ok[:, None] & (offs_dv < DV)[None, :]
+    tl.store(o_ptr + g64 * M * DV + o_offs, o, mask=o_mask & (k == 0))
+    tl.store(den_ptr + g64 * M + offs_m, den, mask=m_ok & (k == 0))
+    scr = scr_ptr + (g64 * NC + k) * M * DV  # this program's copy of o, read back by gathers
+    tl.store(scr + o_offs, o, mask=o_mask)
+    tl.debug_barrier()
+
+    nan_if_bad = tl.load(alpha_ptr).to(DT) * 0.0 + tl.load(beta_ptr).to(DT) * 0.0  # 0, or NaN
+    yb = y_ptr + _group_offset(g, heads, fh, fw, rh, rw, DV, syb, syc, syh, syw)
+    n_start, n_end = _chunk_range(k, TPP, N, BLOCK_N)
+    for n0 in range(n_start, n_end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        valid = offs_n < N
+        a = tl.load(a_ptr + g64 * N + offs_n, mask=valid, other=0)
+        sigma = tl.load(sig_ptr + g64 * N + offs_n, mask=valid, other=0.0)
+        gmask = (offs_dv < DV)[:, None] & valid[None, :]
+        o_a = tl.load(scr + a[None, :] * DV + offs_dv[:, None], mask=gmask, other=0.0)  # [BDV, BN]
+        _store_tile(yb, o_a * sigma[None, :] + nan_if_bad, offs_dv, offs_n, DV, N, rw, syc, syh, syw)
+
+
+# ----------------------------------------------------------------------------------------------------
+# backward
+# ----------------------------------------------------------------------------------------------------
+@_kernel
+def _bwd_do_kernel(dy_ptr, a_ptr, sig_ptr, pdo_ptr, sdb, sdc, sdh, sdw, heads, fh, fw, rh, rw, M, N, DV, NC, TPP,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr, DT: tl.constexpr,
+                   PREC: tl.constexpr):
+    """Partial ``do_m = sum_{a_n = m} sigma_n dy_n`` of chunk k: ``pdo [G, NC, M, DV]``."""
+    g = tl.program_id(0)
+    k = tl.program_id(1)
+    g64 = g.to(tl.int64)
+    dyb = dy_ptr + _group_offset(g, heads, fh, fw, rh, rw, DV, sdb, sdc, sdh, sdw)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    acc = tl.zeros((BLOCK_DV, BLOCK_M), dtype=DT)
+    n_start, n_end = _chunk_range(k, TPP, N, BLOCK_N)
+    for n0 in range(n_start, n_end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        valid = offs_n < N
+        a = tl.load(a_ptr + g64 * N + offs_n, mask=valid, other=-1)
+        sigma = tl.load(sig_ptr + g64 * N + offs_n, mask=valid, other=0.0)
+        wgt = tl.where(a[:, None] == offs_m[None, :], sigma[:, None], 0.0)  # [BN, BM]
+        acc += tl.dot(_load_tile(dyb, offs_dv, offs_n, DV, N, rw, sdc, sdh, sdw, DT), wgt, input_precision=PREC)
+    tl.store(pdo_ptr + (g64 * NC + k) * M * DV + offs_dv[:, None] + offs_m[None, :] * DV, acc,
+             mask=(offs_dv < DV)[:, None] & (offs_m < M)[None, :])
+
+
+@_kernel
+def _bwd_main_kernel(x_ptr, v_ptr, dy_ptr, a_ptr, sig_ptr, c_ptr, o_ptr, den_ptr, alpha_ptr, pdo_ptr, scr_ptr,
+                     dx_ptr, dv_ptr, pdc_ptr, pdab_ptr,
+                     sxb, sxc, sxh, sxw, svb, svc, svh, svw, sdb, sdc, sdh, sdw,
+                     heads, fh, fw, rh, rw, ph, pw, M, N, D, DV, NC, TPP,
+                     BY_COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+    """Chunk k: dv (complete), the direct part of dx (fp32/fp64 ``dx``, contiguous), partial ``d c_hat``
+    (``pdc [G, NC, M, D]``) and partial (dalpha, dbeta) (``pdab [G, NC, 2]``)."""
+    g = tl.program_id(0)
+    k = tl.program_id(1)
+    g64 = g.to(tl.int64)
+    part = g64 * NC + k
     eps = 1e-12
-    W = fw * rw
     H = fh * rh
+    W = fw * rw
     xb = x_ptr + _group_offset(g, heads, fh, fw, rh, rw, D, sxb, sxc, sxh, sxw)
     vb = v_ptr + _group_offset(g, heads, fh, fw, rh, rw, DV, svb, svc, svh, svw)
     dyb = dy_ptr + _group_offset(g, heads, fh, fw, rh, rw, DV, sdb, sdc, sdh, sdw)
@@ -223,177 +315,216 @@ def _coc_bwd_kernel(
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    g64 = g.to(tl.int64)
-    c_p, c_mask = _mat_ptrs(c_ptr, g64, offs_m, offs_d, M, D)
-    c = tl.load(c_p, mask=c_mask, other=0.0)
-    o_p, o_mask = _mat_ptrs(o_ptr, g64, offs_m, offs_dv, M, DV)
-    o = tl.load(o_p, mask=o_mask, other=0.0)
-    den = tl.load(den_ptr + g64 * M + offs_m, mask=offs_m < M, other=0.0)
+    m_ok = offs_m < M
+    dv_ok = offs_dv < DV
+    d_ok = offs_d < D
 
-    # A. do_m = sum_{a_n = m} sigma_n dy_n
-    do = tl.zeros((BLOCK_M, BLOCK_DV), dtype=DT)
-    for n0 in range(0, N, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        valid = offs_n < N
-        a = tl.load(a_ptr + g64 * N + offs_n, mask=valid, other=0)
-        sigma = tl.load(sig_ptr + g64 * N + offs_n, mask=valid, other=0.0)
-        dyt = _load_points(dyb, offs_n, offs_dv, N, DV, rw, sdc, sdh, sdw, DT)
-        do += tl.dot(tl.trans(_onehot_t(a, offs_m, valid, DT) * sigma[:, None]), dyt, input_precision="ieee")
+    # group state, [channels, centres]: dU = do / (den + 1) (= d vc), dS, c_hat
+    do = _sum_partials(pdo_ptr + g64 * NC * M * DV, offs_dv, offs_m, DV, M, NC, 1, DV)  # [BDV, BM]
+    den = tl.load(den_ptr + g64 * M + offs_m, mask=m_ok, other=0.0)
     inv = 1.0 / (den + 1.0)
-    dU = do * inv[:, None]  # = d vc
-    if BY_COUNT:
-        dS = tl.zeros((BLOCK_M,), dtype=DT)
-    else:
-        dS = -tl.sum(do * o, axis=1) * inv
-    c_hat, cn = _normalize_rows(c, eps)
+    dU = do * inv[None, :]
+    c = tl.load(c_ptr + g64 * M * D + offs_d[:, None] + offs_m[None, :] * D,
+                mask=d_ok[:, None] & m_ok[None, :], other=0.0)
+    c_hat, _cn = _norm_cols(c, eps)  # [BD, BM]
+    # this program's copy for the gathers: dU [M, DV] | c_hat [M, D] | dS [M]
+    scr = scr_ptr + part * M * (DV + D + 1)
+    tl.store(scr + offs_dv[:, None] + offs_m[None, :] * DV, dU, mask=dv_ok[:, None] & m_ok[None, :])
+    tl.store(scr + M * DV + offs_d[:, None] + offs_m[None, :] * D, c_hat, mask=d_ok[:, None] & m_ok[None, :])
+    if not BY_COUNT:
+        o = tl.load(o_ptr + g64 * M * DV + offs_dv[:, None] + offs_m[None, :] * DV,
+                    mask=dv_ok[:, None] & m_ok[None, :], other=0.0)
+        tl.store(scr + M * (DV + D) + offs_m, -tl.sum(do * o, axis=0) * inv, mask=m_ok)
+    tl.debug_barrier()
 
-    # B. dv (complete), dalpha, dbeta, direct part of dx, d c_hat
-    dch = tl.zeros((BLOCK_M, BLOCK_D), dtype=DT)
+    dch = tl.zeros((BLOCK_D, BLOCK_M), dtype=DT)
     dal = tl.zeros((BLOCK_N,), dtype=DT)
     dbe = tl.zeros((BLOCK_N,), dtype=DT)
-    for n0 in range(0, N, BLOCK_N):
+    n_start, n_end = _chunk_range(k, TPP, N, BLOCK_N)
+    for n0 in range(n_start, n_end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         valid = offs_n < N
         a = tl.load(a_ptr + g64 * N + offs_n, mask=valid, other=0)
         sigma = tl.load(sig_ptr + g64 * N + offs_n, mask=valid, other=0.0)
-        oh = _onehot_t(a, offs_m, valid, DT)  # [BN, BM]
-        dyt = _load_points(dyb, offs_n, offs_dv, N, DV, rw, sdc, sdh, sdw, DT)
-        vt = _load_points(vb, offs_n, offs_dv, N, DV, rw, svc, svh, svw, DT)
-        xt = _load_points(xb, offs_n, offs_d, N, D, rw, sxc, sxh, sxw, DT)
-        o_a = tl.dot(oh, o, input_precision="ieee")
-        dU_a = tl.dot(oh, dU, input_precision="ieee")
-        c_a = tl.dot(oh, c_hat, input_precision="ieee")
-        dsig = tl.sum(dyt * o_a, axis=1) + tl.sum(dU_a * vt, axis=1) + tl.sum(oh * dS[None, :], axis=1)
-        wt = tl.trans(_pool_weights(offs_m, offs_n, M, N, rh, rw, ph, pw, DT))  # [BN, BM]
-        dvt = sigma[:, None] * dU_a + tl.dot(wt, dU, input_precision="ieee")
-        _store_points(dvb, dvt, offs_n, offs_dv, N, DV, rw, H * W, W, 1)
-        x_hat, xn = _normalize_rows(xt, eps)
-        cos = tl.sum(c_a * x_hat, axis=1)
+        gv = dv_ok[:, None] & valid[None, :]
+        gd = d_ok[:, None] & valid[None, :]
+        o_a = tl.load(o_ptr + g64 * M * DV + a[None, :] * DV + offs_dv[:, None], mask=gv, other=0.0)
+        dU_a = tl.load(scr + a[None, :] * DV + offs_dv[:, None], mask=gv, other=0.0)
+        dyt = _load_tile(dyb, offs_dv, offs_n, DV, N, rw, sdc, sdh, sdw, DT)
+        vt = _load_tile(vb, offs_dv, offs_n, DV, N, rw, svc, svh, svw, DT)
+        dsig = tl.sum(dyt * o_a, axis=0) + tl.sum(dU_a * vt, axis=0)
+        if not BY_COUNT:
+            dsig += tl.load(scr + M * (DV + D) + a, mask=valid, other=0.0)
+        # dv_n = sigma_n dU[a_n] + sum_m w_mn dU_m
+        dvt = sigma[None, :] * dU_a + tl.dot(dU, _pool_w(offs_m, offs_n, M, N, rh, rw, ph, pw, False, DT),
+                                             input_precision=PREC)
+        _store_tile(dvb, dvt, offs_dv, offs_n, DV, N, rw, H * W, W, 1)
+        # through s = sigmoid(beta + alpha cos) and the normalisation of x
+        c_a = tl.load(scr + M * DV + a[None, :] * D + offs_d[:, None], mask=gd, other=0.0)  # [BD, BN]
+        x_hat, xn = _norm_cols(_load_tile(xb, offs_d, offs_n, D, N, rw, sxc, sxh, sxw, DT), eps)
         dz = tl.where(valid, dsig * sigma * (1.0 - sigma), 0.0)
         dbe += dz
-        dal += dz * cos
+        dal += dz * tl.sum(c_a * x_hat, axis=0)
         dcos = alpha * dz
-        dxh = dcos[:, None] * c_a
-        dch += tl.dot(tl.trans(oh * dcos[:, None]), x_hat, input_precision="ieee")
-        proj = tl.where(xn > eps, tl.sum(x_hat * dxh, axis=1), 0.0)
-        dxt = (dxh - x_hat * proj[:, None]) / tl.maximum(xn, eps)[:, None]
-        _store_points(dxb, dxt, offs_n, offs_d, N, D, rw, H * W, W, 1)
-    tl.store(dab_ptr + g64 * 2, tl.sum(dal, axis=0))
-    tl.store(dab_ptr + g64 * 2 + 1, tl.sum(dbe, axis=0))
-    cproj = tl.where(cn > eps, tl.sum(c_hat * dch, axis=1), 0.0)
-    dc = (dch - c_hat * cproj[:, None]) / tl.maximum(cn, eps)[:, None]
-    tl.debug_barrier()  # dx written above is read back (and completed) below
-
-    # C. pooling adjoint of dc into dx
-    for n0 in range(0, N, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        wt = tl.trans(_pool_weights(offs_m, offs_n, M, N, rh, rw, ph, pw, DT))
-        dxt = _load_points(dxb, offs_n, offs_d, N, D, rw, H * W, W, 1, DT)
-        dxt += tl.dot(wt, dc, input_precision="ieee")
-        _store_points(dxb, dxt, offs_n, offs_d, N, D, rw, H * W, W, 1)
+        dch += tl.dot(x_hat, tl.where(a[:, None] == offs_m[None, :], dcos[:, None], 0.0), input_precision=PREC)
+        dxh = dcos[None, :] * c_a
+        proj = tl.where(xn > eps, tl.sum(x_hat * dxh, axis=0), 0.0)
+        _store_tile(dxb, (dxh - x_hat * proj[None, :]) / tl.maximum(xn, eps)[None, :], offs_d, offs_n, D, N, rw,
+                    H * W, W, 1)
+    tl.store(pdc_ptr + part * M * D + offs_d[:, None] + offs_m[None, :] * D, dch, mask=d_ok[:, None] & m_ok[None, :])
+    tl.store(pdab_ptr + part * 2, tl.sum(dal, axis=0))
+    tl.store(pdab_ptr + part * 2 + 1, tl.sum(dbe, axis=0))
 
 
-# ----------------------------------------------------------------------------------------------------
-# the steps on their own (tests, the assignment maps, debugging)
-# ----------------------------------------------------------------------------------------------------
-@triton.jit
-def _pool_kernel(x_ptr, c_ptr, sxb, sxc, sxh, sxw, heads, fh, fw, rh, rw, ph, pw, M, N, D,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DT: tl.constexpr):
-    """Centre proposal: ``c [G, M, D]`` fp32."""
+@_kernel
+def _bwd_pool_kernel(dxi_ptr, dx_ptr, c_ptr, pdc_ptr, pdab_ptr, dalpha_ptr, dbeta_ptr,
+                     heads, fh, fw, rh, rw, ph, pw, M, N, D, NC, TPP, NPART,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                     BLOCK_P: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+    """``dx = dxi + pooling adjoint of dc`` (both contiguous; may be the same buffer); program (0, 0) also
+    sums the NPART (dalpha, dbeta) partials in a fixed order."""
     g = tl.program_id(0)
-    xb = x_ptr + _group_offset(g, heads, fh, fw, rh, rw, D, sxb, sxc, sxh, sxw)
-    c = _pool(xb, M, N, D, rh, rw, ph, pw, sxc, sxh, sxw, BLOCK_M, BLOCK_N, BLOCK_D, DT)
-    c_p, c_mask = _mat_ptrs(c_ptr, g.to(tl.int64), tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_D), M, D)
-    tl.store(c_p, c, mask=c_mask)
-
-
-@triton.jit
-def _assign_kernel(x_ptr, c_ptr, a_ptr, sig_ptr, alpha_ptr, beta_ptr, sxb, sxc, sxh, sxw,
-                   heads, fh, fw, rh, rw, M, N, D,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DT: tl.constexpr):
-    """Similarity + hard assignment from given centres ``c [G, M, D]``: ``a, sigma [G, N]``."""
-    g = tl.program_id(0)
+    k = tl.program_id(1)
     g64 = g.to(tl.int64)
-    xb = x_ptr + _group_offset(g, heads, fh, fw, rh, rw, D, sxb, sxc, sxh, sxw)
-    alpha = tl.load(alpha_ptr).to(DT)
-    beta = tl.load(beta_ptr).to(DT)
+    eps = 1e-12
+    H = fh * rh
+    W = fw * rw
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    c_p, c_mask = _mat_ptrs(c_ptr, g64, offs_m, offs_d, M, D)
-    c = tl.load(c_p, mask=c_mask, other=0.0)
-    c_hat, _ = _normalize_rows(c, 1e-12)
-    for n0 in range(0, N, BLOCK_N):
+    mask_dm = (offs_d < D)[:, None] & (offs_m < M)[None, :]
+    dch = _sum_partials(pdc_ptr + g64 * NC * M * D, offs_d, offs_m, D, M, NC, 1, D)  # [BD, BM]
+    c = tl.load(c_ptr + g64 * M * D + offs_d[:, None] + offs_m[None, :] * D, mask=mask_dm, other=0.0)
+    c_hat, cn = _norm_cols(c, eps)
+    cproj = tl.where(cn > eps, tl.sum(c_hat * dch, axis=0), 0.0)
+    dc = (dch - c_hat * cproj[None, :]) / tl.maximum(cn, eps)[None, :]
+
+    off = _group_offset(g, heads, fh, fw, rh, rw, D, heads * D * H * W, H * W, W, 1)
+    dxib = dxi_ptr + off
+    dxb = dx_ptr + off
+    n_start, n_end = _chunk_range(k, TPP, N, BLOCK_N)
+    for n0 in range(n_start, n_end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        valid = offs_n < N
-        xt = _load_points(xb, offs_n, offs_d, N, D, rw, sxc, sxh, sxw, DT)
-        a, sigma, _, _ = _assign(c_hat, xt, offs_m, M, alpha, beta, 1e-12)
-        tl.store(a_ptr + g64 * N + offs_n, a, mask=valid)
-        tl.store(sig_ptr + g64 * N + offs_n, sigma, mask=valid)
+        dxt = _load_tile(dxib, offs_d, offs_n, D, N, rw, H * W, W, 1, DT)
+        dxt += tl.dot(dc, _pool_w(offs_m, offs_n, M, N, rh, rw, ph, pw, False, DT), input_precision=PREC)
+        _store_tile(dxb, dxt, offs_d, offs_n, D, N, rw, H * W, W, 1)
 
-
-@triton.jit
-def _aggregate_kernel(v_ptr, a_ptr, sig_ptr, vc_ptr, o_ptr, den_ptr, svb, svc, svh, svw,
-                      heads, fh, fw, rh, rw, M, N, DV,
-                      BY_COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                      BLOCK_DV: tl.constexpr, DT: tl.constexpr):
-    """``o [G, M, DV] = (sum_{a_n=m} sigma_n v_n + vc_m) / (den_m + 1)``, ``den [G, M]``."""
-    g = tl.program_id(0)
-    g64 = g.to(tl.int64)
-    vb = v_ptr + _group_offset(g, heads, fh, fw, rh, rw, DV, svb, svc, svh, svw)
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    U = tl.zeros((BLOCK_M, BLOCK_DV), dtype=DT)
-    den = tl.zeros((BLOCK_M,), dtype=DT)
-    for n0 in range(0, N, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        valid = offs_n < N
-        a = tl.load(a_ptr + g64 * N + offs_n, mask=valid, other=0)
-        sigma = tl.load(sig_ptr + g64 * N + offs_n, mask=valid, other=0.0)
-        vt = _load_points(vb, offs_n, offs_dv, N, DV, rw, svc, svh, svw, DT)
-        U, den = _accumulate(U, den, _onehot_t(a, offs_m, valid, DT), sigma, vt, BY_COUNT)
-    vc_p, mask_md = _mat_ptrs(vc_ptr, g64, offs_m, offs_dv, M, DV)
-    o = (tl.load(vc_p, mask=mask_md, other=0.0) + U) / (den + 1.0)[:, None]
-    o_p, _ = _mat_ptrs(o_ptr, g64, offs_m, offs_dv, M, DV)
-    tl.store(o_p, o, mask=mask_md)
-    tl.store(den_ptr + g64 * M + offs_m, den, mask=offs_m < M)
-
-
-@triton.jit
-def _dispatch_kernel(a_ptr, sig_ptr, o_ptr, y_ptr, syb, syc, syh, syw, heads, fh, fw, rh, rw, M, N, DV,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr, DT: tl.constexpr):
-    """``y_n = sigma_n * o[a_n]`` written into ``y [B, heads*DV, H, W]``."""
-    g = tl.program_id(0)
-    g64 = g.to(tl.int64)
-    yb = y_ptr + _group_offset(g, heads, fh, fw, rh, rw, DV, syb, syc, syh, syw)
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    o_p, o_mask = _mat_ptrs(o_ptr, g64, offs_m, offs_dv, M, DV)
-    o = tl.load(o_p, mask=o_mask, other=0.0)
-    _dispatch(a_ptr, sig_ptr, o, yb, g64, offs_m, offs_dv, N, DV, rw, syc, syh, syw, BLOCK_N, DT)
+    if (g == 0) & (k == 0):
+        offs_p = tl.arange(0, BLOCK_P)
+        sa = tl.zeros((BLOCK_P,), dtype=DT)
+        sb = tl.zeros((BLOCK_P,), dtype=DT)
+        for p0 in range(0, NPART, BLOCK_P):
+            pm = p0 + offs_p < NPART
+            sa += tl.load(pdab_ptr + (p0 + offs_p) * 2, mask=pm, other=0.0)
+            sb += tl.load(pdab_ptr + (p0 + offs_p) * 2 + 1, mask=pm, other=0.0)
+        tl.store(dalpha_ptr, tl.sum(sa, axis=0).to(dalpha_ptr.dtype.element_ty))
+        tl.store(dbeta_ptr, tl.sum(sb, axis=0).to(dbeta_ptr.dtype.element_ty))
 
 
 # ----------------------------------------------------------------------------------------------------
-# host side: launchers, the torch custom ops and their autograd
+# host side: launch configuration, launch recording, the custom ops and their autograd
 # ----------------------------------------------------------------------------------------------------
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-BLOCK_N = 64
+#: programs a launch aims for: groups are split into chunks until G * NC reaches this (fixed, not read
+#: off the device, so that the chunking, and with it every result, is the same on every GPU)
+TARGET_PROGRAMS = int(os.environ.get("COC_TARGET_PROGRAMS", 1024))
+#: at most this many chunks per group (each program re-reads the NC partials of its group)
+MAX_CHUNKS = 16
+#: ``tl.dot`` precision: "ieee" (exact fp32 FMAs; the assignment must agree with the fp32 reference)
+PREC = os.environ.get("COC_DOT_PRECISION", "ieee")
+#: when true (tests), every buffer the op allocates is filled with NaN (int: -2**31) first, so an element
+#: that no kernel writes shows up
+POISON = False
 
 
 def _pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(int(n)))
 
 
-def _geometry(x: Tensor, value: Tensor, heads: int, ph: int, pw: int, fh: int, fw: int):
-    B, C, H, W = x.shape
-    D, DV = C // heads, value.shape[1] // heads
-    rh, rw = H // fh, W // fw
-    return dict(B=B, H=H, W=W, D=D, DV=DV, rh=rh, rw=rw, G=B * heads * fh * fw, N=rh * rw, M=ph * pw)
+#: points per chunk are a multiple of this (every kernel's BLOCK_N divides it)
+CHUNK_UNIT = 64
 
 
-def _s(t: Tensor):
-    return tuple(t.stride())
+def launch_config(kernel: str, M: int, D: int, DV: int) -> dict:
+    """``BLOCK_N`` (points per tile), warps and stages of one kernel for M centres and D / DV channels.
+
+    Chosen per kernel so that none spills registers at sm_80 / sm_90 with fp32, fp16 or bf16 inputs
+    (``benchmarks/kernel_resources.py`` checks every launch): the ``ieee`` dots run on FMAs and keep
+    their operand tiles in registers, so the kernels that hold the most state per point (assignment,
+    main backward) take few points per tile and many warps.
+    """
+    bm = _pow2(M)
+    if kernel == "assign":
+        cfg = dict(BLOCK_N=16, num_warps=16 if bm >= 64 else 8)
+    elif kernel == "bwd_main":
+        cfg = dict(BLOCK_N=16, num_warps=8 if bm >= 64 else 16)
+    else:  # pool, dispatch, bwd_do, bwd_pool: one dot or none
+        cfg = dict(BLOCK_N=64, num_warps=8)
+    cfg["num_stages"] = 1
+    for key, env in (("BLOCK_N", "COC_BLOCK_N"), ("num_warps", "COC_NUM_WARPS"), ("num_stages", "COC_NUM_STAGES")):
+        if os.environ.get(env):  # overrides for tuning sweeps
+            cfg[key] = int(os.environ[env])
+    assert CHUNK_UNIT % cfg["BLOCK_N"] == 0
+    return cfg
+
+
+def chunking(G: int, N: int):
+    """``(NC, points per chunk)``: chunks per group; a chunk is a multiple of CHUNK_UNIT points."""
+    units = max(1, triton.cdiv(N, CHUNK_UNIT))
+    nc = max(1, min(units, MAX_CHUNKS, triton.cdiv(TARGET_PROGRAMS, max(G, 1))))
+    per = triton.cdiv(units, nc)
+    return triton.cdiv(units, per), per * CHUNK_UNIT
+
+
+@dataclasses.dataclass
+class Launch:
+    """One kernel launch as the op made it (what the compile gate compiles)."""
+    kernel: object
+    grid: tuple
+    args: tuple
+    constexprs: dict
+    num_warps: int
+    num_stages: int
+
+
+_RECORDERS: list = []
+_DRY_RUN = [False]
+
+
+@contextlib.contextmanager
+def record_launches(execute: bool = True):
+    """Collect every kernel launch the op makes inside the block; ``execute=False`` records without
+    running anything (and lets the op take CPU tensors without the interpreter), for the compile gate."""
+    rec: list = []
+    _RECORDERS.append(rec)
+    prev = _DRY_RUN[0]
+    _DRY_RUN[0] = not execute
+    try:
+        yield rec
+    finally:
+        _RECORDERS.remove(rec)
+        _DRY_RUN[0] = prev
+
+
+def dry_run() -> bool:
+    return _DRY_RUN[0]
+
+
+def _launch(kernel, grid, args, constexprs, cfg):
+    launch = Launch(kernel, tuple(grid), tuple(args), dict(constexprs), cfg["num_warps"], cfg["num_stages"])
+    for rec in _RECORDERS:
+        rec.append(launch)
+    if _DRY_RUN[0] or grid[0] * grid[1] == 0:
+        return
+    kernel[grid](*args, **constexprs, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+
+
+def _empty(shape, dtype, device):
+    t = torch.empty(shape, dtype=dtype, device=device)
+    if POISON and not _DRY_RUN[0]:
+        t.fill_(float("nan") if t.is_floating_point() else -2 ** 31)
+    return t
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
@@ -405,111 +536,142 @@ def _dt(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def pool(x: Tensor, heads: int, ph: int, pw: int, fh: int, fw: int) -> Tensor:
-    """Centre proposal of every group: ``[G, M, d]`` (fp32, fp64 for fp64 input)."""
-    g = _geometry(x, x, heads, ph, pw, fh, fw)
-    c = torch.empty(g["G"], g["M"], g["D"], device=x.device, dtype=_acc(x.dtype))
-    _pool_kernel[(g["G"],)](x, c, *_s(x), heads, fh, fw, g["rh"], g["rw"], ph, pw, g["M"], g["N"], g["D"],
-                            BLOCK_M=_pow2(g["M"]), BLOCK_N=BLOCK_N, BLOCK_D=_pow2(g["D"]), DT=_dt(x.dtype))
-    return c
+class _Geom:
+    """Sizes of one call, and the launch configuration they imply."""
+
+    def __init__(self, x: Tensor, value, heads: int, ph: int, pw: int, fh: int, fw: int):
+        dv_channels = (x if value is None else value).shape[1]
+        self.B, C, self.H, self.W = x.shape
+        for t in (x,) if value is None else (x, value):
+            if max(t.stride(1) * t.shape[1], t.stride(2) * t.shape[2], t.stride(3) * t.shape[3]) >= 2 ** 31:
+                raise ValueError(f"one image of {tuple(t.shape)} spans 2**31 elements or more: the kernels "
+                                 "address an image with 32-bit offsets")
+        self.heads, self.ph, self.pw, self.fh, self.fw = heads, ph, pw, fh, fw
+        self.D, self.DV = C // heads, dv_channels // heads
+        self.rh, self.rw = self.H // fh, self.W // fw
+        self.G, self.N, self.M = self.B * heads * fh * fw, self.rh * self.rw, ph * pw
+        self.NC, self.chunk = chunking(self.G, self.N)
+        self.grid = (self.G, self.NC)
+        self.dt = _dt(x.dtype)
+        self.acc = _acc(x.dtype)
+        self.BM = _pow2(self.M)
+
+    def launch(self, name: str):
+        """(config, TPP, constexpr block sizes) of one kernel."""
+        cfg = launch_config(name, self.M, self.D, self.DV)
+        return cfg, self.chunk // cfg["BLOCK_N"], dict(BLOCK_M=self.BM, BLOCK_N=cfg["BLOCK_N"])
+
+    def region(self):
+        return (self.heads, self.fh, self.fw, self.rh, self.rw)
 
 
-def assign(x: Tensor, c: Tensor, alpha: Tensor, beta: Tensor, heads: int, fh: int, fw: int):
-    """Hard assignment from centres ``c [G, M, d]``: ``a [G, N]`` int32 and ``sigma [G, N]`` (c's dtype)."""
-    G, M, D = c.shape
-    B, _, H, W = x.shape
-    rh, rw = H // fh, W // fw
-    N = rh * rw
-    a = torch.empty(G, N, device=x.device, dtype=torch.int32)
-    sigma = torch.empty(G, N, device=x.device, dtype=c.dtype)
-    _assign_kernel[(G,)](x, c.contiguous(), a, sigma, alpha, beta, *_s(x), heads, fh, fw, rh, rw, M, N, D,
-                         BLOCK_M=_pow2(M), BLOCK_N=BLOCK_N, BLOCK_D=_pow2(D), DT=_dt(c.dtype))
+def _s(t: Tensor):
+    return tuple(t.stride())
+
+
+def _centres_and_assign(x: Tensor, value, alpha: Tensor, beta: Tensor, q: _Geom, by_count: bool):
+    """Launches 1 and 2 of the forward (value None: assignment only). Returns c, a, sigma, puv, pden."""
+    dev = x.device
+    pc = _empty((q.G, q.NC, q.M, q.D), q.acc, dev)
+    cfg, tpp, blocks = q.launch("pool")
+    _launch(_pool_kernel, q.grid,
+            (x, pc, *_s(x), *q.region(), q.ph, q.pw, q.M, q.N, q.D, q.NC, tpp),
+            dict(**blocks, BLOCK_D=_pow2(q.D), DT=q.dt, PREC=PREC), cfg)
+    c = _empty((q.G, q.M, q.D), q.acc, dev)
+    a = _empty((q.G, q.N), torch.int32, dev)
+    sigma = _empty((q.G, q.N), q.acc, dev)
+    agg = value is not None
+    puv = _empty((q.G, q.NC, q.M, q.DV), q.acc, dev) if agg else pc
+    pden = _empty((q.G, q.NC, q.M), q.acc, dev) if agg else pc
+    v = value if agg else x
+    cfg, tpp, blocks = q.launch("assign")
+    _launch(_assign_kernel, q.grid,
+            (x, v, pc, c, a, sigma, puv, pden, alpha, beta, *_s(x), *_s(v), *q.region(), q.ph, q.pw,
+             q.M, q.N, q.D, q.DV, q.NC, tpp),
+            dict(AGG=agg, BY_COUNT=by_count, **blocks, BLOCK_D=_pow2(q.D), BLOCK_DV=_pow2(q.DV), DT=q.dt,
+                 PREC=PREC), cfg)
+    return c, a, sigma, puv, pden
+
+
+def assignment(x: Tensor, alpha: Tensor, beta: Tensor, heads: int, ph: int, pw: int, fh: int, fw: int):
+    """Hard assignment of every point: ``a [G, N]`` int32 and ``sigma [G, N]`` (launches 1-2 of the forward)."""
+    q = _Geom(x, None, heads, ph, pw, fh, fw)
+    _, a, sigma, _, _ = _centres_and_assign(x, None, alpha, beta, q, True)
     return a, sigma
-
-
-def aggregate(value: Tensor, a: Tensor, sigma: Tensor, vc: Tensor, heads: int, fh: int, fw: int, by_count: bool):
-    """``o [G, M, dv]`` and the denominators ``den [G, M]`` from an assignment."""
-    G, M, DV = vc.shape
-    _, _, H, W = value.shape
-    rh, rw = H // fh, W // fw
-    N = rh * rw
-    o = torch.empty(G, M, DV, device=value.device, dtype=vc.dtype)
-    den = torch.empty(G, M, device=value.device, dtype=vc.dtype)
-    _aggregate_kernel[(G,)](value, a.contiguous(), sigma.contiguous(), vc.contiguous(), o, den, *_s(value),
-                            heads, fh, fw, rh, rw, M, N, DV, BY_COUNT=by_count,
-                            BLOCK_M=_pow2(M), BLOCK_N=BLOCK_N, BLOCK_DV=_pow2(DV), DT=_dt(vc.dtype))
-    return o, den
-
-
-def dispatch(a: Tensor, sigma: Tensor, o: Tensor, B: int, heads: int, H: int, W: int, fh: int, fw: int,
-             dtype=torch.float32) -> Tensor:
-    """``y [B, heads*dv, H, W]`` with ``y_n = sigma_n * o[a_n]``."""
-    G, M, DV = o.shape
-    rh, rw = H // fh, W // fw
-    y = torch.empty(B, heads * DV, H, W, device=o.device, dtype=dtype)
-    _dispatch_kernel[(G,)](a.contiguous(), sigma.contiguous(), o.contiguous(), y, *_s(y), heads, fh, fw, rh, rw,
-                           M, rh * rw, DV, BLOCK_M=_pow2(M), BLOCK_N=BLOCK_N, BLOCK_DV=_pow2(DV),
-                           DT=_dt(o.dtype))
-    return y
 
 
 @torch.library.custom_op("coc_kernels::cluster_fwd", mutates_args=())
 def cluster_fwd(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, heads: int, ph: int, pw: int,
                 fh: int, fw: int, by_count: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Fused forward. Returns ``y`` (value's dtype) and the saved ``a, sigma, c, o, den``."""
-    g = _geometry(x, value, heads, ph, pw, fh, fw)
-    G, M, N, D, DV = g["G"], g["M"], g["N"], g["D"], g["DV"]
+    """Fused forward. Returns ``y`` (value's dtype, contiguous) and the saved ``a, sigma, c, o, den``."""
+    q = _Geom(x, value, heads, ph, pw, fh, fw)
     dev = x.device
-    y = torch.empty(g["B"], heads * DV, g["H"], g["W"], device=dev, dtype=value.dtype)
-    a = torch.empty(G, N, device=dev, dtype=torch.int32)
-    acc = _acc(x.dtype)
-    sigma = torch.empty(G, N, device=dev, dtype=acc)
-    c = torch.empty(G, M, D, device=dev, dtype=acc)
-    o = torch.empty(G, M, DV, device=dev, dtype=acc)
-    den = torch.empty(G, M, device=dev, dtype=acc)
-    _coc_fwd_kernel[(G,)](
-        x, value, y, a, sigma, c, o, den, alpha, beta, *_s(x), *_s(value), *_s(y),
-        heads, fh, fw, g["rh"], g["rw"], ph, pw, M, N, D, DV,
-        BY_COUNT=by_count, BLOCK_M=_pow2(M), BLOCK_N=BLOCK_N, BLOCK_D=_pow2(D), BLOCK_DV=_pow2(DV),
-        DT=_dt(x.dtype))
+    c, a, sigma, puv, pden = _centres_and_assign(x, value, alpha, beta, q, by_count)
+    o = _empty((q.G, q.M, q.DV), q.acc, dev)
+    den = _empty((q.G, q.M), q.acc, dev)
+    scr = _empty((q.G, q.NC, q.M, q.DV), q.acc, dev)
+    y = _empty((q.B, heads * q.DV, q.H, q.W), value.dtype, dev)
+    cfg, tpp, blocks = q.launch("dispatch")
+    _launch(_dispatch_kernel, q.grid,
+            (a, sigma, puv, pden, o, den, scr, y, alpha, beta, *_s(y), *q.region(), q.M, q.N, q.DV, q.NC, tpp),
+            dict(**blocks, BLOCK_DV=_pow2(q.DV), DT=q.dt), cfg)
     return y, a, sigma, c, o, den
 
 
 @cluster_fwd.register_fake
 def _cluster_fwd_fake(x, value, alpha, beta, heads, ph, pw, fh, fw, by_count):
-    g = _geometry(x, value, heads, ph, pw, fh, fw)
-    G, M, N = g["G"], g["M"], g["N"]
+    B, _, H, W = x.shape
+    D, DV = x.shape[1] // heads, value.shape[1] // heads
+    G, N, M = B * heads * fh * fw, (H // fh) * (W // fw), ph * pw
     acc = _acc(x.dtype)
-    return (value.new_empty(g["B"], heads * g["DV"], g["H"], g["W"]), x.new_empty(G, N, dtype=torch.int32),
-            x.new_empty(G, N, dtype=acc), x.new_empty(G, M, g["D"], dtype=acc),
-            x.new_empty(G, M, g["DV"], dtype=acc), x.new_empty(G, M, dtype=acc))
+    return (value.new_empty(B, heads * DV, H, W), x.new_empty(G, N, dtype=torch.int32),
+            x.new_empty(G, N, dtype=acc), x.new_empty(G, M, D, dtype=acc),
+            x.new_empty(G, M, DV, dtype=acc), x.new_empty(G, M, dtype=acc))
 
 
 @torch.library.custom_op("coc_kernels::cluster_bwd", mutates_args=())
 def cluster_bwd(dy: Tensor, x: Tensor, value: Tensor, alpha: Tensor, a: Tensor, sigma: Tensor, c: Tensor,
                 o: Tensor, den: Tensor, heads: int, ph: int, pw: int, fh: int, fw: int,
                 by_count: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Fused backward: ``dx, dvalue, dalpha, dbeta``."""
-    g = _geometry(x, value, heads, ph, pw, fh, fw)
-    G, M, N, D, DV = g["G"], g["M"], g["N"], g["D"], g["DV"]
-    acc = _acc(x.dtype)
-    dx = torch.empty(x.shape, device=x.device, dtype=acc)  # completed in place by the kernel's last pass
-    dv = torch.empty(value.shape, device=x.device, dtype=value.dtype)
-    dab = torch.empty(G, 2, device=x.device, dtype=acc)
-    _coc_bwd_kernel[(G,)](
-        x, value, dy, a, sigma, c, o, den, alpha, dx, dv, dab, *_s(x), *_s(value), *_s(dy),
-        heads, fh, fw, g["rh"], g["rw"], ph, pw, M, N, D, DV,
-        BY_COUNT=by_count, BLOCK_M=_pow2(M), BLOCK_N=BLOCK_N, BLOCK_D=_pow2(D), BLOCK_DV=_pow2(DV),
-        DT=_dt(x.dtype))
-    # fixed-order torch reductions of the per-group partials: deterministic, and fresh tensors
-    dalpha = dab[:, 0].sum().reshape(alpha.shape).to(alpha.dtype)
-    dbeta = dab[:, 1].sum().reshape(alpha.shape).to(alpha.dtype)
-    return dx.to(x.dtype), dv, dalpha, dbeta
+    """Fused backward: ``dx`` (x's dtype), ``dvalue`` (value's dtype), both contiguous; ``dalpha``,
+    ``dbeta`` shaped and typed like alpha."""
+    q = _Geom(x, value, heads, ph, pw, fh, fw)
+    dev = x.device
+    pdo = _empty((q.G, q.NC, q.M, q.DV), q.acc, dev)
+    cfg, tpp, blocks = q.launch("bwd_do")
+    _launch(_bwd_do_kernel, q.grid,
+            (dy, a, sigma, pdo, *_s(dy), *q.region(), q.M, q.N, q.DV, q.NC, tpp),
+            dict(**blocks, BLOCK_DV=_pow2(q.DV), DT=q.dt, PREC=PREC), cfg)
+    scr = _empty((q.G, q.NC, q.M * (q.DV + q.D + 1)), q.acc, dev)
+    dxi = _empty(x.shape, q.acc, dev)  # direct part, completed by the last launch (in place when x is fp32)
+    dv = _empty(value.shape, value.dtype, dev)
+    pdc = _empty((q.G, q.NC, q.M, q.D), q.acc, dev)
+    pdab = _empty((q.G, q.NC, 2), q.acc, dev)
+    cfg, tpp, blocks = q.launch("bwd_main")
+    _launch(_bwd_main_kernel, q.grid,
+            (x, value, dy, a, sigma, c, o, den, alpha, pdo, scr, dxi, dv, pdc, pdab,
+             *_s(x), *_s(value), *_s(dy), *q.region(), q.ph, q.pw, q.M, q.N, q.D, q.DV, q.NC, tpp),
+            dict(BY_COUNT=by_count, **blocks, BLOCK_D=_pow2(q.D), BLOCK_DV=_pow2(q.DV), DT=q.dt, PREC=PREC),
+            cfg)
+    dx = dxi if x.dtype == q.acc else _empty(x.shape, x.dtype, dev)
+    dalpha = _empty(alpha.shape, alpha.dtype, dev)
+    dbeta = _empty(alpha.shape, alpha.dtype, dev)
+    cfg, tpp, blocks = q.launch("bwd_pool")
+    _launch(_bwd_pool_kernel, q.grid,
+            (dxi, dx, c, pdc, pdab, dalpha, dbeta, *q.region(), q.ph, q.pw, q.M, q.N, q.D, q.NC, tpp,
+             q.G * q.NC),
+            dict(**blocks, BLOCK_D=_pow2(q.D), BLOCK_P=256, DT=q.dt, PREC=PREC), cfg)
+    if q.G * q.NC == 0:  # empty input: no program ran
+        dalpha.zero_()
+        dbeta.zero_()
+    return dx, dv, dalpha, dbeta
 
 
 @cluster_bwd.register_fake
 def _cluster_bwd_fake(dy, x, value, alpha, a, sigma, c, o, den, heads, ph, pw, fh, fw, by_count):
-    return torch.empty_like(x), torch.empty_like(value), torch.empty_like(alpha), torch.empty_like(alpha)
+    # the real outputs are fresh contiguous tensors (never channels_last, whatever x's layout)
+    return (x.new_empty(x.shape), value.new_empty(value.shape), alpha.new_empty(alpha.shape),
+            alpha.new_empty(alpha.shape))
 
 
 def _setup_context(ctx, inputs, output):
