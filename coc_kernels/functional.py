@@ -135,9 +135,11 @@ def context_cluster(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, *, he
         return context_cluster_dense(x, value, alpha, beta, **kw)
     if impl == "reference":
         return context_cluster_light(x, value, alpha, beta, **kw)
-    from .ops.context_cluster import cluster_fwd
-    return cluster_fwd(x, value, alpha, beta, heads, proposal[0], proposal[1], fold[0], fold[1],
-                       denominator == "count")[0]
+    from .ops.context_cluster import ClusterFunction, cluster_fwd
+    args = (x, value, alpha, beta, heads, proposal[0], proposal[1], fold[0], fold[1], denominator == "count")
+    if torch.compiler.is_compiling():  # the custom op: traced as one node, no graph break
+        return cluster_fwd(*args)[0]
+    return ClusterFunction.apply(*args)  # eager: the same kernels without the custom-op dispatch cost
 
 
 def cluster_assignment(x: Tensor, alpha: Tensor, beta: Tensor, *, heads: int, proposal: IntPair, fold: IntPair,

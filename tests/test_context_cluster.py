@@ -209,7 +209,7 @@ def test_chunked_groups(monkeypatch, target):
     monkeypatch.setattr(ops, "TARGET_PROGRAMS", target)
     x, v, a, b = make(1, 2, 16, 16, 20, 26, alpha=1.3, beta=-0.2)  # 2 groups of N = 520 points
     q = ops._Geom(x, v, 2, 3, 2, 1, 1)
-    assert q.NC == {1: 1, 4: 2, 10 ** 6: 9}[target]
+    assert q.NC == {1: 1, 4: 2, 10 ** 6: 5}[target]
     assert_matches_dense("triton", x, v, a, b, heads=2, proposal=(3, 2), fold=1, denominator="similarity")
 
 

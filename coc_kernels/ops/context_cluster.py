@@ -439,11 +439,21 @@ POISON = False
 
 
 def _pow2(n: int) -> int:
-    return max(16, triton.next_power_of_2(int(n)))
+    """Tile size for n (a power of two, at least 16: tl.dot's minimum)."""
+    return max(16, 1 << (int(n) - 1).bit_length())
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+#: per-kernel overrides of :func:`launch_config` (tuning sweeps: ``benchmarks/sweep_configs.py``), e.g.
+#: ``{"assign": {"BLOCK_N": 32}}``; ``"*"`` applies to every kernel
+CONFIG_OVERRIDES: dict = {}
 
 
 #: points per chunk are a multiple of this (every kernel's BLOCK_N divides it)
-CHUNK_UNIT = 64
+CHUNK_UNIT = 128
 
 
 def launch_config(kernel: str, M: int, D: int, DV: int) -> dict:
@@ -462,19 +472,19 @@ def launch_config(kernel: str, M: int, D: int, DV: int) -> dict:
     else:  # pool, dispatch, bwd_do, bwd_pool: one dot or none
         cfg = dict(BLOCK_N=64, num_warps=8)
     cfg["num_stages"] = 1
-    for key, env in (("BLOCK_N", "COC_BLOCK_N"), ("num_warps", "COC_NUM_WARPS"), ("num_stages", "COC_NUM_STAGES")):
-        if os.environ.get(env):  # overrides for tuning sweeps
-            cfg[key] = int(os.environ[env])
-    assert CHUNK_UNIT % cfg["BLOCK_N"] == 0
+    cfg.update(CONFIG_OVERRIDES.get("*", {}))
+    cfg.update(CONFIG_OVERRIDES.get(kernel, {}))
+    if CHUNK_UNIT % cfg["BLOCK_N"]:
+        raise ValueError(f"BLOCK_N {cfg['BLOCK_N']} of {kernel} does not divide CHUNK_UNIT {CHUNK_UNIT}")
     return cfg
 
 
 def chunking(G: int, N: int):
     """``(NC, points per chunk)``: chunks per group; a chunk is a multiple of CHUNK_UNIT points."""
-    units = max(1, triton.cdiv(N, CHUNK_UNIT))
-    nc = max(1, min(units, MAX_CHUNKS, triton.cdiv(TARGET_PROGRAMS, max(G, 1))))
-    per = triton.cdiv(units, nc)
-    return triton.cdiv(units, per), per * CHUNK_UNIT
+    units = max(1, _cdiv(N, CHUNK_UNIT))
+    nc = max(1, min(units, MAX_CHUNKS, _cdiv(TARGET_PROGRAMS, max(G, 1))))
+    per = _cdiv(units, nc)
+    return _cdiv(units, per), per * CHUNK_UNIT
 
 
 @dataclasses.dataclass
@@ -600,10 +610,10 @@ def assignment(x: Tensor, alpha: Tensor, beta: Tensor, heads: int, ph: int, pw: 
     return a, sigma
 
 
-@torch.library.custom_op("coc_kernels::cluster_fwd", mutates_args=())
-def cluster_fwd(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, heads: int, ph: int, pw: int,
-                fh: int, fw: int, by_count: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Fused forward. Returns ``y`` (value's dtype, contiguous) and the saved ``a, sigma, c, o, den``."""
+def fused_forward(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, heads: int, ph: int, pw: int, fh: int, fw: int,
+            by_count: bool):
+    """Fused forward (3 launches). Returns ``y`` (value's dtype, contiguous) and the saved
+    ``a, sigma, c, o, den``."""
     q = _Geom(x, value, heads, ph, pw, fh, fw)
     dev = x.device
     c, a, sigma, puv, pden = _centres_and_assign(x, value, alpha, beta, q, by_count)
@@ -616,6 +626,67 @@ def cluster_fwd(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, heads: in
             (a, sigma, puv, pden, o, den, scr, y, alpha, beta, *_s(y), *q.region(), q.M, q.N, q.DV, q.NC, tpp),
             dict(**blocks, BLOCK_DV=_pow2(q.DV), DT=q.dt), cfg)
     return y, a, sigma, c, o, den
+
+
+def fused_backward(dy: Tensor, x: Tensor, value: Tensor, alpha: Tensor, a: Tensor, sigma: Tensor, c: Tensor, o: Tensor,
+             den: Tensor, heads: int, ph: int, pw: int, fh: int, fw: int, by_count: bool):
+    """Fused backward (3 launches): ``dx`` (x's dtype), ``dvalue`` (value's dtype), both contiguous;
+    ``dalpha``, ``dbeta`` shaped and typed like alpha."""
+    q = _Geom(x, value, heads, ph, pw, fh, fw)
+    dev = x.device
+    pdo = _empty((q.G, q.NC, q.M, q.DV), q.acc, dev)
+    cfg, tpp, blocks = q.launch("bwd_do")
+    _launch(_bwd_do_kernel, q.grid,
+            (dy, a, sigma, pdo, *_s(dy), *q.region(), q.M, q.N, q.DV, q.NC, tpp),
+            dict(**blocks, BLOCK_DV=_pow2(q.DV), DT=q.dt, PREC=PREC), cfg)
+    scr = _empty((q.G, q.NC, q.M * (q.DV + q.D + 1)), q.acc, dev)
+    dxi = _empty(x.shape, q.acc, dev)  # direct part, completed by the last launch (in place when x is fp32)
+    dv = _empty(value.shape, value.dtype, dev)
+    pdc = _empty((q.G, q.NC, q.M, q.D), q.acc, dev)
+    pdab = _empty((q.G, q.NC, 2), q.acc, dev)
+    cfg, tpp, blocks = q.launch("bwd_main")
+    _launch(_bwd_main_kernel, q.grid,
+            (x, value, dy, a, sigma, c, o, den, alpha, pdo, scr, dxi, dv, pdc, pdab,
+             *_s(x), *_s(value), *_s(dy), *q.region(), q.ph, q.pw, q.M, q.N, q.D, q.DV, q.NC, tpp),
+            dict(BY_COUNT=by_count, **blocks, BLOCK_D=_pow2(q.D), BLOCK_DV=_pow2(q.DV), DT=q.dt, PREC=PREC), cfg)
+    dx = dxi if x.dtype == q.acc else _empty(x.shape, x.dtype, dev)
+    dalpha = _empty(alpha.shape, alpha.dtype, dev)
+    dbeta = _empty(alpha.shape, alpha.dtype, dev)
+    cfg, tpp, blocks = q.launch("bwd_pool")
+    _launch(_bwd_pool_kernel, q.grid,
+            (dxi, dx, c, pdc, pdab, dalpha, dbeta, *q.region(), q.ph, q.pw, q.M, q.N, q.D, q.NC, tpp, q.G * q.NC),
+            dict(**blocks, BLOCK_D=_pow2(q.D), BLOCK_P=256, DT=q.dt, PREC=PREC), cfg)
+    if q.G * q.NC == 0:  # empty input: no program ran
+        dalpha.zero_()
+        dbeta.zero_()
+    return dx, dv, dalpha, dbeta
+
+
+class ClusterFunction(torch.autograd.Function):
+    """Eager autograd of the fused op: calls :func:`fused_forward` / :func:`fused_backward` directly (the custom
+    ops below wrap the same functions for ``torch.compile``, at a higher per-call cost in eager mode)."""
+
+    @staticmethod
+    def forward(ctx, x, value, alpha, beta, heads, ph, pw, fh, fw, by_count):
+        y, a, sigma, c, o, den = fused_forward(x, value, alpha, beta, heads, ph, pw, fh, fw, by_count)
+        ctx.save_for_backward(x, value, alpha, a, sigma, c, o, den)
+        ctx.geom = (heads, ph, pw, fh, fw, by_count)
+        ctx.beta_meta = (beta.shape, beta.dtype)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, value, alpha, a, sigma, c, o, den = ctx.saved_tensors
+        dx, dv, dalpha, dbeta = fused_backward(dy, x, value, alpha, a, sigma, c, o, den, *ctx.geom)
+        shape, dtype = ctx.beta_meta
+        return dx, dv, dalpha, dbeta.reshape(shape).to(dtype), None, None, None, None, None, None
+
+
+@torch.library.custom_op("coc_kernels::cluster_fwd", mutates_args=())
+def cluster_fwd(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, heads: int, ph: int, pw: int,
+                fh: int, fw: int, by_count: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Fused forward as a custom op (what ``torch.compile`` sees). See :func:`fused_forward`."""
+    return fused_forward(x, value, alpha, beta, heads, ph, pw, fh, fw, by_count)
 
 
 @cluster_fwd.register_fake
@@ -633,38 +704,8 @@ def _cluster_fwd_fake(x, value, alpha, beta, heads, ph, pw, fh, fw, by_count):
 def cluster_bwd(dy: Tensor, x: Tensor, value: Tensor, alpha: Tensor, a: Tensor, sigma: Tensor, c: Tensor,
                 o: Tensor, den: Tensor, heads: int, ph: int, pw: int, fh: int, fw: int,
                 by_count: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Fused backward: ``dx`` (x's dtype), ``dvalue`` (value's dtype), both contiguous; ``dalpha``,
-    ``dbeta`` shaped and typed like alpha."""
-    q = _Geom(x, value, heads, ph, pw, fh, fw)
-    dev = x.device
-    pdo = _empty((q.G, q.NC, q.M, q.DV), q.acc, dev)
-    cfg, tpp, blocks = q.launch("bwd_do")
-    _launch(_bwd_do_kernel, q.grid,
-            (dy, a, sigma, pdo, *_s(dy), *q.region(), q.M, q.N, q.DV, q.NC, tpp),
-            dict(**blocks, BLOCK_DV=_pow2(q.DV), DT=q.dt, PREC=PREC), cfg)
-    scr = _empty((q.G, q.NC, q.M * (q.DV + q.D + 1)), q.acc, dev)
-    dxi = _empty(x.shape, q.acc, dev)  # direct part, completed by the last launch (in place when x is fp32)
-    dv = _empty(value.shape, value.dtype, dev)
-    pdc = _empty((q.G, q.NC, q.M, q.D), q.acc, dev)
-    pdab = _empty((q.G, q.NC, 2), q.acc, dev)
-    cfg, tpp, blocks = q.launch("bwd_main")
-    _launch(_bwd_main_kernel, q.grid,
-            (x, value, dy, a, sigma, c, o, den, alpha, pdo, scr, dxi, dv, pdc, pdab,
-             *_s(x), *_s(value), *_s(dy), *q.region(), q.ph, q.pw, q.M, q.N, q.D, q.DV, q.NC, tpp),
-            dict(BY_COUNT=by_count, **blocks, BLOCK_D=_pow2(q.D), BLOCK_DV=_pow2(q.DV), DT=q.dt, PREC=PREC),
-            cfg)
-    dx = dxi if x.dtype == q.acc else _empty(x.shape, x.dtype, dev)
-    dalpha = _empty(alpha.shape, alpha.dtype, dev)
-    dbeta = _empty(alpha.shape, alpha.dtype, dev)
-    cfg, tpp, blocks = q.launch("bwd_pool")
-    _launch(_bwd_pool_kernel, q.grid,
-            (dxi, dx, c, pdc, pdab, dalpha, dbeta, *q.region(), q.ph, q.pw, q.M, q.N, q.D, q.NC, tpp,
-             q.G * q.NC),
-            dict(**blocks, BLOCK_D=_pow2(q.D), BLOCK_P=256, DT=q.dt, PREC=PREC), cfg)
-    if q.G * q.NC == 0:  # empty input: no program ran
-        dalpha.zero_()
-        dbeta.zero_()
-    return dx, dv, dalpha, dbeta
+    """Fused backward as a custom op. See :func:`fused_backward`."""
+    return fused_backward(dy, x, value, alpha, a, sigma, c, o, den, heads, ph, pw, fh, fw, by_count)
 
 
 @cluster_bwd.register_fake
@@ -680,6 +721,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, value, alpha, a, sigma, c, o, den)
     ctx.geom = (heads, ph, pw, fh, fw, by_count)
     ctx.beta_meta = (beta.shape, beta.dtype)
+    ctx.set_materialize_grads(False)  # a, sigma, c, o, den get no gradient: no zero tensors for them
 
 
 def _backward(ctx, dy, *_unused):
