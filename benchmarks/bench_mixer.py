@@ -64,9 +64,11 @@ def runner(impl, heads, p, fold):
     if impl == "dense+compile":
         key = (heads, p, fold)
         if key not in _compiled:
-            _compiled[key] = torch.compile(lambda x, v, a, b: context_cluster_dense(x, v, a, b, heads=heads,
-                                                                                     proposal=(p, p),
-                                                                                     fold=(fold, fold)))
+            def dense(x, v, a, b):
+                return context_cluster_dense(x, v, a, b, heads=heads, proposal=(p, p), fold=(fold, fold))
+            # static shapes: with automatic dynamic shapes the second case recompiles into an inductor
+            # lowering error of adaptive_avg_pool2d (torch 2.11)
+            _compiled[key] = torch.compile(dense, dynamic=False)
         return _compiled[key]
     return lambda x, v, a, b: context_cluster(x, v, a, b, impl=impl, **kw)
 
