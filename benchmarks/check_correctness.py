@@ -1,10 +1,17 @@
 #!/usr/bin/env python
 """Fused (Triton, compiled) vs dense reference at the real detection shapes: forward and gradients.
 
-For every (arch, stage, centres): the share of pixels whose hard assignment agrees (near-ties can flip
-between two summation orders; expected to be a handful per million), and the relative L2 error
-``|a - b| / |b|`` (see :func:`rel`) of the output and of the gradients of x, value, alpha, beta. Exits non-zero if the
-agreement drops below 99.99 % or a relative error exceeds 1e-4 (fp32) / 2e-2 (bf16).
+For every (arch, stage, centres): the share of pixels whose hard assignment agrees, and the relative L2
+error ``|a - b| / |b|`` (see :func:`rel`) of the output and of the gradients of x, value, alpha, beta.
+
+Two fp32 summation orders can put a pixel whose two best centres are within rounding of each other
+(a near-tie) on different sides. One flip moves a whole cluster's aggregate, so it shows in the group's
+outputs at the 1e-3 level, and in dalpha/dbeta, which sum over all groups. So: every disagreeing pixel
+must be a near-tie of the reference similarity (``|s[a_fused] - s[a_dense]| <= 1e-5``, computed in
+float64; the "tie gap" column); y, dx and dvalue are compared on the groups (image, head, region) where
+every assignment agrees; dalpha/dbeta are judged only when all assignments agree. Exits non-zero if the
+agreement drops below 99.99 %, a flip is not a near-tie, or a relative error exceeds 1e-4 (fp32) /
+2e-2 (bf16).
 
     python benchmarks/check_correctness.py [--arch small medium] [--batch 2] [--dtype float32 bfloat16]
 """
@@ -15,12 +22,15 @@ import os
 import sys
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from coc_kernels import cluster_assignment, context_cluster  # noqa: E402
+from coc_kernels.reference import from_groups, to_groups  # noqa: E402
 from benchmarks.bench_mixer import CENTRES, FOLDS, HEADS, make_inputs  # noqa: E402
 
 TOL = {"float32": 1e-4, "bfloat16": 2e-2}
+TIE = 1e-5  # largest similarity gap a disagreeing pixel may have in the float64 reference
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: Triton interpreter, small --size only
 
 
@@ -32,13 +42,36 @@ def rel(a, b, dy):
     return ((a.float() - b.float()).norm() / torch.maximum(b.float().norm(), floor).clamp_min(1e-30)).item()
 
 
+def tie_gap(x, alpha, beta, heads, p, fold, a_fused, a_dense):
+    """Largest ``|s[a_fused] - s[a_dense]|`` (float64 reference similarity) over the disagreeing pixels."""
+    ag, dg = to_groups(a_fused, heads, (fold, fold)), to_groups(a_dense, heads, (fold, fold))  # [G, 1, rh, rw]
+    groups = (ag != dg).flatten(1).any(1).nonzero().flatten()
+    if groups.numel() == 0:
+        return 0.0
+    xg = to_groups(x.detach().double(), heads, (fold, fold))[groups]  # [g, d, rh, rw]
+    c_hat = F.normalize(F.adaptive_avg_pool2d(xg, p).flatten(2), dim=1)  # [g, d, M]
+    x_hat = F.normalize(xg.flatten(2), dim=1)  # [g, d, N]
+    s = torch.sigmoid(beta.double() + alpha.double() * torch.einsum("gdm,gdn->gmn", c_hat, x_hat))
+    sf = s.gather(1, ag[groups].flatten(1)[:, None].long()).squeeze(1)
+    sd = s.gather(1, dg[groups].flatten(1)[:, None].long()).squeeze(1)
+    return (sf - sd).abs().max().item()
+
+
 def check(arch, stage, centres, batch, dtype, img=(800, 1344)):
     heads, p, fold = HEADS[arch][stage - 1], CENTRES[centres], FOLDS[stage - 1]
     x, v, a, b = make_inputs(arch, stage, batch, dtype, DEVICE, img)
     kw = dict(heads=heads, proposal=p, fold=fold)
     with torch.no_grad():
-        agree = (cluster_assignment(x, a, b, impl="triton", **kw)
-                 == cluster_assignment(x.float(), a, b, impl="dense", **kw)).float().mean().item()
+        a_fused = cluster_assignment(x, a, b, impl="triton", **kw)
+        a_dense = cluster_assignment(x.float(), a, b, impl="dense", **kw)
+    agree = (a_fused == a_dense).float().mean().item()
+    gap = tie_gap(x, a, b, heads, p, fold, a_fused, a_dense) if agree < 1 else 0.0
+    # pixels of groups where every assignment agrees
+    flipped = to_groups((a_fused != a_dense).float(), heads, (fold, fold)).flatten(1).amax(1) > 0  # [G]
+    keep = to_groups(torch.ones(x.shape[0], heads, *x.shape[2:], device=x.device), heads, (fold, fold))
+    keep = keep * (~flipped).float()[:, None, None, None]
+    keep = from_groups(keep, x.shape[0], heads, (fold, fold))  # [B, heads, H, W]
+    del a_fused, a_dense
     dy = torch.randn_like(x)
     out = {}
     for impl in ("triton", "dense"):
@@ -46,11 +79,16 @@ def check(arch, stage, centres, batch, dtype, img=(800, 1344)):
         y = context_cluster(xi, vi, a, b, impl=impl, **kw)
         out[impl] = (y,) + torch.autograd.grad(y, (xi, vi, a, b), dy.to(y.dtype))
         del y
-    errs = [rel(t, r, dy) for t, r in zip(out["triton"], out["dense"])]
+    errs = []
+    for k, (t, r) in enumerate(zip(out["triton"], out["dense"])):
+        if k < 3:  # maps: the agreeing groups only
+            m = keep.repeat_interleave(t.shape[1] // heads, dim=1)
+            t, r = t.float() * m, r.float() * m
+        errs.append(rel(t, r, dy))
     del out
     if DEVICE == "cuda":
         torch.cuda.empty_cache()
-    return agree, errs
+    return agree, gap, int(flipped.sum().item()), errs
 
 
 def main(argv=None):
@@ -68,18 +106,21 @@ def main(argv=None):
     torch.manual_seed(0)
     dev = torch.cuda.get_device_name() if DEVICE == "cuda" else "CPU (Triton interpreter)"
     lines = [f"Fused vs dense on {dev}, batch {args.batch}, {args.size[0]}x{args.size[1]} input shapes", "",
-             "| dtype | arch | stage | centres | assignment agreement | y | dx | dvalue | dalpha | dbeta | ok |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| dtype | arch | stage | centres | assignment agreement | tie gap | groups with a flip | y | dx | dvalue "
+             "| dalpha | dbeta | ok |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     ok_all = True
     for dtype in args.dtype:
         for arch in args.arch:
             for stage in args.stages:
                 for centres in args.centres:
-                    agree, errs = check(arch, stage, centres, args.batch, getattr(torch, dtype), tuple(args.size))
-                    ok = agree >= 0.9999 and max(errs) <= TOL[dtype]
+                    agree, gap, n_flip, errs = check(arch, stage, centres, args.batch, getattr(torch, dtype),
+                                                     tuple(args.size))
+                    judged = errs[:3] if n_flip else errs  # dalpha/dbeta sum over the flipped groups too
+                    ok = agree >= 0.9999 and gap <= TIE and max(judged) <= TOL[dtype]
                     ok_all &= ok
-                    lines.append(f"| {dtype} | {arch} | {stage} | {centres} | {100 * agree:.4f} % | "
-                                 + " | ".join(f"{e:.1e}" for e in errs) + f" | {'yes' if ok else 'NO'} |")
+                    cells = [f"{e:.1e}" for e in errs[:3]] + [f"{e:.1e}" + (" (n/a)" if n_flip else "") for e in errs[3:]]
+                    lines.append(f"| {dtype} | {arch} | {stage} | {centres} | {100 * agree:.4f} % | {gap:.1e} | "
+                                 f"{n_flip} | " + " | ".join(cells) + f" | {'yes' if ok else 'NO'} |")
                     print(lines[-1], flush=True)
     md = "\n".join(lines)
     print("\n" + md)

@@ -87,7 +87,13 @@ def main(argv=None):
     p.add_argument("--dtype", nargs="+", default=["float32", "float16", "bfloat16"])
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     p.add_argument("--md", help="write the table here")
+    p.add_argument("--override", help='JSON overrides of the launch configs, e.g. \'{"bwd_main": {"num_warps": 8}}\' '
+                                      "(tuning: see which configurations compile without spills)")
     args = p.parse_args(argv)
+    if args.override:
+        import json
+        from coc_kernels.ops import context_cluster as ops
+        ops.CONFIG_OVERRIDES.update(json.loads(args.override))
     t0 = time.time()
     specs = record(args.arch, args.centres, [getattr(torch, d) for d in args.dtype])
     n_cases = len({c for cases in specs.values() for c in cases})

@@ -231,6 +231,7 @@ class ContextCluster(BaseModule):
             self.add_module(f"norm{2 * i}", GroupNorm(dims[i]))
         self.apply(self._init_linear)
         self._freeze_stages()
+        self._impl_logged = False
 
     @staticmethod
     def _init_linear(m):
@@ -290,6 +291,15 @@ class ContextCluster(BaseModule):
         return missing, unexpected
 
     # ---------------------------------------------------------------------------------------- forward
+    def _log_mixer_impl(self, x: torch.Tensor):
+        """Say once which mixer implementation runs (``'auto'`` resolved for x's device); an implementation
+        that cannot run here (``'triton'`` without CUDA or the interpreter) raises its error now."""
+        from coc_kernels.functional import resolve_impl
+        impls = sorted({m.impl for m in self.modules() if isinstance(m, Cluster)})
+        resolved = ", ".join(f"{i!r} -> {resolve_impl(i, x)!r}" if i == "auto" else repr(i) for i in impls)
+        _log(f"ContextCluster: mixer implementation {resolved} on {x.device.type}")
+        self._impl_logged = True
+
     def forward(self, x: torch.Tensor):
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"ContextCluster expects images [B, 3, H, W], got {tuple(x.shape)}")
@@ -298,6 +308,8 @@ class ContextCluster(BaseModule):
             raise ValueError(f"input size {H}x{W} is not divisible by {self.size_divisor}: every stage's feature "
                              f"map must divide by its fold {self.folds}; pad the batch "
                              f"(mmdet: data_preprocessor pad_size_divisor={self.size_divisor})")
+        if not self._impl_logged and not torch.compiler.is_compiling():
+            self._log_mixer_impl(x)
         x = self.patch_embed(torch.cat([x, position_channels(x)], dim=1))
         outs = []
         for idx, layer in enumerate(self.network):

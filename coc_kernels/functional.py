@@ -91,7 +91,8 @@ def check_inputs(x: Tensor, value: Tensor | None, alpha: Tensor, beta: Tensor, h
     return proposal, fold
 
 
-def _resolve_impl(impl: str, x: Tensor) -> str:
+def resolve_impl(impl: str, x: Tensor) -> str:
+    """The implementation ``impl`` means for input x (``'auto'`` resolved); raises where it cannot run."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
@@ -129,7 +130,7 @@ def context_cluster(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, *, he
     proposal, fold = check_inputs(x, value, alpha, beta, heads, proposal, fold)
     if denominator not in DENOMINATORS:
         raise ValueError(f"denominator must be one of {DENOMINATORS}, got {denominator!r}")
-    impl = _resolve_impl(impl, x)
+    impl = resolve_impl(impl, x)
     kw = dict(heads=heads, proposal=proposal, fold=fold, denominator=denominator)
     if impl == "dense":
         return context_cluster_dense(x, value, alpha, beta, **kw)
@@ -150,7 +151,7 @@ def cluster_assignment(x: Tensor, alpha: Tensor, beta: Tensor, *, heads: int, pr
     pooling and the assignment (no aggregate/dispatch), without autograd.
     """
     proposal, fold = check_inputs(x, None, alpha, beta, heads, proposal, fold)
-    impl = _resolve_impl(impl, x)
+    impl = resolve_impl(impl, x)
     if impl in ("reference", "dense"):
         return cluster_assignment_reference(x, alpha, beta, heads=heads, proposal=proposal, fold=fold)
     from .ops.context_cluster import assignment
@@ -162,4 +163,4 @@ def cluster_assignment(x: Tensor, alpha: Tensor, beta: Tensor, *, heads: int, pr
     return a.long().reshape(B, heads, fh, fw, rh, rw).permute(0, 1, 2, 4, 3, 5).reshape(B, heads, H, W)
 
 
-__all__ = ["context_cluster", "cluster_assignment", "check_inputs", "triton_available", "IMPLS"]
+__all__ = ["context_cluster", "cluster_assignment", "check_inputs", "resolve_impl", "triton_available", "IMPLS"]

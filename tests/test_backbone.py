@@ -150,3 +150,20 @@ def test_frozen_stages_and_drop_path():
     model2 = ContextCluster("small", frozen_stages=2)
     assert not any(p.requires_grad for p in model2.network[2].parameters())
     assert all(p.requires_grad for p in model2.network[3].parameters())
+
+
+def test_mixer_implementation_logged_once_and_unrunnable_impl_fails_clearly(monkeypatch):
+    import coc_det.backbone as bb
+    msgs = []
+    monkeypatch.setattr(bb, "_log", msgs.append)
+    arch = dict(layers=[1, 1, 1, 1], embed_dims=[16, 16, 16, 16], mlp_ratios=[1, 1, 1, 1], heads=[1] * 4,
+                head_dim=[8] * 4)
+    model = ContextCluster(arch, mixer_impl="auto")
+    x = torch.randn(1, 3, 64, 64)
+    model(x)
+    model(x)
+    assert msgs == ["ContextCluster: mixer implementation 'auto' -> 'reference' on cpu"]
+    fused = ContextCluster(arch, mixer_impl="triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # a CPU machine without the interpreter: no silent fallback
+    with pytest.raises(RuntimeError, match="Triton kernels run on CUDA"):
+        fused(x)

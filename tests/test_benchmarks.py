@@ -22,6 +22,25 @@ def test_check_correctness_script_passes_on_tiny_shapes(tmp_path):
     assert len(rows) == 4 and all(r.endswith("| yes |") for r in rows)
 
 
+def test_tie_gap_tells_a_near_tie_from_a_wrong_assignment():
+    """The correctness check forgives a disagreeing pixel only if the float64 reference similarity of the
+    two centres is (nearly) equal; a wrong centre id has a large gap."""
+    import torch
+    from benchmarks.check_correctness import TIE, tie_gap
+    from coc_kernels import cluster_assignment
+    x, a, b = torch.randn(1, 8, 8, 8), torch.ones(1), torch.zeros(1)
+    ref = cluster_assignment(x, a, b, heads=2, proposal=2, fold=2, impl="dense")
+    assert tie_gap(x, a, b, 2, 2, 2, ref, ref) == 0.0
+    wrong = ref.clone()
+    wrong[0, 1, 5, 2] = (wrong[0, 1, 5, 2] + 1) % 4
+    assert tie_gap(x, a, b, 2, 2, 2, wrong, ref) > 100 * TIE
+    x[0, 4:, 4:, 4:] = x[0, 4:, 4:, 4:].mean((1, 2), keepdim=True)  # head 1, region (1, 1): all points equal
+    ref = cluster_assignment(x, a, b, heads=2, proposal=2, fold=2, impl="dense")
+    tied = ref.clone()
+    tied[0, 1, 6, 6] = 3  # every centre of that region equals every point: an exact tie
+    assert ref[0, 1, 6, 6] != 3 and tie_gap(x, a, b, 2, 2, 2, tied, ref) <= TIE
+
+
 def test_backbone_benchmark_writes_tables(tmp_path):
     from benchmarks import bench_backbone
     bench_backbone.main(["--size", "64", "64", "--variants", "small-4", "--reps", "1", "--warmup", "0",

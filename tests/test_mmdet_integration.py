@@ -40,6 +40,7 @@ def test_six_configs_follow_the_public_recipe():
         arch, centres = osp.basename(path).split("_")[1].split("-")[1:]
         bb = cfg.model.backbone
         assert (bb.type, bb.arch, bb.proposal ** 2) == ("ContextCluster", arch, int(centres))
+        assert bb.mixer_impl == "triton"  # GPU recipes: the fused kernels, or a clear error
         assert cfg.model.neck.in_channels == [64, 128, 320, 512]
         assert cfg.optim_wrapper.optimizer == dict(type="AdamW", lr=2e-4, weight_decay=1e-4)
         assert cfg.optim_wrapper.get("clip_grad") is None
@@ -94,6 +95,21 @@ def test_dist_train_two_processes_gloo(tiny_demo):
     assert "Distributed training: True" in log and "GPU number: 2" in log  # mmengine's words for world size
     assert "Epoch(train) [1][2/2]" in log  # 8 images / (2 processes x 2 per batch) = 2 iterations
     assert osp.exists(tiny_demo["work"] / "epoch_1.pth")
+
+
+def test_dist_train_fused_mixer_two_processes(tiny_demo, tmp_path):
+    """The fused path through DDP: the Triton kernels (interpreter on the CPU), the autograd Function, two
+    processes; the backbone says which mixer it runs."""
+    assert os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
+    opts = [o for o in tiny_demo["opts"] if not o.startswith("train_cfg.val_interval")]
+    proc = subprocess.run(["bash", osp.join(ROOT, "tools", "dist_train.sh"), DEMO, "2", "--work-dir",
+                           str(tmp_path / "work"), "--cfg-options", *opts, "model.backbone.mixer_impl=triton",
+                           "train_cfg.val_interval=10", "default_hooks.checkpoint.interval=10"],
+                          env=dict(tiny_demo["env"], PORT="29533"), capture_output=True, text=True, timeout=900)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "ContextCluster: mixer implementation 'triton'" in log
+    assert "Epoch(train) [1][2/2]" in log and "GPU number: 2" in log
 
 
 def test_test_py_reports_bbox_and_segm(tiny_demo, tmp_path):

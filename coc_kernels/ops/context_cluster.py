@@ -113,6 +113,34 @@ def _pool_w(offs_m, offs_n, M, N, rh, rw, ph, pw, N_MAJOR: tl.constexpr, DT: tl.
 
 
 @triton.jit
+def _pool_adjoint(src, offs_c, C, offs_n, N, rh, rw, ph, pw, KH: tl.constexpr, KW: tl.constexpr, DT: tl.constexpr):
+    """``sum_m w_mn src[m, c]`` for every point n of the tile: ``[BLOCK_C, BLOCK_N]``, with ``src`` a row-major
+    ``[M, C]`` copy in memory (L1-resident). A gather, not a dot: point (r, s) lies only in the windows
+    ``i = r*ph//rh .. +KH-1`` (and ``j`` likewise), ``KH = 1 + ceil(ph / rh)`` (2 unless regions are tiny)."""
+    r = offs_n // rw
+    s = offs_n - r * rw
+    valid = offs_n < N
+    i0 = (r * ph) // rh
+    j0 = (s * pw) // rw
+    acc = tl.zeros((offs_c.shape[0], offs_n.shape[0]), dtype=DT)
+    for di in tl.static_range(KH):
+        i = i0 + di
+        r0 = (i * rh) // ph
+        r1 = ((i + 1) * rh + ph - 1) // ph
+        in_i = valid & (i < ph) & (r >= r0) & (r < r1)
+        for dj in tl.static_range(KW):
+            j = j0 + dj
+            c0 = (j * rw) // pw
+            c1 = ((j + 1) * rw + pw - 1) // pw
+            ok = in_i & (j < pw) & (s >= c0) & (s < c1)
+            w = tl.where(ok, 1.0 / tl.maximum((r1 - r0) * (c1 - c0), 1).to(DT), 0.0)
+            m = tl.where(ok, i * pw + j, 0)
+            vals = tl.load(src + m[None, :] * C + offs_c[:, None], mask=ok[None, :] & (offs_c < C)[:, None], other=0.0)
+            acc += vals * w[None, :]
+    return acc
+
+
+@triton.jit
 def _sum_partials(ptr, offs_r, offs_c, R, C, NC, ROW_STRIDE, COL_STRIDE):
     """Fixed-order sum over the NC chunk partials of a ``[NC, ...]`` buffer; tile ``[len(offs_r), len(offs_c)]``
     with element (r, c) at ``r * ROW_STRIDE + c * COL_STRIDE`` inside each partial of size R*C."""
@@ -296,7 +324,8 @@ def _bwd_main_kernel(x_ptr, v_ptr, dy_ptr, a_ptr, sig_ptr, c_ptr, o_ptr, den_ptr
                      sxb, sxc, sxh, sxw, svb, svc, svh, svw, sdb, sdc, sdh, sdw,
                      heads, fh, fw, rh, rw, ph, pw, M, N, D, DV, NC, TPP,
                      BY_COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+                     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                     DT: tl.constexpr, PREC: tl.constexpr):
     """Chunk k: dv (complete), the direct part of dx (fp32/fp64 ``dx``, contiguous), partial ``d c_hat``
     (``pdc [G, NC, M, D]``) and partial (dalpha, dbeta) (``pdab [G, NC, 2]``)."""
     g = tl.program_id(0)
@@ -356,8 +385,7 @@ def _bwd_main_kernel(x_ptr, v_ptr, dy_ptr, a_ptr, sig_ptr, c_ptr, o_ptr, den_ptr
         if not BY_COUNT:
             dsig += tl.load(scr + M * (DV + D) + a, mask=valid, other=0.0)
         # dv_n = sigma_n dU[a_n] + sum_m w_mn dU_m
-        dvt = sigma[None, :] * dU_a + tl.dot(dU, _pool_w(offs_m, offs_n, M, N, rh, rw, ph, pw, False, DT),
-                                             input_precision=PREC)
+        dvt = sigma[None, :] * dU_a + _pool_adjoint(scr, offs_dv, DV, offs_n, N, rh, rw, ph, pw, KH, KW, DT)
         _store_tile(dvb, dvt, offs_dv, offs_n, DV, N, rw, H * W, W, 1)
         # through s = sigmoid(beta + alpha cos) and the normalisation of x
         c_a = tl.load(scr + M * DV + a[None, :] * D + offs_d[:, None], mask=gd, other=0.0)  # [BD, BN]
@@ -377,10 +405,10 @@ def _bwd_main_kernel(x_ptr, v_ptr, dy_ptr, a_ptr, sig_ptr, c_ptr, o_ptr, den_ptr
 
 
 @_kernel
-def _bwd_pool_kernel(dxi_ptr, dx_ptr, c_ptr, pdc_ptr, pdab_ptr, dalpha_ptr, dbeta_ptr,
+def _bwd_pool_kernel(dxi_ptr, dx_ptr, c_ptr, pdc_ptr, pdab_ptr, scr_ptr, dalpha_ptr, dbeta_ptr,
                      heads, fh, fw, rh, rw, ph, pw, M, N, D, NC, TPP, NPART,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                     BLOCK_P: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+                     BLOCK_P: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, DT: tl.constexpr):
     """``dx = dxi + pooling adjoint of dc`` (both contiguous; may be the same buffer); program (0, 0) also
     sums the NPART (dalpha, dbeta) partials in a fixed order."""
     g = tl.program_id(0)
@@ -397,6 +425,9 @@ def _bwd_pool_kernel(dxi_ptr, dx_ptr, c_ptr, pdc_ptr, pdab_ptr, dalpha_ptr, dbet
     c_hat, cn = _norm_cols(c, eps)
     cproj = tl.where(cn > eps, tl.sum(c_hat * dch, axis=0), 0.0)
     dc = (dch - c_hat * cproj[None, :]) / tl.maximum(cn, eps)[None, :]
+    scr = scr_ptr + (g64 * NC + k) * M * D  # this program's copy of dc [M, D] for the gathers
+    tl.store(scr + offs_d[:, None] + offs_m[None, :] * D, dc, mask=mask_dm)
+    tl.debug_barrier()
 
     off = _group_offset(g, heads, fh, fw, rh, rw, D, heads * D * H * W, H * W, W, 1)
     dxib = dxi_ptr + off
@@ -405,7 +436,7 @@ def _bwd_pool_kernel(dxi_ptr, dx_ptr, c_ptr, pdc_ptr, pdab_ptr, dalpha_ptr, dbet
     for n0 in range(n_start, n_end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         dxt = _load_tile(dxib, offs_d, offs_n, D, N, rw, H * W, W, 1, DT)
-        dxt += tl.dot(dc, _pool_w(offs_m, offs_n, M, N, rh, rw, ph, pw, False, DT), input_precision=PREC)
+        dxt += _pool_adjoint(scr, offs_d, D, offs_n, N, rh, rw, ph, pw, KH, KW, DT)
         _store_tile(dxb, dxt, offs_d, offs_n, D, N, rw, H * W, W, 1)
 
     if (g == 0) & (k == 0):
@@ -469,9 +500,9 @@ def launch_config(kernel: str, M: int, D: int, DV: int) -> dict:
         # measured on an H100 (benchmarks/sweep_configs.py): 4 warps beat 8-16 by up to 2x where they fit;
         # at 64 centres 4 warps spill, 8 do not
         cfg = dict(BLOCK_N=16, num_warps=8 if bm >= 64 else 4)
-    elif kernel == "dispatch":
+    elif kernel in ("dispatch", "bwd_pool"):  # gathers, no dot
         cfg = dict(BLOCK_N=64, num_warps=8)
-    else:  # pool, bwd_do, bwd_pool: one dot each (4 warps spill at 64 centres)
+    else:  # pool, bwd_do: one dot each (4 warps spill at 64 centres)
         cfg = dict(BLOCK_N=64, num_warps=8 if bm >= 64 else 4)
     cfg["num_stages"] = 1
     cfg.update(CONFIG_OVERRIDES.get("*", {}))
@@ -567,6 +598,8 @@ class _Geom:
         self.dt = _dt(x.dtype)
         self.acc = _acc(x.dtype)
         self.BM = _pow2(self.M)
+        # windows a point can lie in, per axis (pooling adjoint gathers)
+        self.KH, self.KW = 1 + _cdiv(ph, max(self.rh, 1)), 1 + _cdiv(pw, max(self.rw, 1))
 
     def launch(self, name: str):
         """(config, TPP, constexpr block sizes) of one kernel."""
@@ -650,14 +683,16 @@ def fused_backward(dy: Tensor, x: Tensor, value: Tensor, alpha: Tensor, a: Tenso
     _launch(_bwd_main_kernel, q.grid,
             (x, value, dy, a, sigma, c, o, den, alpha, pdo, scr, dxi, dv, pdc, pdab,
              *_s(x), *_s(value), *_s(dy), *q.region(), q.ph, q.pw, q.M, q.N, q.D, q.DV, q.NC, tpp),
-            dict(BY_COUNT=by_count, **blocks, BLOCK_D=_pow2(q.D), BLOCK_DV=_pow2(q.DV), DT=q.dt, PREC=PREC), cfg)
+            dict(BY_COUNT=by_count, **blocks, BLOCK_D=_pow2(q.D), BLOCK_DV=_pow2(q.DV), KH=q.KH, KW=q.KW, DT=q.dt,
+                 PREC=PREC), cfg)
     dx = dxi if x.dtype == q.acc else _empty(x.shape, x.dtype, dev)
     dalpha = _empty(alpha.shape, alpha.dtype, dev)
     dbeta = _empty(alpha.shape, alpha.dtype, dev)
     cfg, tpp, blocks = q.launch("bwd_pool")
     _launch(_bwd_pool_kernel, q.grid,
-            (dxi, dx, c, pdc, pdab, dalpha, dbeta, *q.region(), q.ph, q.pw, q.M, q.N, q.D, q.NC, tpp, q.G * q.NC),
-            dict(**blocks, BLOCK_D=_pow2(q.D), BLOCK_P=256, DT=q.dt, PREC=PREC), cfg)
+            (dxi, dx, c, pdc, pdab, scr, dalpha, dbeta, *q.region(), q.ph, q.pw, q.M, q.N, q.D, q.NC, tpp,
+             q.G * q.NC),
+            dict(**blocks, BLOCK_D=_pow2(q.D), BLOCK_P=256, KH=q.KH, KW=q.KW, DT=q.dt), cfg)
     if q.G * q.NC == 0:  # empty input: no program ran
         dalpha.zero_()
         dbeta.zero_()

@@ -20,7 +20,10 @@ model = dict(
         fold=[8, 4, 2, 1],
         out_indices=(0, 1, 2, 3),
         drop_path_rate=0.0,
-        mixer_impl='auto',  # fused Triton kernels on CUDA, memory-light torch path on the CPU
+        # the fused Triton kernels: these are GPU recipes. Without CUDA this raises a clear error instead of
+        # silently running a slower path; 'auto' (Triton on CUDA, memory-light torch on the CPU) or
+        # 'reference' choose otherwise (--cfg-options model.backbone.mixer_impl=auto)
+        mixer_impl='triton',
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[64, 128, 320, 512], out_channels=256, num_outs=5))
 
