@@ -53,6 +53,9 @@ def test_six_configs_follow_the_public_recipe():
 def test_mask_rcnn_coc_training_step():
     from mmdet.testing import demo_mm_inputs
     cfg = Config.fromfile(osp.join(ROOT, "configs", "mask-rcnn_coc-small-25_fpn_1x_coco.py"))
+    # the memory-light torch mixer: the fused one runs the interpreter on the CPU (minutes for this model);
+    # it goes through mmdet and DDP in test_dist_train_fused_mixer_two_processes
+    cfg.model.backbone.mixer_impl = "reference"
     model = MODELS.build(cfg.model)
     model.init_weights()  # Pretrained with checkpoint=None: random init, logged
     model.train()

@@ -9,10 +9,11 @@ kernel adds the ``NC`` partials in a fixed order. No float atomics anywhere: res
 reproducible for a given shape.
 
 Tiles are ``[channels, points]`` (points along the fast axis, contiguous in ``[B, C, H, W]``).
-Scatters over the assignment (cluster sums, their gradients) and the pooling windows are dot products
+Scatters over the assignment (cluster sums, their gradients) and into the pooling windows are dot products
 with one-hot / pooling-weight tiles (``input_precision="ieee"``: the argmax must match the fp32
-reference, TF32 would flip assignments). Gathers (``o[a_n]``, ``dU[a_n]``, ``c_hat[a_n]``) are loads
-from a tiny per-program copy of the group state that stays in L1/L2.
+reference, TF32 would flip assignments). Gathers (``o[a_n]``, ``dU[a_n]``, ``c_hat[a_n]``, and the pooling
+adjoints, a point lying in at most 2x2 windows) are loads from a tiny per-program copy of the group state
+that stays in L1/L2.
 
 Forward, 3 launches:
   1. ``_pool_kernel``: partial window sums of x for the centres ``c`` (adaptive-avg-pool windows);
@@ -85,11 +86,11 @@ def _store_tile(base, val, offs_c, offs_n, C, N, rw, s_c, s_h, s_w):
 
 
 @triton.jit
-def _pool_w(offs_m, offs_n, M, N, rh, rw, ph, pw, N_MAJOR: tl.constexpr, DT: tl.constexpr):
-    """Adaptive-avg-pool weights: 1/|window m| where point n lies in window m, else 0.
+def _pool_w(offs_m, offs_n, M, N, rh, rw, ph, pw, DT: tl.constexpr):
+    """``[BLOCK_N, BLOCK_M]`` adaptive-avg-pool weights: 1/|window m| where point n lies in window m, else 0.
 
-    ``[BLOCK_N, BLOCK_M]`` if N_MAJOR else ``[BLOCK_M, BLOCK_N]``. Window bounds are computed on the 1-D
-    index vectors (integer divisions per centre and per point, not per pair).
+    Window bounds are computed on the 1-D index vectors (integer divisions per centre and per point, not
+    per pair). Used by the scatters (pooling, aggregation); the adjoints gather (:func:`_pool_adjoint`).
     """
     mi = offs_m // pw
     mj = offs_m - mi * pw
@@ -101,15 +102,9 @@ def _pool_w(offs_m, offs_n, M, N, rh, rw, ph, pw, N_MAJOR: tl.constexpr, DT: tl.
     r = offs_n // rw
     s = offs_n - r * rw
     r = tl.where(offs_n < N, r, -1)  # points past N lie in no window
-    if N_MAJOR:
-        inside = ((r[:, None] >= r0[None, :]) & (r[:, None] < r1[None, :])
-                  & (s[:, None] >= c0[None, :]) & (s[:, None] < c1[None, :]))
-        w = tl.where(inside, inv[None, :], 0.0)
-    else:
-        inside = ((r[None, :] >= r0[:, None]) & (r[None, :] < r1[:, None])
-                  & (s[None, :] >= c0[:, None]) & (s[None, :] < c1[:, None]))
-        w = tl.where(inside, inv[:, None], 0.0)
-    return w
+    inside = ((r[:, None] >= r0[None, :]) & (r[:, None] < r1[None, :])
+              & (s[:, None] >= c0[None, :]) & (s[:, None] < c1[None, :]))
+    return tl.where(inside, inv[None, :], 0.0)
 
 
 @triton.jit
@@ -191,7 +186,7 @@ def _pool_kernel(x_ptr, pc_ptr, sxb, sxc, sxh, sxw, heads, fh, fw, rh, rw, ph, p
     for n0 in range(n_start, n_end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         xt = _load_tile(xb, offs_d, offs_n, D, N, rw, sxc, sxh, sxw, DT)
-        acc += tl.dot(xt, _pool_w(offs_m, offs_n, M, N, rh, rw, ph, pw, True, DT), input_precision=PREC)
+        acc += tl.dot(xt, _pool_w(offs_m, offs_n, M, N, rh, rw, ph, pw, DT), input_precision=PREC)
     out = pc_ptr + (g.to(tl.int64) * NC + k) * M * D
     tl.store(out + offs_d[:, None] + offs_m[None, :] * D, acc, mask=(offs_d < D)[:, None] & (offs_m < M)[None, :])
 
@@ -244,7 +239,7 @@ def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_pt
                 den += tl.sum(onehot.to(DT), axis=0)
             else:
                 den += tl.sum(tl.where(onehot, sigma[:, None], 0.0), axis=0)
-            wgt = tl.where(onehot, sigma[:, None], 0.0) + _pool_w(offs_m, offs_n, M, N, rh, rw, ph, pw, True, DT)
+            wgt = tl.where(onehot, sigma[:, None], 0.0) + _pool_w(offs_m, offs_n, M, N, rh, rw, ph, pw, DT)
             vt = _load_tile(vb, offs_dv, offs_n, DV, N, rw, svc, svh, svw, DT)
             uv += tl.dot(vt, wgt, input_precision=PREC)  # [BDV, BM]
     if AGG:
@@ -491,9 +486,9 @@ def launch_config(kernel: str, M: int, D: int, DV: int) -> dict:
     """``BLOCK_N`` (points per tile), warps and stages of one kernel for M centres and D / DV channels.
 
     Chosen per kernel so that none spills registers at sm_80 / sm_90 with fp32, fp16 or bf16 inputs
-    (``benchmarks/kernel_resources.py`` checks every launch): the ``ieee`` dots run on FMAs and keep
-    their operand tiles in registers, so the kernels that hold the most state per point (assignment,
-    main backward) take few points per tile and many warps.
+    (``benchmarks/kernel_resources.py`` checks every launch, with triton 3.6 and 3.8): the ``ieee`` dots
+    run on FMAs and keep their operand tiles in registers, so the kernels that hold the most state per
+    point (assignment, main backward) take 16 points per tile.
     """
     bm = _pow2(M)
     if kernel in ("assign", "bwd_main"):
