@@ -208,10 +208,10 @@ def main(argv=None):
         plot(rows, args.plot, f"CoC mixer, {dev}, batch {args.batch}, {args.size[0]}x{args.size[1]}")
 
 
-def profile(arch, stage, centres, batch, dtype, img):
-    """Per-kernel CUDA time of the triton path's forward+backward (mean of 10 steps)."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as tprofile
+def kernel_times(arch, stage, centres, batch, dtype, img=(800, 1344)):
+    """GPU: ``[(kernel name, launches, ms), ...]`` per forward+backward step of the triton path, longest
+    first (torch.profiler, mean over 10 steps after 3 warm-up steps)."""
+    from torch.profiler import ProfilerActivity, profile as tprofile
     heads, p, fold = HEADS[arch][stage - 1], CENTRES[centres], FOLDS[stage - 1]
     x, v, a, b = make_inputs(arch, stage, batch, dtype, "cuda", img)
     dy = torch.randn_like(x)
@@ -227,11 +227,16 @@ def profile(arch, stage, centres, batch, dtype, img):
         for _ in range(10):
             step()
         torch.cuda.synchronize()
+    rows = [(e.key, e.count // 10, (getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)) / 1e4)
+            for e in prof.key_averages()]
+    return sorted((r for r in rows if r[2] > 0), key=lambda r: -r[2])
+
+
+def profile(arch, stage, centres, batch, dtype, img):
+    """Print the per-kernel CUDA time of the triton path's forward+backward."""
     print(f"\nkernels of triton fwd+bwd, {arch} stage {stage} {centres} centres, {str(dtype)[6:]} (per step):")
-    for e in sorted(prof.key_averages(), key=lambda e: -getattr(e, "device_time_total", 0)):
-        t = (getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)) / 10
-        if t > 0:
-            print(f"  {t / 1e3:8.4f} ms  x{e.count // 10:<3d} {e.key[:90]}")
+    for name, count, ms in kernel_times(arch, stage, centres, batch, dtype, img):
+        print(f"  {ms:8.4f} ms  x{count:<3d} {name[:90]}")
 
 
 def plot(rows, out, title):

@@ -67,10 +67,10 @@ def check(arch, stage, centres, batch, dtype, img=(800, 1344)):
     agree = (a_fused == a_dense).float().mean().item()
     gap = tie_gap(x, a, b, heads, p, fold, a_fused, a_dense) if agree < 1 else 0.0
     # pixels of groups where every assignment agrees
-    flipped = to_groups((a_fused != a_dense).float(), heads, (fold, fold)).flatten(1).amax(1) > 0  # [G]
-    keep = to_groups(torch.ones(x.shape[0], heads, *x.shape[2:], device=x.device), heads, (fold, fold))
-    keep = keep * (~flipped).float()[:, None, None, None]
-    keep = from_groups(keep, x.shape[0], heads, (fold, fold))  # [B, heads, H, W]
+    flips = to_groups((a_fused != a_dense).float(), heads, (fold, fold))  # [G, 1, rh, rw]
+    flipped = flips.flatten(1).amax(1) > 0  # [G]
+    keep = from_groups((~flipped).float()[:, None, None, None].expand_as(flips), x.shape[0], heads,
+                       (fold, fold))  # [B, heads, H, W]
     del a_fused, a_dense
     dy = torch.randn_like(x)
     out = {}

@@ -17,8 +17,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.bench_mixer import CENTRES, FOLDS, HEADS, make_inputs  # noqa: E402
-from coc_kernels import context_cluster  # noqa: E402
+from benchmarks.bench_mixer import kernel_times  # noqa: E402
 from coc_kernels.ops import context_cluster as ops  # noqa: E402
 
 KERNELS = ["pool", "assign", "dispatch", "bwd_do", "bwd_main", "bwd_pool"]
@@ -35,30 +34,10 @@ CANDIDATES = {
 CASES = [("small", 1, 25, torch.float32), ("small", 1, 49, torch.float32), ("small", 4, 49, torch.float32)]
 
 
-def kernel_times(arch, stage, centres, dtype):
-    from torch.profiler import ProfilerActivity, profile
-    heads, p, fold = HEADS[arch][stage - 1], CENTRES[centres], FOLDS[stage - 1]
-    x, v, a, b = make_inputs(arch, stage, 2, dtype, "cuda")
-    dy = torch.randn_like(x)
-
-    def step():
-        y = context_cluster(x, v, a, b, heads=heads, proposal=p, fold=fold, impl="triton")
-        torch.autograd.grad(y, (x, v, a, b), dy)
-
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(10):
-            step()
-        torch.cuda.synchronize()
-    out = {}
-    for e in prof.key_averages():
-        t = (getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)) / 10 / 1e3
-        for k in KERNELS:
-            if e.key == f"_{k}_kernel":
-                out[k] = t
-    return out
+def times_by_kernel(arch, stage, centres, dtype):
+    """``{kernel: ms}`` for the op's kernels in one forward+backward step (batch 2)."""
+    found = {name: ms for name, _, ms in kernel_times(arch, stage, centres, 2, dtype)}
+    return {k: found[f"_{k}_kernel"] for k in KERNELS if f"_{k}_kernel" in found}
 
 
 def main(argv=None):
@@ -79,7 +58,7 @@ def main(argv=None):
             ops.CONFIG_OVERRIDES.update(cand)
         for arch, stage, centres, dtype in CASES:
             try:
-                t = kernel_times(arch, stage, centres, dtype)
+                t = times_by_kernel(arch, stage, centres, dtype)
                 cells = [f"{t.get(k, float('nan')):.4f}" for k in KERNELS] + [f"{sum(t.values()):.4f}"]
             except Exception as e:  # a config that does not compile is a result
                 cells = [f"error: {str(e).splitlines()[0][:60]}"] + [""] * len(KERNELS)

@@ -136,6 +136,13 @@ def _pool_adjoint(src, offs_c, C, offs_n, N, rh, rw, ph, pw, KH: tl.constexpr, K
 
 
 @triton.jit
+def _cm_block(base, offs_c, offs_m, C, M):
+    """Pointers and mask of a row-major ``[M, C]`` block (one group's centres, a partial, a scratch copy)
+    seen as a ``[BLOCK_C, BLOCK_M]`` tile: element (c, m) at ``base + m * C + c``."""
+    return base + offs_c[:, None] + offs_m[None, :] * C, (offs_c < C)[:, None] & (offs_m < M)[None, :]
+
+
+@triton.jit
 def _sum_partials(ptr, offs_r, offs_c, R, C, NC, ROW_STRIDE, COL_STRIDE):
     """Fixed-order sum over the NC chunk partials of a ``[NC, ...]`` buffer; tile ``[len(offs_r), len(offs_c)]``
     with element (r, c) at ``r * ROW_STRIDE + c * COL_STRIDE`` inside each partial of size R*C."""
@@ -187,8 +194,8 @@ def _pool_kernel(x_ptr, pc_ptr, sxb, sxc, sxh, sxw, heads, fh, fw, rh, rw, ph, p
         offs_n = n0 + tl.arange(0, BLOCK_N)
         xt = _load_tile(xb, offs_d, offs_n, D, N, rw, sxc, sxh, sxw, DT)
         acc += tl.dot(xt, _pool_w(offs_m, offs_n, M, N, rh, rw, ph, pw, DT), input_precision=PREC)
-    out = pc_ptr + (g.to(tl.int64) * NC + k) * M * D
-    tl.store(out + offs_d[:, None] + offs_m[None, :] * D, acc, mask=(offs_d < D)[:, None] & (offs_m < M)[None, :])
+    ptrs, mask = _cm_block(pc_ptr + (g.to(tl.int64) * NC + k) * M * D, offs_d, offs_m, D, M)
+    tl.store(ptrs, acc, mask=mask)
 
 
 @_kernel
@@ -244,8 +251,8 @@ def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_pt
             uv += tl.dot(vt, wgt, input_precision=PREC)  # [BDV, BM]
     if AGG:
         part = g64 * NC + k
-        tl.store(puv_ptr + part * M * DV + offs_dv[:, None] + offs_m[None, :] * DV, uv,
-                 mask=(offs_dv < DV)[:, None] & m_ok[None, :])
+        ptrs, mask = _cm_block(puv_ptr + part * M * DV, offs_dv, offs_m, DV, M)
+        tl.store(ptrs, uv, mask=mask)
         tl.store(pden_ptr + part * M + offs_m, den, mask=m_ok)
 
 
@@ -309,8 +316,8 @@ def _bwd_do_kernel(dy_ptr, a_ptr, sig_ptr, pdo_ptr, sdb, sdc, sdh, sdw, heads, f
         sigma = tl.load(sig_ptr + g64 * N + offs_n, mask=valid, other=0.0)
         wgt = tl.where(a[:, None] == offs_m[None, :], sigma[:, None], 0.0)  # [BN, BM]
         acc += tl.dot(_load_tile(dyb, offs_dv, offs_n, DV, N, rw, sdc, sdh, sdw, DT), wgt, input_precision=PREC)
-    tl.store(pdo_ptr + (g64 * NC + k) * M * DV + offs_dv[:, None] + offs_m[None, :] * DV, acc,
-             mask=(offs_dv < DV)[:, None] & (offs_m < M)[None, :])
+    ptrs, mask = _cm_block(pdo_ptr + (g64 * NC + k) * M * DV, offs_dv, offs_m, DV, M)
+    tl.store(ptrs, acc, mask=mask)
 
 
 @_kernel
@@ -348,16 +355,17 @@ def _bwd_main_kernel(x_ptr, v_ptr, dy_ptr, a_ptr, sig_ptr, c_ptr, o_ptr, den_ptr
     den = tl.load(den_ptr + g64 * M + offs_m, mask=m_ok, other=0.0)
     inv = 1.0 / (den + 1.0)
     dU = do * inv[None, :]
-    c = tl.load(c_ptr + g64 * M * D + offs_d[:, None] + offs_m[None, :] * D,
-                mask=d_ok[:, None] & m_ok[None, :], other=0.0)
-    c_hat, _cn = _norm_cols(c, eps)  # [BD, BM]
+    c_ptrs, dm_mask = _cm_block(c_ptr + g64 * M * D, offs_d, offs_m, D, M)
+    c_hat, _cn = _norm_cols(tl.load(c_ptrs, mask=dm_mask, other=0.0), eps)  # [BD, BM]
     # this program's copy for the gathers: dU [M, DV] | c_hat [M, D] | dS [M]
     scr = scr_ptr + part * M * (DV + D + 1)
-    tl.store(scr + offs_dv[:, None] + offs_m[None, :] * DV, dU, mask=dv_ok[:, None] & m_ok[None, :])
-    tl.store(scr + M * DV + offs_d[:, None] + offs_m[None, :] * D, c_hat, mask=d_ok[:, None] & m_ok[None, :])
+    ptrs, dvm_mask = _cm_block(scr, offs_dv, offs_m, DV, M)
+    tl.store(ptrs, dU, mask=dvm_mask)
+    ptrs, _ = _cm_block(scr + M * DV, offs_d, offs_m, D, M)
+    tl.store(ptrs, c_hat, mask=dm_mask)
     if not BY_COUNT:
-        o = tl.load(o_ptr + g64 * M * DV + offs_dv[:, None] + offs_m[None, :] * DV,
-                    mask=dv_ok[:, None] & m_ok[None, :], other=0.0)
+        o_ptrs, _ = _cm_block(o_ptr + g64 * M * DV, offs_dv, offs_m, DV, M)
+        o = tl.load(o_ptrs, mask=dvm_mask, other=0.0)
         tl.store(scr + M * (DV + D) + offs_m, -tl.sum(do * o, axis=0) * inv, mask=m_ok)
     tl.debug_barrier()
 
@@ -394,7 +402,8 @@ def _bwd_main_kernel(x_ptr, v_ptr, dy_ptr, a_ptr, sig_ptr, c_ptr, o_ptr, den_ptr
         proj = tl.where(xn > eps, tl.sum(x_hat * dxh, axis=0), 0.0)
         _store_tile(dxb, (dxh - x_hat * proj[None, :]) / tl.maximum(xn, eps)[None, :], offs_d, offs_n, D, N, rw,
                     H * W, W, 1)
-    tl.store(pdc_ptr + part * M * D + offs_d[:, None] + offs_m[None, :] * D, dch, mask=d_ok[:, None] & m_ok[None, :])
+    ptrs, _ = _cm_block(pdc_ptr + part * M * D, offs_d, offs_m, D, M)
+    tl.store(ptrs, dch, mask=dm_mask)
     tl.store(pdab_ptr + part * 2, tl.sum(dal, axis=0))
     tl.store(pdab_ptr + part * 2 + 1, tl.sum(dbe, axis=0))
 
@@ -414,14 +423,15 @@ def _bwd_pool_kernel(dxi_ptr, dx_ptr, c_ptr, pdc_ptr, pdab_ptr, scr_ptr, dalpha_
     W = fw * rw
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    mask_dm = (offs_d < D)[:, None] & (offs_m < M)[None, :]
     dch = _sum_partials(pdc_ptr + g64 * NC * M * D, offs_d, offs_m, D, M, NC, 1, D)  # [BD, BM]
-    c = tl.load(c_ptr + g64 * M * D + offs_d[:, None] + offs_m[None, :] * D, mask=mask_dm, other=0.0)
+    c_ptrs, mask_dm = _cm_block(c_ptr + g64 * M * D, offs_d, offs_m, D, M)
+    c = tl.load(c_ptrs, mask=mask_dm, other=0.0)
     c_hat, cn = _norm_cols(c, eps)
     cproj = tl.where(cn > eps, tl.sum(c_hat * dch, axis=0), 0.0)
     dc = (dch - c_hat * cproj[None, :]) / tl.maximum(cn, eps)[None, :]
     scr = scr_ptr + (g64 * NC + k) * M * D  # this program's copy of dc [M, D] for the gathers
-    tl.store(scr + offs_d[:, None] + offs_m[None, :] * D, dc, mask=mask_dm)
+    ptrs, _ = _cm_block(scr, offs_d, offs_m, D, M)
+    tl.store(ptrs, dc, mask=mask_dm)
     tl.debug_barrier()
 
     off = _group_offset(g, heads, fh, fw, rh, rw, D, heads * D * H * W, H * W, W, 1)
@@ -696,22 +706,18 @@ def fused_backward(dy: Tensor, x: Tensor, value: Tensor, alpha: Tensor, a: Tenso
 
 class ClusterFunction(torch.autograd.Function):
     """Eager autograd of the fused op: calls :func:`fused_forward` / :func:`fused_backward` directly (the custom
-    ops below wrap the same functions for ``torch.compile``, at a higher per-call cost in eager mode)."""
+    ops below wrap the same functions for ``torch.compile``, at a higher per-call cost in eager mode); both
+    share :func:`_setup_context` and :func:`_grads`."""
 
     @staticmethod
-    def forward(ctx, x, value, alpha, beta, heads, ph, pw, fh, fw, by_count):
-        y, a, sigma, c, o, den = fused_forward(x, value, alpha, beta, heads, ph, pw, fh, fw, by_count)
-        ctx.save_for_backward(x, value, alpha, a, sigma, c, o, den)
-        ctx.geom = (heads, ph, pw, fh, fw, by_count)
-        ctx.beta_meta = (beta.shape, beta.dtype)
-        return y
+    def forward(ctx, *inputs):
+        out = fused_forward(*inputs)
+        _setup_context(ctx, inputs, out)
+        return out[0]
 
     @staticmethod
     def backward(ctx, dy):
-        x, value, alpha, a, sigma, c, o, den = ctx.saved_tensors
-        dx, dv, dalpha, dbeta = fused_backward(dy, x, value, alpha, a, sigma, c, o, den, *ctx.geom)
-        shape, dtype = ctx.beta_meta
-        return dx, dv, dalpha, dbeta.reshape(shape).to(dtype), None, None, None, None, None, None
+        return _grads(ctx, dy, fused_backward)
 
 
 @torch.library.custom_op("coc_kernels::cluster_fwd", mutates_args=())
@@ -756,11 +762,19 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # a, sigma, c, o, den get no gradient: no zero tensors for them
 
 
-def _backward(ctx, dy, *_unused):
+def _grads(ctx, dy, backward_fn):
+    """Gradients of (x, value, alpha, beta) through ``backward_fn`` (:func:`fused_backward` or the custom op);
+    none at all when no gradient reaches y (grads are not materialised as zeros)."""
+    if dy is None:
+        return (None,) * 10
     x, value, alpha, a, sigma, c, o, den = ctx.saved_tensors
-    dx, dv, dalpha, dbeta = cluster_bwd(dy, x, value, alpha, a, sigma, c, o, den, *ctx.geom)
+    dx, dv, dalpha, dbeta = backward_fn(dy, x, value, alpha, a, sigma, c, o, den, *ctx.geom)
     shape, dtype = ctx.beta_meta
     return dx, dv, dalpha, dbeta.reshape(shape).to(dtype), None, None, None, None, None, None
+
+
+def _backward(ctx, dy, *_unused):
+    return _grads(ctx, dy, cluster_bwd)
 
 
 cluster_fwd.register_autograd(_backward, setup_context=_setup_context)
