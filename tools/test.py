@@ -10,7 +10,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
-from _common import add_common_args, load_config  # noqa: E402
+from _common import add_common_args, close_distributed, load_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -38,6 +38,7 @@ def main(argv=None):
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
     metrics = runner.test()
+    close_distributed()
     return metrics
 
 

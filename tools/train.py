@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
-from _common import add_common_args, load_config  # noqa: E402
+from _common import add_common_args, close_distributed, load_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -47,6 +47,7 @@ def main(argv=None):
         cfg.resume, cfg.load_from = True, args.resume
     runner = Runner.from_cfg(cfg)
     runner.train()
+    close_distributed()
 
 
 if __name__ == "__main__":
