@@ -55,6 +55,8 @@ def _check_map(t: Tensor, name: str):
 def _check_scalar(t: Tensor, name: str, like: Tensor):
     if not isinstance(t, Tensor) or t.numel() != 1:
         raise ValueError(f"{name} must be a one-element tensor, got {getattr(t, 'shape', type(t).__name__)}")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating-point tensor (float32/float16/bfloat16/float64), got {t.dtype}")
     if t.device != like.device:
         raise ValueError(f"{name} is on {t.device} but x is on {like.device}")
     # A host-side look at the value, only where it costs no device sync: on CUDA the fused kernels make
@@ -71,6 +73,8 @@ def check_inputs(x: Tensor, value: Tensor | None, alpha: Tensor, beta: Tensor, h
         raise ValueError(f"heads must be a positive int, got {heads!r}")
     proposal, fold = _pair(proposal, "proposal"), _pair(fold, "fold")
     B, C, H, W = x.shape
+    if C == 0:
+        raise ValueError(f"x has no channels (shape {tuple(x.shape)}): the similarity needs at least one per head")
     if C % heads:
         raise ValueError(f"x has {C} channels, not divisible by heads={heads}")
     if H % fold[0] or W % fold[1]:
@@ -80,8 +84,8 @@ def check_inputs(x: Tensor, value: Tensor | None, alpha: Tensor, beta: Tensor, h
         _check_map(value, "value")
         if value.shape[0] != B or value.shape[2:] != x.shape[2:]:
             raise ValueError(f"x {tuple(x.shape)} and value {tuple(value.shape)} differ in batch or spatial size")
-        if value.shape[1] % heads:
-            raise ValueError(f"value has {value.shape[1]} channels, not divisible by heads={heads}")
+        if value.shape[1] == 0 or value.shape[1] % heads:
+            raise ValueError(f"value has {value.shape[1]} channels, not a positive multiple of heads={heads}")
         if value.device != x.device:
             raise ValueError(f"value is on {value.device} but x is on {x.device}")
         if value.dtype != x.dtype:
@@ -108,6 +112,34 @@ def resolve_impl(impl: str, x: Tensor) -> str:
     return impl
 
 
+def _transformed(*ts: Tensor) -> bool:
+    """True when a ``torch.func`` transform (grad, vmap, jvp, ...) wraps an input, or an input carries a
+    forward-mode tangent: the fused kernels have a backward only, so the op computes with the torch math."""
+    from torch._C._functorch import is_functorch_wrapped_tensor
+    from torch.autograd.forward_ad import unpack_dual
+    return any(is_functorch_wrapped_tensor(t) or unpack_dual(t).tangent is not None for t in ts)
+
+
+def _empty_result(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
+    """The op's output for an empty batch or map (B, H or W zero): ``value``'s shape and dtype, zero, and
+    connected to every input so that backward gives (empty / zero) gradients like a non-empty call."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    link = (x.to(acc).sum() + alpha.to(acc).sum() + beta.to(acc).sum()) * 0.0
+    return (value.to(acc) * 0.0 + link).to(value.dtype)
+
+
+def torch_math(fn, x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, **kw) -> Tensor:
+    """Run a torch path as the fused one computes: in fp32 (fp64 for fp64 inputs) whatever the input
+    precision or an enclosing autocast, alpha/beta cast to that precision, the output in value's dtype."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    with torch.autocast(x.device.type, enabled=False):
+        alpha, beta = alpha.to(acc), beta.to(acc)
+        y = fn(x.to(acc), value.to(acc), alpha, beta, **kw)
+        if x.is_cuda or torch.compiler.is_compiling():  # no host check of alpha/beta ran: NaN out if not finite
+            y = y + (alpha * 0.0 + beta * 0.0).reshape(())
+    return y.to(value.dtype)
+
+
 def context_cluster(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, *, heads: int, proposal: IntPair,
                     fold: IntPair, impl: str = "auto", denominator: str = "count") -> Tensor:
     """Context Cluster mixer (without the 1x1 convs): cluster, aggregate, dispatch.
@@ -125,21 +157,30 @@ def context_cluster(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, *, he
         denominator: ``"count"`` (as the released code and checkpoints) or ``"similarity"`` (paper Eq. 1).
 
     Returns:
-        ``[B, heads*dv, H, W]`` in the inputs' dtype.
+        ``[B, heads*dv, H, W]`` in the inputs' dtype. Every path computes in fp32 (fp64 for fp64 inputs),
+        also under autocast. A group (image, head, region) with a non-finite value in x is NaN in all its
+        outputs; one in channel c of value makes channel c of the group NaN (as the original computes).
+        Empty inputs (B, H or W zero) give an empty output with zero gradients. Under ``torch.func``
+        transforms or forward-mode AD, ``"triton"`` computes with the reference math (its kernels have
+        no forward-mode derivative).
     """
     proposal, fold = check_inputs(x, value, alpha, beta, heads, proposal, fold)
     if denominator not in DENOMINATORS:
         raise ValueError(f"denominator must be one of {DENOMINATORS}, got {denominator!r}")
     impl = resolve_impl(impl, x)
+    if x.numel() == 0 or value.numel() == 0:
+        return _empty_result(x, value, alpha, beta)
     kw = dict(heads=heads, proposal=proposal, fold=fold, denominator=denominator)
     if impl == "dense":
-        return context_cluster_dense(x, value, alpha, beta, **kw)
+        return torch_math(context_cluster_dense, x, value, alpha, beta, **kw)
     if impl == "reference":
-        return context_cluster_light(x, value, alpha, beta, **kw)
+        return torch_math(context_cluster_light, x, value, alpha, beta, **kw)
     from .ops.context_cluster import ClusterFunction, cluster_fwd
     args = (x, value, alpha, beta, heads, proposal[0], proposal[1], fold[0], fold[1], denominator == "count")
     if torch.compiler.is_compiling():  # the custom op: traced as one node, no graph break
         return cluster_fwd(*args)[0]
+    if _transformed(x, value, alpha, beta):
+        return torch_math(context_cluster_light, x, value, alpha, beta, **kw)
     return ClusterFunction.apply(*args)  # eager: the same kernels without the custom-op dispatch cost
 
 
@@ -152,10 +193,15 @@ def cluster_assignment(x: Tensor, alpha: Tensor, beta: Tensor, *, heads: int, pr
     """
     proposal, fold = check_inputs(x, None, alpha, beta, heads, proposal, fold)
     impl = resolve_impl(impl, x)
-    if impl in ("reference", "dense"):
-        return cluster_assignment_reference(x, alpha, beta, heads=heads, proposal=proposal, fold=fold)
-    from .ops.context_cluster import assignment
     B, _, H, W = x.shape
+    if x.numel() == 0:
+        return torch.empty(B, heads, H, W, dtype=torch.int64, device=x.device)
+    if impl in ("reference", "dense"):
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        with torch.autocast(x.device.type, enabled=False):
+            return cluster_assignment_reference(x.to(acc), alpha.to(acc), beta.to(acc), heads=heads,
+                                                proposal=proposal, fold=fold)
+    from .ops.context_cluster import assignment
     (ph, pw), (fh, fw) = proposal, fold
     with torch.no_grad():
         a, _ = assignment(x, alpha, beta, heads, ph, pw, fh, fw)
@@ -163,4 +209,4 @@ def cluster_assignment(x: Tensor, alpha: Tensor, beta: Tensor, *, heads: int, pr
     return a.long().reshape(B, heads, fh, fw, rh, rw).permute(0, 1, 2, 4, 3, 5).reshape(B, heads, H, W)
 
 
-__all__ = ["context_cluster", "cluster_assignment", "check_inputs", "resolve_impl", "triton_available", "IMPLS"]
+__all__ = ["context_cluster", "cluster_assignment", "torch_math", "check_inputs", "resolve_impl", "triton_available", "IMPLS"]

@@ -167,6 +167,11 @@ def _light(x, value, alpha, beta, heads, proposal, fold, denominator):
     weight = torch.ones_like(sig) if denominator == "count" else sig
     den = sig.new_zeros(B, heads, 1, P).scatter_add_(3, gidx.unsqueeze(2), weight)
     o = (U + vc) / (den + 1.0)  # [B, heads, dv, P]
+    # The original's dense sums multiply every value by every centre's (mostly zero) weight, so a non-finite
+    # value in channel c makes channel c of its whole group NaN (inf * 0); the scatter above reaches only one
+    # centre and one window: spread it over the group's centres the same way.
+    o6 = o.reshape(B, heads, dv, fh, ph, fw, pw)
+    o = (o6 + (o6 * 0.0).sum(dim=(4, 6), keepdim=True)).reshape(B, heads, dv, P)
     return (torch.gather(o, 3, idx) * sig).reshape(B, heads * dv, H, W)
 
 

@@ -182,18 +182,28 @@ def _chunk_range(k, TPP, N, BLOCK_N: tl.constexpr):
 def _pool_kernel(x_ptr, pc_ptr, sxb, sxc, sxh, sxw, heads, fh, fw, rh, rw, ph, pw, M, N, D, NC, TPP,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DT: tl.constexpr,
                  PREC: tl.constexpr):
-    """Partial window sums of chunk k for the centres: ``pc [G, NC, M, D]``."""
+    """Partial window sums of chunk k for the centres: ``pc [G, NC, M, D]``.
+
+    A window holding a non-finite x is NaN in every channel (its normalised centre is NaN either way, as
+    adaptive_avg_pool2d's would be); other windows stay finite: non-finite values enter the dot as 0, since
+    ``inf * 0`` would otherwise reach every window of the group."""
     g = tl.program_id(0)
     k = tl.program_id(1)
     xb = x_ptr + _group_offset(g, heads, fh, fw, rh, rw, D, sxb, sxc, sxh, sxw)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     acc = tl.zeros((BLOCK_D, BLOCK_M), dtype=DT)
+    bad = tl.zeros((BLOCK_M,), dtype=tl.int32)  # non-finite points per window
     n_start, n_end = _chunk_range(k, TPP, N, BLOCK_N)
     for n0 in range(n_start, n_end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         xt = _load_tile(xb, offs_d, offs_n, D, N, rw, sxc, sxh, sxw, DT)
-        acc += tl.dot(xt, _pool_w(offs_m, offs_n, M, N, rh, rw, ph, pw, DT), input_precision=PREC)
+        w = _pool_w(offs_m, offs_n, M, N, rh, rw, ph, pw, DT)
+        finite = tl.abs(xt) < float("inf")  # false for NaN too
+        bad_n = tl.max(tl.where(finite, 0, 1), axis=0)  # [BN]
+        bad += tl.sum(tl.where((bad_n[:, None] > 0) & (w > 0.0), 1, 0), axis=0)
+        acc += tl.dot(tl.where(finite, xt, 0.0), w, input_precision=PREC)
+    acc = tl.where(bad[None, :] > 0, float("nan"), acc)
     ptrs, mask = _cm_block(pc_ptr + (g.to(tl.int64) * NC + k) * M * D, offs_d, offs_m, D, M)
     tl.store(ptrs, acc, mask=mask)
 
@@ -222,6 +232,9 @@ def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_pt
     tl.store(c_ptr + g64 * M * D + offs_m[:, None] * D + offs_d[None, :], c, mask=c_mask & (k == 0))
     nrm = tl.sqrt(tl.sum(c * c, axis=1))
     c_hat = c / tl.maximum(nrm, eps)[:, None]
+    # NaN similarities (torch's max picks them: first NaN index, value NaN) come from a non-finite centre
+    # (a whole row: the first such centre wins for every point) or a non-finite point (a whole column: 0 wins)
+    nan_c = tl.min(tl.where(m_ok & ~(nrm < float("inf")), offs_m, BLOCK_M), axis=0)
 
     if AGG:
         vb = v_ptr + _group_offset(g, heads, fh, fw, rh, rw, DV, svb, svc, svh, svw)
@@ -235,9 +248,12 @@ def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_pt
         x_hat, _xn = _norm_cols(_load_tile(xb, offs_d, offs_n, D, N, rw, sxc, sxh, sxw, DT), eps)
         cos = tl.dot(c_hat, x_hat, input_precision=PREC)  # [BM, BN]
         s = 1.0 / (1.0 + tl.exp(-(beta + alpha * cos)))
-        s = tl.where(m_ok[:, None], s, -1.0)
+        s = tl.where(m_ok[:, None] & (s == s), s, -1.0)
         a = tl.argmax(s, axis=0, tie_break_left=True).to(tl.int32)
         sigma = tl.max(s, axis=0)
+        bad_x = sigma < 0.0  # every similarity NaN: a non-finite point
+        a = tl.where(bad_x, 0, tl.where(nan_c < BLOCK_M, nan_c, a))
+        sigma = tl.where(bad_x | (nan_c < BLOCK_M), float("nan"), sigma)
         tl.store(a_ptr + g64 * N + offs_n, a, mask=valid)
         tl.store(sig_ptr + g64 * N + offs_n, sigma, mask=valid)
         if AGG:
@@ -281,6 +297,9 @@ def _dispatch_kernel(a_ptr, sig_ptr, puv_ptr, pden_ptr, o_ptr, den_ptr, scr_ptr,
     tl.debug_barrier()
 
     nan_if_bad = tl.load(alpha_ptr).to(DT) * 0.0 + tl.load(beta_ptr).to(DT) * 0.0  # 0, or NaN
+    # a non-finite value in channel c (o[:, c] not finite) makes channel c of the whole group NaN, as the
+    # original's dense sums do (inf * 0)
+    chan_nan = tl.sum(tl.where(o_mask, o * 0.0, 0.0), axis=0)  # [BDV]: 0, or NaN
     yb = y_ptr + _group_offset(g, heads, fh, fw, rh, rw, DV, syb, syc, syh, syw)
     n_start, n_end = _chunk_range(k, TPP, N, BLOCK_N)
     for n0 in range(n_start, n_end, BLOCK_N):
@@ -290,7 +309,8 @@ def _dispatch_kernel(a_ptr, sig_ptr, puv_ptr, pden_ptr, o_ptr, den_ptr, scr_ptr,
         sigma = tl.load(sig_ptr + g64 * N + offs_n, mask=valid, other=0.0)
         gmask = (offs_dv < DV)[:, None] & valid[None, :]
         o_a = tl.load(scr + a[None, :] * DV + offs_dv[:, None], mask=gmask, other=0.0)  # [BDV, BN]
-        _store_tile(yb, o_a * sigma[None, :] + nan_if_bad, offs_dv, offs_n, DV, N, rw, syc, syh, syw)
+        _store_tile(yb, o_a * sigma[None, :] + (chan_nan[:, None] + nan_if_bad), offs_dv, offs_n, DV, N, rw,
+                    syc, syh, syw)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -501,13 +521,18 @@ def launch_config(kernel: str, M: int, D: int, DV: int) -> dict:
     point (assignment, main backward) take 16 points per tile.
     """
     bm = _pow2(M)
-    if kernel in ("assign", "bwd_main"):
+    if kernel == "assign_only":  # the assignment kernel without aggregation (cluster_assignment): at 64 centres
+        cfg = dict(BLOCK_N=16, num_warps=4)  # 8 warps spill at sm_90 under triton 3.6, 4 do not
+    elif kernel in ("assign", "bwd_main"):
         # measured on an H100 (benchmarks/sweep_configs.py): 4 warps beat 8-16 by up to 2x where they fit;
-        # at 64 centres 4 warps spill, 8 do not
-        cfg = dict(BLOCK_N=16, num_warps=8 if bm >= 64 else 4)
+        # at 64 centres 4 warps spill, 8 do not. The assignment at 4 centres (BM=16) spills at sm_90 with 4
+        # warps since it handles NaN as torch does (triton 3.8); 2 warps do not (not yet timed on a GPU)
+        cfg = dict(BLOCK_N=16, num_warps=8 if bm >= 64 else 2 if (kernel == "assign" and bm == 16) else 4)
     elif kernel in ("dispatch", "bwd_pool"):  # gathers, no dot
         cfg = dict(BLOCK_N=64, num_warps=8)
-    else:  # pool, bwd_do: one dot each (4 warps spill at 64 centres)
+    elif kernel == "pool":  # one dot; 4 warps spill at 32+ centres (triton 3.6, sm_90)
+        cfg = dict(BLOCK_N=64, num_warps=8 if bm >= 32 else 4)
+    else:  # bwd_do: one dot (4 warps spill at 64 centres)
         cfg = dict(BLOCK_N=64, num_warps=8 if bm >= 64 else 4)
     cfg["num_stages"] = 1
     cfg.update(CONFIG_OVERRIDES.get("*", {}))
@@ -634,7 +659,7 @@ def _centres_and_assign(x: Tensor, value, alpha: Tensor, beta: Tensor, q: _Geom,
     puv = _empty((q.G, q.NC, q.M, q.DV), q.acc, dev) if agg else pc
     pden = _empty((q.G, q.NC, q.M), q.acc, dev) if agg else pc
     v = value if agg else x
-    cfg, tpp, blocks = q.launch("assign")
+    cfg, tpp, blocks = q.launch("assign" if agg else "assign_only")
     _launch(_assign_kernel, q.grid,
             (x, v, pc, c, a, sigma, puv, pden, alpha, beta, *_s(x), *_s(v), *q.region(), q.ph, q.pw,
              q.M, q.N, q.D, q.DV, q.NC, tpp),
@@ -756,9 +781,8 @@ def _cluster_bwd_fake(dy, x, value, alpha, a, sigma, c, o, den, heads, ph, pw, f
 def _setup_context(ctx, inputs, output):
     x, value, alpha, beta, heads, ph, pw, fh, fw, by_count = inputs
     _, a, sigma, c, o, den = output
-    ctx.save_for_backward(x, value, alpha, a, sigma, c, o, den)
+    ctx.save_for_backward(x, value, alpha, beta, a, sigma, c, o, den)
     ctx.geom = (heads, ph, pw, fh, fw, by_count)
-    ctx.beta_meta = (beta.shape, beta.dtype)
     ctx.set_materialize_grads(False)  # a, sigma, c, o, den get no gradient: no zero tensors for them
 
 
@@ -767,10 +791,28 @@ def _grads(ctx, dy, backward_fn):
     none at all when no gradient reaches y (grads are not materialised as zeros)."""
     if dy is None:
         return (None,) * 10
-    x, value, alpha, a, sigma, c, o, den = ctx.saved_tensors
+    x, value, alpha, beta, a, sigma, c, o, den = ctx.saved_tensors
+    if torch.is_grad_enabled() and backward_fn is fused_backward:
+        return _differentiable_grads(ctx, dy, x, value, alpha, beta) + (None,) * 6
     dx, dv, dalpha, dbeta = backward_fn(dy, x, value, alpha, a, sigma, c, o, den, *ctx.geom)
-    shape, dtype = ctx.beta_meta
-    return dx, dv, dalpha, dbeta.reshape(shape).to(dtype), None, None, None, None, None, None
+    return dx, dv, dalpha, dbeta.reshape(beta.shape).to(beta.dtype), None, None, None, None, None, None
+
+
+def _differentiable_grads(ctx, dy, x, value, alpha, beta):
+    """``backward(create_graph=True)`` (double backward, gradient penalties): the kernels' backward is not
+    itself differentiable, so these gradients come from the reference math, with a graph."""
+    from ..functional import torch_math
+    from ..reference import context_cluster_light
+    heads, ph, pw, fh, fw, by_count = ctx.geom
+    ins = (x, value, alpha, beta)
+    y = torch_math(context_cluster_light, *ins, heads=heads, proposal=(ph, pw), fold=(fh, fw),
+                   denominator="count" if by_count else "similarity")
+    want = [i for i in range(4) if ctx.needs_input_grad[i]]
+    got = torch.autograd.grad(y, [ins[i] for i in want], dy, create_graph=True, allow_unused=True)
+    grads = [None] * 4
+    for i, g in zip(want, got):
+        grads[i] = torch.zeros_like(ins[i]) if g is None else g
+    return tuple(grads)
 
 
 def _backward(ctx, dy, *_unused):
