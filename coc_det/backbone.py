@@ -19,7 +19,7 @@ from typing import Dict, Sequence, Union
 import torch
 import torch.nn as nn
 
-from coc_kernels import context_cluster
+from coc_kernels import DENOMINATORS, IMPLS, context_cluster
 
 try:  # mmengine's BaseModule when available (init_cfg handling, logging of initialisation)
     from mmengine.model import BaseModule
@@ -205,6 +205,12 @@ class ContextCluster(BaseModule):
         folds = _per_stage(fold, n, "fold")
         if any(i < 0 or i >= n for i in out_indices):
             raise ValueError(f"out_indices {out_indices} out of range for {n} stages")
+        if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= n:
+            raise ValueError(f"frozen_stages must be -1 (nothing) .. {n} (all stages), got {frozen_stages!r}")
+        if mixer_impl not in IMPLS:
+            raise ValueError(f"mixer_impl must be one of {IMPLS}, got {mixer_impl!r}")
+        if denominator not in DENOMINATORS:
+            raise ValueError(f"denominator must be one of {DENOMINATORS}, got {denominator!r}")
         self.embed_dims, self.out_indices, self.frozen_stages = dims, tuple(out_indices), frozen_stages
         self.proposals, self.folds = proposals, folds
         # an input side that every stage's map divides by its fold: stage i has stride 4 * 2**i
@@ -267,25 +273,37 @@ class ContextCluster(BaseModule):
             super().init_weights()
 
     def load_pretrained(self, checkpoint: str, prefix: str | None = None):
-        """Load a CoC checkpoint (weights under 'state_dict', 'model', or bare); logs missing/unexpected keys.
+        """Load a CoC checkpoint (weights under 'state_dict', 'model', or bare); returns (missing, unexpected).
 
+        The file is read by :func:`coc_det.checkpoint.read_checkpoint` (weights only: nothing in it runs).
         The classifier of an ImageNet checkpoint (``norm``, ``head``) is ignored; the output norms
         ``norm0/2/4/6`` it lacks stay at their initial values. A detector checkpoint (keys under
-        ``backbone.``) gives its backbone weights when no ``prefix`` is named.
+        ``backbone.``) gives its backbone weights when no ``prefix`` is named. Any other missing weight, or
+        a shape that differs, raises :class:`~coc_det.checkpoint.CheckpointError` naming them (a
+        checkpoint of another arch or model), and the module is left unchanged.
         """
-        state = _read_checkpoint(checkpoint)
-        for key in ("state_dict", "model"):
-            if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-                state = state[key]
-                break
-        state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+        from .checkpoint import CheckpointError, read_checkpoint, state_dict_of
+        state = state_dict_of(read_checkpoint(checkpoint))
         if prefix is None and any(k.startswith("backbone.") for k in state):
             prefix = "backbone."
         if prefix:
             state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         classifier = [k for k in state if k.split(".")[0] in ("norm", "head")]
         state = {k: v for k, v in state.items() if k not in classifier}
-        missing, unexpected = self.load_state_dict(state, strict=False)
+        own = self.state_dict()
+        optional = {f"norm{2 * i}.{w}" for i in self.out_indices for w in ("weight", "bias")}
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        absent = [k for k in missing if k not in optional]
+        wrong = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
+                 if k in own and tuple(v.shape) != tuple(own[k].shape)]
+        if absent or wrong:
+            what = f"{len(absent)} of the backbone's {len(own)} weights are missing (e.g. {absent[:3]})" if absent \
+                else f"{len(wrong)} weights differ in shape (e.g. {wrong[:3]})"
+            raise CheckpointError(f"{checkpoint} does not fit this ContextCluster: {what}; "
+                                  f"{len(unexpected)} of its keys are unknown here (e.g. {unexpected[:3]}). "
+                                  "Is it a CoC checkpoint of the same arch (and the right prefix)?")
+        self.load_state_dict(state, strict=False)
         _log(f"loaded {checkpoint}: {len(state)} tensors; ignored classifier keys {classifier}; "
              f"missing keys {missing}; unexpected keys {unexpected}")
         return missing, unexpected
@@ -317,17 +335,6 @@ class ContextCluster(BaseModule):
             if idx % 2 == 0 and idx // 2 in self.out_indices:
                 outs.append(getattr(self, f"norm{idx}")(x))
         return tuple(outs)
-
-
-def _read_checkpoint(path: str):
-    if "://" not in str(path):
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # e.g. a checkpoint holding pickled non-tensor objects
-            _log(f"weights_only load of {path} failed ({type(err).__name__}); loading with full unpickling")
-            return torch.load(path, map_location="cpu", weights_only=False)
-    from mmengine.runner.checkpoint import CheckpointLoader  # URLs and other schemes need mmengine
-    return CheckpointLoader.load_checkpoint(path, map_location="cpu")
 
 
 def _log(msg: str):

@@ -17,27 +17,12 @@ def add_common_args(parser):
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
 
 
-def allow_mmengine_checkpoints():
-    """Let ``torch.load``'s default ``weights_only=True`` (torch >= 2.6) read mmengine 0.10 checkpoints.
-
-    They pickle the message hub (``HistoryBuffer`` of numpy arrays) next to the weights; mmengine loads them
-    without passing ``weights_only``. Only these types are allowlisted (``getattr`` is how numpy pickles its
-    scalar dtypes); anything else in a checkpoint is still refused.
-    """
-    import numpy as np
-    from mmengine.logging.history_buffer import HistoryBuffer
-
-    dtypes = {type(np.dtype(t)) for t in (np.float64, np.float32, np.float16, np.int64, np.int32, np.int16,
-                                          np.int8, np.uint8, np.bool_)}
-    torch.serialization.add_safe_globals([HistoryBuffer, np.core.multiarray.scalar, np.core.multiarray._reconstruct,
-                                          np.ndarray, np.dtype, getattr, *dtypes])
-
-
 def load_config(args) -> Config:
     from mmdet.utils import setup_cache_size_limit_of_dynamo
 
+    import coc_det  # noqa: F401  (registers the backbone; mmengine checkpoints load weights-only)
+
     setup_cache_size_limit_of_dynamo()
-    allow_mmengine_checkpoints()
     if "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(args.local_rank)
     cfg = Config.fromfile(args.config)

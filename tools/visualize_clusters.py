@@ -87,9 +87,7 @@ def build_backbone(config: str, checkpoint: str | None):
     bb["init_cfg"] = None
     model = ContextCluster(**bb)
     if checkpoint:
-        missing, _ = model.load_pretrained(checkpoint)
-        if len(missing) == len(model.state_dict()):
-            raise ValueError(f"{checkpoint} holds no ContextCluster weights")
+        model.load_pretrained(checkpoint)  # raises when the checkpoint does not fit the model
     return model.eval()
 
 
@@ -114,9 +112,22 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (no --checkpoint)")
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
-    model = build_backbone(args.config, args.checkpoint)
+    for path, what in ((args.image, "image"), (args.config, "config")):
+        if not osp.isfile(path):
+            p.error(f"{what} {path} does not exist")
+    from coc_det.checkpoint import CheckpointError
+    try:
+        model = build_backbone(args.config, args.checkpoint)
+    except (CheckpointError, FileNotFoundError) as err:
+        p.error(str(err))
     if not 0 <= args.stage < len(model.folds) or not 0 <= args.block < len(model.network[2 * args.stage]):
         p.error(f"no block {args.block} in stage {args.stage}")
+    n_heads = model.network[2 * args.stage][args.block].token_mixer.heads
+    if args.head is not None and not 0 <= args.head < n_heads:
+        p.error(f"--head {args.head}: block {args.block} of stage {args.stage} has heads 0..{n_heads - 1}")
+    if args.size < model.size_divisor:
+        p.error(f"--size {args.size}: the longer side must be at least the backbone's size divisor "
+                f"{model.size_divisor}")
     image = load_image(args.image, args.size, model.size_divisor)
     maps = cluster_maps(model, image, args.stage, args.block).numpy()
     mixer = model.network[2 * args.stage][args.block].token_mixer
