@@ -5,6 +5,14 @@ installed, registers it (and the original repository's type names) in mmdet's ``
 load it with ``custom_imports = dict(imports=['coc_det'], allow_failed_imports=False)``.
 """
 from .backbone import ARCH_SETTINGS, ContextCluster
+from .checkpoint import allow_mmengine_checkpoints
+
+allow_mmengine_checkpoints()  # mmengine checkpoints load under torch's weights_only default, anywhere
+
+try:
+    from . import hooks  # noqa: F401  (EpochSeedHook, in mmengine's HOOKS)
+except ImportError:  # no mmengine
+    pass
 
 try:
     import mmdet  # noqa: F401

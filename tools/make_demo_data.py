@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -92,9 +93,20 @@ def main(argv=None):
     p.add_argument("--val", type=int, default=80, help="validation images (default 80)")
     p.add_argument("--size", type=int, default=128, help="image side in pixels, a multiple of 32 (default 128)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing dataset in --out (its train/, val/ and annotations/ are deleted first)")
     args = p.parse_args(argv)
-    if args.size % 32:
-        p.error(f"--size must be a multiple of 32 (the backbone's size divisor), got {args.size}")
+    if args.size < 32 or args.size % 32:
+        p.error(f"--size must be a positive multiple of 32 (the backbone's size divisor), got {args.size}")
+    for name in ("train", "val"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    parts = [os.path.join(args.out, d) for d in ("train", "val", "annotations")]
+    existing = [d for d in parts if os.path.exists(d)]
+    if existing and not args.force:
+        p.error(f"{args.out} already holds a dataset ({', '.join(existing)}); pass --force to replace it")
+    for d in existing:
+        shutil.rmtree(d)
     rng = np.random.default_rng(args.seed)
     for split, n in (("train", args.train), ("val", args.val)):
         print(f"wrote {n} images and {write_split(args.out, split, n, args.size, rng)}")

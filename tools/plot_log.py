@@ -3,8 +3,8 @@
 
     python tools/plot_log.py WORK_DIR [--out curves.png]
 
-Reads the JSON scalars log mmengine writes (``WORK_DIR/<timestamp>/vis_data/scalars.json``, the newest
-run when there are several; a path to a scalars.json file works too).
+Reads the JSON scalars logs mmengine writes (``WORK_DIR/<timestamp>/vis_data/scalars.json``); a resumed
+run's folder continues the interrupted one's curves. A path to one scalars.json file works too.
 """
 from __future__ import annotations
 
@@ -13,28 +13,55 @@ import glob
 import json
 import os
 import os.path as osp
+import sys
 
 
-def find_scalars(path: str) -> str:
+def find_scalars(path: str) -> list:
+    """The scalars.json files of a work dir, oldest run first (a resumed run writes a new timestamped
+    folder next to the interrupted one); a path to one scalars.json file gives just that file."""
     if osp.isfile(path):
-        return path
+        return [path]
+    if not osp.isdir(path):
+        raise FileNotFoundError(f"{path} is neither a work dir nor a scalars.json file")
     found = sorted(glob.glob(osp.join(path, "*", "vis_data", "scalars.json")) +
-                   glob.glob(osp.join(path, "vis_data", "scalars.json")), key=osp.getmtime)
+                   glob.glob(osp.join(path, "vis_data", "scalars.json")))  # timestamp folders sort by time
     if not found:
         raise FileNotFoundError(f"no vis_data/scalars.json under {path}")
-    return found[-1]
+    return found
 
 
-def read_scalars(path: str):
-    """``(train, val)``: lists of dicts, training records (with 'iter') and evaluation records."""
-    train, val = [], []
+def _records(path: str) -> list:
+    """The JSON records of one file; a truncated last line (what a killed run leaves) is skipped with a
+    note, a broken line elsewhere is an error naming it."""
     with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            rec = json.loads(line)
-            (val if any(k.startswith("coco/") for k in rec) else train).append(rec)
+        lines = [(i + 1, line.strip()) for i, line in enumerate(f) if line.strip()]
+    recs = []
+    for k, (no, line) in enumerate(lines):
+        try:
+            recs.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if k == len(lines) - 1:
+                print(f"note: skipped the incomplete last line {no} of {path} (an interrupted run)", file=sys.stderr)
+            else:
+                raise ValueError(f"{path}:{no} is not a JSON record ({err})") from None
+    return recs
+
+
+def read_scalars(paths):
+    """``(train, val)`` lists of dicts (training records with 'iter', evaluation records with 'step') from
+    one scalars.json or several runs oldest first: a later run replaces the earlier ones' records from
+    the point where it starts (a resumed run repeats the iterations after its checkpoint)."""
+    train, val = [], []
+    for path in [paths] if isinstance(paths, str) else paths:
+        t, v = [], []
+        for rec in _records(path):
+            (v if any(k.startswith("coco/") for k in rec) else t).append(rec)
+        if t:
+            train = [r for r in train if r.get("iter", 0) < t[0].get("iter", 0)]
+        if v:
+            val = [r for r in val if r.get("step", 0) < v[0].get("step", 0)]
+        train += t
+        val += v
     return train, val
 
 
@@ -81,12 +108,16 @@ def main(argv=None):
     p.add_argument("--out", default="curves.png")
     p.add_argument("--title", default=None)
     args = p.parse_args(argv)
-    path = find_scalars(args.work_dir)
-    train, val = read_scalars(path)
+    try:
+        paths = find_scalars(args.work_dir)
+        train, val = read_scalars(paths)
+    except (FileNotFoundError, ValueError) as err:
+        p.error(str(err))
     if not train:
-        raise SystemExit(f"{path} has no training records")
+        p.error(f"{', '.join(paths)}: no training records")
     plot(train, val, args.out, args.title if args.title is not None else osp.basename(osp.normpath(args.work_dir)))
-    print(f"wrote {args.out} from {path}: {len(train)} training records, {len(val)} evaluations")
+    print(f"wrote {args.out} from {len(paths)} run(s) ({paths[-1]}): {len(train)} training records, "
+          f"{len(val)} evaluations")
 
 
 if __name__ == "__main__":

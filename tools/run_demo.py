@@ -26,7 +26,7 @@ def main(argv=None):
     import make_demo_data
     if not osp.exists(osp.join(args.data, "annotations", "instances_val.json")):
         print(f"[demo] generating the synthetic shapes dataset in {args.data}")
-        make_demo_data.main(["--out", args.data])
+        make_demo_data.main(["--out", args.data, "--force"])  # replaces what an interrupted generation left
 
     import torch
     from mmengine.runner import Runner

@@ -4,6 +4,8 @@
     python tools/test.py CONFIG CHECKPOINT [--out results.pkl] [--work-dir DIR] [--cfg-options k=v ...]
 Multi-GPU: tools/dist_test.sh CONFIG CHECKPOINT GPUS [--out results.pkl].
 """
+from __future__ import annotations
+
 import argparse
 import os.path as osp
 import sys
@@ -23,18 +25,50 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def original_mmdet2_checkpoint(ckpt) -> str | None:
+    """The mmdet version of a detector checkpoint trained by the original CoC code (mmdet 2.x writes its
+    version into ``meta``), else None. Those detectors were trained before the public code's switch to the
+    paper's similarity denominator (2023-05-31), so they need ``denominator='count'``."""
+    meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
+    version = str((meta or {}).get("mmdet_version", ""))
+    return version if version.startswith("2.") else None
+
+
+def _explicit(cfg_options, key: str) -> bool:
+    return bool(cfg_options) and key in cfg_options
+
+
 def main(argv=None):
     args = parse_args(argv)
+    # arguments first: nothing is built and no work dir is made for a call that cannot run
+    if args.out is not None and not args.out.endswith((".pkl", ".pickle")):
+        raise SystemExit(f"error: --out must be a .pkl or .pickle file, got {args.out}")
+    if not osp.isfile(args.config):
+        raise SystemExit(f"error: config {args.config} does not exist")
+    from coc_det.checkpoint import CheckpointError, read_checkpoint
+    try:
+        ckpt = read_checkpoint(args.checkpoint)
+    except (CheckpointError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}")
+    from mmengine.logging import print_log
     from mmengine.runner import Runner
 
     cfg = load_config(args)
     cfg.load_from = args.checkpoint
+    version = original_mmdet2_checkpoint(ckpt)
+    del ckpt
+    key, note = "model.backbone.denominator", None
+    if version and "backbone" in cfg.model and not _explicit(args.cfg_options, key):
+        cfg.model.backbone.denominator = "count"
+        note = (f"{args.checkpoint} was trained with mmdet {version} by the original Context Cluster code, which "
+                f"normalised clusters by their point count: testing with {key}='count' "
+                f"(pass --cfg-options {key}=similarity to override)")
     if args.amp:
         cfg.test_cfg = dict(cfg.get("test_cfg") or {}, fp16=True)
     runner = Runner.from_cfg(cfg)
+    if note:
+        print_log(note, logger="current")
     if args.out is not None:
-        if not args.out.endswith((".pkl", ".pickle")):
-            raise ValueError(f"--out must be a .pkl or .pickle file, got {args.out}")
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
     metrics = runner.test()

@@ -72,4 +72,6 @@ optim_wrapper = dict(
     _delete_=True, type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=1e-3, weight_decay=1e-4))
 auto_scale_lr = dict(enable=False, base_batch_size=4)
+# reseed the random generators every epoch from (seed, epoch, rank): --resume then continues exactly
+custom_hooks = [dict(type='EpochSeedHook')]
 default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=max_epochs))

@@ -1,0 +1,123 @@
+"""The command-line tools refuse bad arguments with a clear message, a non-zero exit and no partial output."""
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TOOLS = osp.join(ROOT, "tools")
+DEMO = osp.join(ROOT, "configs", "demo", "mask-rcnn_coc-demo_fpn_shapes.py")
+IMAGE = osp.join(ROOT, "tests", "data", "shapes.png")
+sys.path.insert(0, TOOLS)
+
+
+def run(tool, *args, timeout=300):
+    return subprocess.run([sys.executable, osp.join(TOOLS, tool), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# ------------------------------------------------------------------------------------ make_demo_data
+def test_make_demo_data_refuses_to_overwrite_and_force_leaves_no_stale_images(tmp_path):
+    import make_demo_data
+    out = tmp_path / "d"
+    make_demo_data.main(["--out", str(out), "--train", "3", "--val", "2"])
+    with pytest.raises(SystemExit) as err:
+        make_demo_data.main(["--out", str(out), "--train", "1", "--val", "1"])
+    assert err.value.code != 0
+    assert len(os.listdir(out / "train")) == 3  # untouched
+    make_demo_data.main(["--out", str(out), "--train", "1", "--val", "1", "--force"])
+    assert sorted(os.listdir(out / "train")) == ["train_00000.png"]
+    ann = json.loads((out / "annotations" / "instances_train.json").read_text())
+    assert [im["file_name"] for im in ann["images"]] == ["train_00000.png"]
+
+
+@pytest.mark.parametrize("args,msg", [(["--train", "-5"], "--train must be at least 1"),
+                                      (["--val", "0"], "--val must be at least 1"),
+                                      (["--size", "0"], "positive multiple of 32"),
+                                      (["--size", "100"], "positive multiple of 32")])
+def test_make_demo_data_bad_counts(tmp_path, args, msg):
+    proc = run("make_demo_data.py", "--out", tmp_path / "d", *args)
+    assert proc.returncode != 0 and msg in proc.stderr
+    assert not (tmp_path / "d").exists()
+
+
+# ------------------------------------------------------------------------------------ visualize_clusters
+@pytest.mark.parametrize("args,msg", [(["--head", "7"], "has heads 0..1"), (["--head", "-1"], "has heads 0..1"),
+                                      (["--size", "0"], "--size 0"), (["--stage", "4"], "no block"),
+                                      (["--checkpoint", "missing.pth"], "does not exist")])
+def test_visualize_clusters_bad_arguments(tmp_path, args, msg):
+    out = tmp_path / "c.png"
+    proc = run("visualize_clusters.py", IMAGE, "--config", DEMO, "--out", out, *args)
+    assert proc.returncode != 0 and msg in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
+# ------------------------------------------------------------------------------------ plot_log
+def _scalars(path, records, truncated=""):
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + truncated)
+
+
+def test_plot_log_joins_a_resumed_run_and_skips_a_truncated_line(tmp_path, capsys):
+    import plot_log
+    work = tmp_path / "work"
+    first = [{"loss": 1.0 / i, "iter": i, "step": i} for i in range(1, 9)]  # killed during iteration 9
+    _scalars(work / "20261126_100000" / "vis_data" / "scalars.json", first, truncated='{"loss": 0.1, "it')
+    val = [{"coco/bbox_mAP": 0.5, "step": 1}]
+    second = [{"loss": 0.5 / i, "iter": i, "step": i} for i in range(5, 13)]  # resumed from epoch 1 (iter 4)
+    _scalars(work / "20261126_110000" / "vis_data" / "scalars.json", second + val)
+    paths = plot_log.find_scalars(str(work))
+    assert [osp.basename(osp.dirname(osp.dirname(p))) for p in paths] == ["20261126_100000", "20261126_110000"]
+    train, got_val = plot_log.read_scalars(paths)
+    assert [r["iter"] for r in train] == list(range(1, 13))
+    assert [r["loss"] for r in train] == [1.0 / i for i in range(1, 5)] + [0.5 / i for i in range(5, 13)]
+    assert got_val == val
+    assert "incomplete last line" in capsys.readouterr().err
+    plot_log.main([str(work), "--out", str(tmp_path / "c.png")])
+    assert (tmp_path / "c.png").exists()
+
+
+def test_plot_log_broken_middle_line_and_missing_dir(tmp_path):
+    path = tmp_path / "run" / "vis_data" / "scalars.json"
+    _scalars(path, [{"loss": 1.0, "iter": 1}])
+    path.write_text(path.read_text() + "garbage\n" + json.dumps({"loss": 0.5, "iter": 2}) + "\n")
+    proc = run("plot_log.py", tmp_path, "--out", tmp_path / "c.png")
+    assert proc.returncode != 0 and "scalars.json:2 is not a JSON record" in proc.stderr
+    proc = run("plot_log.py", tmp_path / "nothing", "--out", tmp_path / "c.png")
+    assert proc.returncode != 0 and "neither a work dir" in proc.stderr
+    assert not (tmp_path / "c.png").exists()
+
+
+# ------------------------------------------------------------------------------------ test.py
+@pytest.mark.parametrize("case", ["bad_out", "truncated", "missing", "hostile"])
+def test_test_py_checks_arguments_before_building_anything(tmp_path, case):
+    from coc_det import ContextCluster
+    ckpt = tmp_path / "c.pth"
+    torch.save({"state_dict": ContextCluster("tiny").state_dict()}, ckpt)
+    out = "r.json" if case == "bad_out" else "r.pkl"
+    if case == "truncated":
+        ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    elif case == "missing":
+        ckpt = tmp_path / "nope.pth"
+    elif case == "hostile":
+        torch.save({"state_dict": {}, "x": torch.nn.ReLU()}, ckpt)  # an arbitrary class: refused, not built
+    work = tmp_path / "work"
+    proc = run("test.py", DEMO, ckpt, "--work-dir", work, "--out", tmp_path / out)
+    msg = {"bad_out": "--out must be a .pkl", "truncated": "not a readable torch checkpoint",
+           "missing": "does not exist", "hostile": "holds objects other than weights"}[case]
+    assert proc.returncode != 0 and msg in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not work.exists() and not (tmp_path / out).exists()
+
+
+# ------------------------------------------------------------------------------------ backbone arguments
+@pytest.mark.parametrize("kw,msg", [(dict(frozen_stages=5), "frozen_stages"), (dict(frozen_stages=-2), "frozen_stages"),
+                                    (dict(mixer_impl="bogus"), "mixer_impl"), (dict(denominator="bogus"), "denominator")])
+def test_backbone_rejects_bad_settings_at_construction(kw, msg):
+    from coc_det import ContextCluster
+    with pytest.raises(ValueError, match=msg):
+        ContextCluster("tiny", **kw)
