@@ -7,7 +7,8 @@ setup(
     packages=find_packages(include=["coc_kernels", "coc_kernels.*", "coc_det", "coc_det.*"]),
     python_requires=">=3.9",
     # torch/triton are the only hard requirements of the kernels; the detection stack
-    # (mmengine, mmcv with ops, mmdet) is installed by tools/setup_env.sh.
+    # (mmengine, mmcv with ops, mmdet) and timm (the classifiers) are installed by tools/setup_env.sh.
     install_requires=["torch>=2.1", "numpy"],
-    extras_require={"det": ["mmengine>=0.10.4,<0.11", "mmcv==2.1.0", "mmdet==3.3.0", "pycocotools"]},
+    extras_require={"det": ["mmengine>=0.10.4,<0.11", "mmcv==2.1.0", "mmdet==3.3.0", "pycocotools"],
+                    "cls": ["timm>=1.0"]},
 )

@@ -5,7 +5,8 @@
                                         [--amp] [--impls dense triton] [--json out.json] [--md out.md]
 
 ``dense`` runs every mixer through the original's dense formulation (the baseline); ``triton`` through
-the fused kernels; ``reference`` through the memory-light torch path. ``--amp`` runs under bf16 autocast.
+the fused kernels; ``reference`` through the memory-light torch path; ``triton+cp`` the fused kernels with
+``with_cp=True`` (activation checkpointing: the memory it saves). ``--amp`` runs under bf16 autocast.
 Time: median of CUDA-event timings after warm-up; memory: peak allocated above the model and input.
 On a CPU it runs forward only, batch 1, so that it finishes.
 """
@@ -22,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks._report import report  # noqa: E402
-from coc_det.backbone import ContextCluster  # noqa: E402
+from coc_det.backbone import PROPOSAL_OF_CENTRES, ContextCluster  # noqa: E402
 
 ON_GPU = torch.cuda.is_available()
 
@@ -35,10 +36,11 @@ def set_impl(model, impl):
 
 def bench(variant, impl, batch, size, amp, reps, warmup):
     arch, centres = variant.split("-")
-    proposal = {"4": 2, "25": 5, "49": 7}[centres]
+    proposal = PROPOSAL_OF_CENTRES[int(centres)]
     device = "cuda" if ON_GPU else "cpu"
-    model = ContextCluster(arch, proposal=proposal).to(device)
-    set_impl(model, impl)
+    mixer, _, cp = impl.partition("+")  # "triton+cp": with activation checkpointing of every block
+    model = ContextCluster(arch, proposal=proposal, with_cp=cp == "cp").to(device)
+    set_impl(model, mixer)
     x = torch.randn(batch, 3, *size, device=device)
     ctx = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if amp else torch.enable_grad
 
@@ -81,7 +83,8 @@ def bench(variant, impl, batch, size, amp, reps, warmup):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=["small-25", "medium-49"])
-    p.add_argument("--impls", nargs="+", default=["dense", "triton"] if ON_GPU else ["dense", "reference"])
+    p.add_argument("--impls", nargs="+", default=["dense", "triton", "triton+cp"] if ON_GPU else ["dense", "reference"],
+                   help="mixer implementations; '+cp' adds with_cp=True (activation checkpointing)")
     p.add_argument("--batch", type=int, default=2 if ON_GPU else 1)
     p.add_argument("--size", nargs=2, type=int, default=[800, 1344])
     p.add_argument("--amp", action="store_true", help="bf16 autocast")

@@ -30,14 +30,14 @@ if not ON_GPU:  # the Triton smoke run needs the interpreter, set before triton 
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks._report import report  # noqa: E402
-from coc_det.backbone import ARCH_SETTINGS, DEFAULT_FOLDS, PROPOSAL_OF_CENTRES  # noqa: E402
+from coc_det.backbone import ARCH_SETTINGS, PROPOSAL_OF_CENTRES  # noqa: E402
 from coc_kernels import context_cluster  # noqa: E402
 from coc_kernels.reference import context_cluster_dense  # noqa: E402
 
 # the model zoo's settings (one source of truth: coc_det.backbone)
 HEADS = {arch: s["heads"] for arch, s in ARCH_SETTINGS.items()}
 HEAD_DIMS = {arch: s["head_dim"] for arch, s in ARCH_SETTINGS.items()}
-FOLDS = list(DEFAULT_FOLDS)
+FOLDS = {arch: list(s["folds"]) for arch, s in ARCH_SETTINGS.items()}
 CENTRES = PROPOSAL_OF_CENTRES
 
 
@@ -100,7 +100,7 @@ def _time(fn, reps, warmup):
 
 def measure(impl, arch, stage, centres, batch, dtype, reps, warmup, forward_only, img=(800, 1344)):
     device = "cuda" if ON_GPU else "cpu"
-    heads, p, fold = HEADS[arch][stage - 1], CENTRES[centres], FOLDS[stage - 1]
+    heads, p, fold = HEADS[arch][stage - 1], CENTRES[centres], FOLDS[arch][stage - 1]
     x, v, a, b = make_inputs(arch, stage, batch, dtype, device, img)
     f = runner(impl, heads, p, fold)
     res = dict(impl=impl, arch=arch, stage=stage, centres=centres, batch=batch, dtype=str(dtype).split(".")[-1],
@@ -212,7 +212,7 @@ def kernel_times(arch, stage, centres, batch, dtype, img=(800, 1344)):
     """GPU: ``[(kernel name, launches, ms), ...]`` per forward+backward step of the triton path, longest
     first (torch.profiler, mean over 10 steps after 3 warm-up steps)."""
     from torch.profiler import ProfilerActivity, profile as tprofile
-    heads, p, fold = HEADS[arch][stage - 1], CENTRES[centres], FOLDS[stage - 1]
+    heads, p, fold = HEADS[arch][stage - 1], CENTRES[centres], FOLDS[arch][stage - 1]
     x, v, a, b = make_inputs(arch, stage, batch, dtype, "cuda", img)
     dy = torch.randn_like(x)
     f = runner("triton", heads, p, fold)

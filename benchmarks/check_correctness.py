@@ -58,7 +58,7 @@ def tie_gap(x, alpha, beta, heads, p, fold, a_fused, a_dense):
 
 
 def check(arch, stage, centres, batch, dtype, img=(800, 1344)):
-    heads, p, fold = HEADS[arch][stage - 1], CENTRES[centres], FOLDS[stage - 1]
+    heads, p, fold = HEADS[arch][stage - 1], CENTRES[centres], FOLDS[arch][stage - 1]
     x, v, a, b = make_inputs(arch, stage, batch, dtype, DEVICE, img)
     kw = dict(heads=heads, proposal=p, fold=fold)
     with torch.no_grad():

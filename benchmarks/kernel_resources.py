@@ -24,7 +24,7 @@ if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from coc_det.backbone import ARCH_SETTINGS, DEFAULT_FOLDS, PROPOSAL_OF_CENTRES  # noqa: E402
+from coc_det.backbone import ARCH_SETTINGS, PROPOSAL_OF_CENTRES  # noqa: E402
 from coc_kernels import DENOMINATORS, cluster_assignment, context_cluster  # noqa: E402
 from coc_kernels.ops import aot  # noqa: E402
 from coc_kernels.ops.context_cluster import record_launches  # noqa: E402
@@ -41,7 +41,7 @@ def record(archs, centres, dtypes, batch=2, img=(800, 1344)):
         s = ARCH_SETTINGS[arch]
         for stage in range(4):
             heads, d = s["heads"][stage], s["head_dim"][stage]
-            fold = DEFAULT_FOLDS[stage]
+            fold = s["folds"][stage]
             H, W = img[0] // (4 * 2 ** stage), img[1] // (4 * 2 ** stage)
             for m in centres:
                 p = PROPOSAL_OF_CENTRES[m]

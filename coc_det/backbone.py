@@ -19,7 +19,7 @@ from typing import Dict, Sequence, Union
 import torch
 import torch.nn as nn
 
-from coc_kernels import DENOMINATORS, IMPLS, context_cluster
+from coc_kernels import DEFAULT_DENOMINATOR, DENOMINATORS, IMPLS, context_cluster
 
 try:  # mmengine's BaseModule when available (init_cfg handling, logging of initialisation)
     from mmengine.model import BaseModule
@@ -36,21 +36,33 @@ except ImportError:  # pragma: no cover - exercised on machines without mmengine
 
 logger = logging.getLogger("coc_det")
 
-ARCH_SETTINGS: Dict[str, dict] = {
-    # layers per stage, channels, MLP ratios, heads, head dim per stage (as the public CoC code)
-    "tiny": dict(layers=[3, 4, 5, 2], embed_dims=[32, 64, 196, 320], mlp_ratios=[8, 8, 4, 4],
-                 heads=[4, 4, 8, 8], head_dim=[24, 24, 24, 24]),
-    "small": dict(layers=[2, 2, 6, 2], embed_dims=[64, 128, 320, 512], mlp_ratios=[8, 8, 4, 4],
-                  heads=[4, 4, 8, 8], head_dim=[32, 32, 32, 32]),
-    "medium": dict(layers=[4, 4, 12, 4], embed_dims=[64, 128, 320, 512], mlp_ratios=[8, 8, 4, 4],
-                   heads=[6, 6, 12, 12], head_dim=[32, 32, 32, 32]),
-}
-
 #: regions per axis of each stage in the region-partitioned models (stage i's map has stride 4 * 2**i)
 DEFAULT_FOLDS = (8, 4, 2, 1)
-#: centres per region ("-4 / -25 / -49" in the model names) -> centres per region axis (``proposal``)
-PROPOSAL_OF_CENTRES = {4: 2, 25: 5, 49: 7}
+#: centres per region axis of the public models (M = 4 centres per region)
+DEFAULT_PROPOSALS = (2, 2, 2, 2)
 
+ARCH_SETTINGS: Dict[str, dict] = {
+    # The public CoC models (ma-xu/Context-Cluster, models/context_cluster.py): blocks per stage, channels,
+    # MLP ratios, heads and head dim of the mixers, centres per region axis (proposals) and regions per axis
+    # (folds) of every stage. The detection/segmentation configs override the proposals (-4/-25/-49).
+    "tiny": dict(layers=[3, 4, 5, 2], embed_dims=[32, 64, 196, 320], mlp_ratios=[8, 8, 4, 4],
+                 heads=[4, 4, 8, 8], head_dim=[24, 24, 24, 24], proposals=DEFAULT_PROPOSALS, folds=DEFAULT_FOLDS),
+    "tiny_plain": dict(layers=[3, 4, 5, 2], embed_dims=[32, 64, 196, 320], mlp_ratios=[8, 8, 4, 4],
+                       heads=[4, 4, 8, 8], head_dim=[24, 24, 24, 24], proposals=(4, 4, 2, 2), folds=(1, 1, 1, 1)),
+    "small": dict(layers=[2, 2, 6, 2], embed_dims=[64, 128, 320, 512], mlp_ratios=[8, 8, 4, 4],
+                  heads=[4, 4, 8, 8], head_dim=[32, 32, 32, 32], proposals=DEFAULT_PROPOSALS, folds=DEFAULT_FOLDS),
+    "medium": dict(layers=[4, 4, 12, 4], embed_dims=[64, 128, 320, 512], mlp_ratios=[8, 8, 4, 4],
+                   heads=[6, 6, 12, 12], head_dim=[32, 32, 32, 32], proposals=DEFAULT_PROPOSALS, folds=DEFAULT_FOLDS),
+    "base_dim64": dict(layers=[6, 6, 24, 6], embed_dims=[64, 128, 320, 512], mlp_ratios=[8, 8, 4, 4],
+                       heads=[8, 8, 16, 16], head_dim=[32, 32, 32, 32], proposals=DEFAULT_PROPOSALS,
+                       folds=DEFAULT_FOLDS),
+    "base_dim96": dict(layers=[4, 4, 12, 4], embed_dims=[96, 192, 384, 768], mlp_ratios=[8, 8, 4, 4],
+                       heads=[8, 8, 16, 16], head_dim=[32, 32, 32, 32], proposals=DEFAULT_PROPOSALS,
+                       folds=DEFAULT_FOLDS),
+}
+
+#: centres per region ("-4 / -25 / -49" in the detection/segmentation model names) -> centres per region axis
+PROPOSAL_OF_CENTRES = {4: 2, 25: 5, 49: 7}
 
 def _per_stage(v, n: int, name: str) -> list:
     if isinstance(v, (int, float)):
@@ -98,7 +110,7 @@ class Cluster(nn.Module):
     """CoC token mixer: ``proj(context_cluster(f(x), v(x)))``. ``[B, dim, H, W] -> [B, dim, H, W]``."""
 
     def __init__(self, dim: int, heads: int, head_dim: int, proposal, fold, impl: str = "auto",
-                 denominator: str = "count"):
+                 denominator: str = DEFAULT_DENOMINATOR):
         super().__init__()
         self.heads, self.proposal, self.fold = heads, proposal, fold
         self.impl, self.denominator = impl, denominator
@@ -117,7 +129,8 @@ class Cluster(nn.Module):
         return self.proj(out)
 
     def extra_repr(self):
-        return f"heads={self.heads}, proposal={self.proposal}, fold={self.fold}, impl={self.impl!r}"
+        return (f"heads={self.heads}, proposal={self.proposal}, fold={self.fold}, impl={self.impl!r}, "
+                f"denominator={self.denominator!r}")
 
 
 class Mlp(nn.Module):
@@ -137,7 +150,7 @@ class ClusterBlock(nn.Module):
     """GroupNorm -> mixer -> layer scale -> residual; GroupNorm -> MLP -> layer scale -> residual."""
 
     def __init__(self, dim, mlp_ratio, heads, head_dim, proposal, fold, drop_path=0.0,
-                 layer_scale_init_value=1e-5, impl="auto", denominator="count"):
+                 layer_scale_init_value=1e-5, impl="auto", denominator=DEFAULT_DENOMINATOR):
         super().__init__()
         self.norm1 = GroupNorm(dim)
         self.token_mixer = Cluster(dim, heads, head_dim, proposal, fold, impl, denominator)
@@ -166,26 +179,33 @@ class ContextCluster(BaseModule):
     """Context Cluster backbone for dense prediction.
 
     Args:
-        arch: ``'small'``, ``'medium'`` or a dict with ``layers``, ``embed_dims``, ``mlp_ratios``,
-            ``heads``, ``head_dim`` (one entry per stage).
-        proposal: centres per region axis, per stage or one for all (2, 5, 7 = "-4/-25/-49").
-        fold: regions per axis, per stage (default ``[8, 4, 2, 1]``).
+        arch: a name of :data:`ARCH_SETTINGS` (``tiny``, ``tiny_plain``, ``small``, ``medium``, ``base_dim64``,
+            ``base_dim96``) or a dict with ``layers``, ``embed_dims``, ``mlp_ratios``, ``heads`` (and optionally
+            ``head_dim``, ``proposals``, ``folds``), one entry per stage.
+        proposal: centres per region axis, per stage or one for all (2, 5, 7 = "-4/-25/-49"); default: the
+            arch's.
+        fold: regions per axis, per stage; default: the arch's (``[8, 4, 2, 1]`` for the partitioned models).
         out_indices: which stages to return (0..3).
         drop_path_rate: stochastic depth, increasing linearly over all blocks.
         layer_scale_init_value: initial layer scale.
         mixer_impl: ``'auto'`` | ``'triton'`` | ``'reference'`` | ``'dense'`` (see ``coc_kernels``).
-        denominator: aggregate normaliser, ``'count'`` (released checkpoints) or ``'similarity'``.
-        frozen_stages: -1 freezes nothing, 0 the stem, k the stem and the first k stages (eval mode, no grad).
+        denominator: aggregate normaliser, ``'similarity'`` (paper Eq. 1, today's public code and ImageNet
+            checkpoints) or ``'count'`` (the detectors/segmentors trained before 2023-05-31).
+        frozen_stages: -1 freezes nothing, 0 the stem, k the stem, the first k stages and their output norms
+            (eval mode, no grad).
+        with_cp: activation checkpointing of every block while training (same results, less memory, one
+            more forward of each block in backward).
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` loads an ImageNet CoC checkpoint.
 
     Input ``[B, 3, H, W]`` with H and W divisible by :attr:`size_divisor` (32 for the default folds);
     output: a tuple of ``[B, embed_dims[i], H/2**(i+2), W/2**(i+2)]`` for i in ``out_indices``.
     """
 
-    def __init__(self, arch: Union[str, dict] = "small", proposal: Union[int, Sequence[int]] = 2,
-                 fold: Union[int, Sequence[int]] = DEFAULT_FOLDS, out_indices: Sequence[int] = (0, 1, 2, 3),
+    def __init__(self, arch: Union[str, dict] = "small", proposal: Union[int, Sequence[int], None] = None,
+                 fold: Union[int, Sequence[int], None] = None, out_indices: Sequence[int] = (0, 1, 2, 3),
                  drop_path_rate: float = 0.0, layer_scale_init_value: float = 1e-5, mixer_impl: str = "auto",
-                 denominator: str = "count", frozen_stages: int = -1, init_cfg=None):
+                 denominator: str = DEFAULT_DENOMINATOR, frozen_stages: int = -1, with_cp: bool = False,
+                 init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         if isinstance(arch, str):
             if arch not in ARCH_SETTINGS:
@@ -201,8 +221,9 @@ class ContextCluster(BaseModule):
         mlp_ratios = _per_stage(arch["mlp_ratios"], n, "mlp_ratios")
         heads = _per_stage(arch["heads"], n, "heads")
         head_dim = _per_stage(arch.get("head_dim", 32), n, "head_dim")
-        proposals = _per_stage(proposal, n, "proposal")
-        folds = _per_stage(fold, n, "fold")
+        proposals = _per_stage(arch.get("proposals", DEFAULT_PROPOSALS[:n]) if proposal is None else proposal, n,
+                               "proposal")
+        folds = _per_stage(arch.get("folds", DEFAULT_FOLDS[:n]) if fold is None else fold, n, "fold")
         if any(i < 0 or i >= n for i in out_indices):
             raise ValueError(f"out_indices {out_indices} out of range for {n} stages")
         if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= n:
@@ -212,6 +233,7 @@ class ContextCluster(BaseModule):
         if denominator not in DENOMINATORS:
             raise ValueError(f"denominator must be one of {DENOMINATORS}, got {denominator!r}")
         self.embed_dims, self.out_indices, self.frozen_stages = dims, tuple(out_indices), frozen_stages
+        self.with_cp = with_cp
         self.proposals, self.folds = proposals, folds
         # an input side that every stage's map divides by its fold: stage i has stride 4 * 2**i
         self.size_divisor = 1
@@ -248,8 +270,10 @@ class ContextCluster(BaseModule):
 
     def _freeze_stages(self):
         if self.frozen_stages >= 0:
-            # stage k (1-based) is network[2k-2] with its input downsampling conv network[2k-3]
+            # stage k (1-based) is network[2k-2] with its input downsampling conv network[2k-3]; its output
+            # norm (if it is an output) is frozen with it
             frozen = [self.patch_embed] + list(self.network[:max(2 * self.frozen_stages - 1, 0)])
+            frozen += [getattr(self, f"norm{2 * i}") for i in self.out_indices if i < self.frozen_stages]
             for m in frozen:
                 m.eval()
                 for p in m.parameters():
@@ -318,7 +342,7 @@ class ContextCluster(BaseModule):
         _log(f"ContextCluster: mixer implementation {resolved} on {x.device.type}")
         self._impl_logged = True
 
-    def forward(self, x: torch.Tensor):
+    def _check_input(self, x: torch.Tensor):
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"ContextCluster expects images [B, 3, H, W], got {tuple(x.shape)}")
         H, W = x.shape[-2:]
@@ -328,13 +352,29 @@ class ContextCluster(BaseModule):
                              f"(mmdet: data_preprocessor pad_size_divisor={self.size_divisor})")
         if not self._impl_logged and not torch.compiler.is_compiling():
             self._log_mixer_impl(x)
+
+    def _run_stage(self, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        if not (self.with_cp and self.training and torch.is_grad_enabled()):
+            return stage(x)
+        from torch.utils.checkpoint import checkpoint
+        for block in stage:
+            x = checkpoint(block, x, use_reentrant=False)
+        return x
+
+    def forward_stages(self, x: torch.Tensor) -> list:
+        """Every stage's output (before the output norms): ``[B, embed_dims[i], H/2**(i+2), W/2**(i+2)]``."""
+        self._check_input(x)
         x = self.patch_embed(torch.cat([x, position_channels(x)], dim=1))
-        outs = []
+        feats = []
         for idx, layer in enumerate(self.network):
-            x = layer(x)
-            if idx % 2 == 0 and idx // 2 in self.out_indices:
-                outs.append(getattr(self, f"norm{idx}")(x))
-        return tuple(outs)
+            x = self._run_stage(layer, x) if idx % 2 == 0 else layer(x)
+            if idx % 2 == 0:
+                feats.append(x)
+        return feats
+
+    def forward(self, x: torch.Tensor):
+        feats = self.forward_stages(x)
+        return tuple(getattr(self, f"norm{2 * i}")(feats[i]) for i in self.out_indices)
 
 
 def _log(msg: str):

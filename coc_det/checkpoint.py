@@ -1,9 +1,10 @@
 """Reading checkpoints without running code from them.
 
 Every checkpoint goes through ``torch.load(weights_only=True)``: tensors, containers, numbers and strings,
-plus the few types mmengine 0.10 checkpoints pickle next to the weights (the message hub's
-``HistoryBuffer`` of numpy arrays, numpy scalars and dtypes), allowlisted by
-:func:`allow_mmengine_checkpoints` when ``coc_det`` is imported. There is no fallback to full unpickling:
+plus the few plain-data types the checkpoints of our two ecosystems pickle next to the weights, allowlisted
+by :func:`allow_checkpoint_metadata` when ``coc_det`` is imported: mmengine 0.10's message hub
+(``HistoryBuffer`` of numpy arrays, numpy scalars and dtypes) and the ``argparse.Namespace`` of training
+arguments that timm's training script (with which the public CoC ImageNet checkpoints were made) stores. There is no fallback to full unpickling:
 a file holding anything else is refused with a message saying so, before any of it is built.
 """
 from __future__ import annotations
@@ -21,32 +22,38 @@ class CheckpointError(RuntimeError):
 _ALLOWED = []
 
 
-def mmengine_safe_globals() -> list:
-    """The globals an mmengine 0.10 checkpoint needs beyond torch's weights-only defaults (empty without
-    mmengine/numpy). ``HistoryBuffer`` is rebuilt from its ``__dict__`` (no constructor runs); numpy
-    arrays, scalars and dtypes are data; numpy 2 pickles a dtype as ``getattr(numpy.dtypes, name)``."""
+def checkpoint_safe_globals() -> list:
+    """The globals our checkpoints need beyond torch's weights-only defaults: ``argparse.Namespace`` (timm
+    training checkpoints) always; with mmengine installed, what an mmengine 0.10 checkpoint holds.
+    ``HistoryBuffer`` and ``Namespace`` are rebuilt from their ``__dict__`` (no constructor runs); numpy
+    arrays, scalars and dtypes are data; numpy pickles a dtype class as ``getattr(numpy.dtypes, name)``
+    (``getattr`` results cannot be called by the weights-only unpickler unless allowlisted themselves)."""
+    import argparse
     try:
         import numpy as np
         from mmengine.logging.history_buffer import HistoryBuffer
-    except ImportError:  # torch-only machines: nothing beyond torch's defaults is needed or allowed
-        return []
+    except ImportError:  # torch-only machines: no mmengine checkpoints to read
+        return [argparse.Namespace]
     try:
         from numpy._core.multiarray import _reconstruct, scalar
     except ImportError:  # numpy 1.x
         from numpy.core.multiarray import _reconstruct, scalar
     dtypes = {type(np.dtype(t)) for t in (np.float64, np.float32, np.float16, np.int64, np.int32, np.int16,
                                           np.int8, np.uint8, np.bool_)}
-    return [HistoryBuffer, scalar, _reconstruct, np.ndarray, np.dtype, getattr, *sorted(dtypes, key=str)]
+    return [argparse.Namespace, HistoryBuffer, scalar, _reconstruct, np.ndarray, np.dtype, getattr,
+            *sorted(dtypes, key=str)]
 
 
-def allow_mmengine_checkpoints():
+def allow_checkpoint_metadata():
     """Let ``torch.load``'s default ``weights_only=True`` read mmengine 0.10 checkpoints (mmengine's own
-    loader, mmdet's ``init_detector``/``DetInferencer``, ``--resume``): allowlists exactly
-    :func:`mmengine_safe_globals`. Called once when ``coc_det`` is imported."""
+    loader, mmdet's ``init_detector``/``DetInferencer``, ``--resume``) and timm training checkpoints (timm's
+    ``checkpoint_path=``): allowlists exactly :func:`checkpoint_safe_globals`. Called when ``coc_det`` is
+    imported."""
     if not _ALLOWED:
-        _ALLOWED.extend(mmengine_safe_globals())
-        if _ALLOWED:
-            torch.serialization.add_safe_globals(_ALLOWED)
+        _ALLOWED.extend(checkpoint_safe_globals())
+    # again on every call: a ``torch.serialization.safe_globals([...])`` block elsewhere (timm's loader uses one
+    # for argparse.Namespace) removes its globals on exit even when they were allowlisted before
+    torch.serialization.add_safe_globals(_ALLOWED)
 
 
 def read_checkpoint(path: str):
@@ -56,7 +63,7 @@ def read_checkpoint(path: str):
     truncated / not a torch checkpoint, or that holds objects other than weights and mmengine's metadata.
     """
     path = str(path)
-    allow_mmengine_checkpoints()
+    allow_checkpoint_metadata()
     if path.startswith(("http://", "https://")):
         return torch.hub.load_state_dict_from_url(path, map_location="cpu", weights_only=True)
     if "://" in path:
@@ -64,7 +71,7 @@ def read_checkpoint(path: str):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)  # allowlisted just above
     except pickle.UnpicklingError as err:
         reason = str(err).strip().splitlines()
         hint = next((line for line in reason if "Unsupported global" in line or "GLOBAL" in line), reason[0])
@@ -89,5 +96,5 @@ def state_dict_of(ckpt) -> dict:
     return {k[7:] if k.startswith("module.") else k: v for k, v in ckpt.items()}
 
 
-__all__ = ["CheckpointError", "allow_mmengine_checkpoints", "mmengine_safe_globals", "read_checkpoint",
+__all__ = ["CheckpointError", "allow_checkpoint_metadata", "checkpoint_safe_globals", "read_checkpoint",
            "state_dict_of"]

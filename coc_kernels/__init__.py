@@ -5,7 +5,7 @@
 Triton path is used, so the package imports (and the torch paths run) without it.
 """
 from .functional import IMPLS, check_inputs, cluster_assignment, context_cluster, triton_available
-from .reference import DENOMINATORS, context_cluster_dense, context_cluster_light
+from .reference import DEFAULT_DENOMINATOR, DENOMINATORS, context_cluster_dense, context_cluster_light
 
 __all__ = ["context_cluster", "cluster_assignment", "check_inputs", "triton_available", "IMPLS",
-           "DENOMINATORS", "context_cluster_dense", "context_cluster_light"]
+           "DENOMINATORS", "DEFAULT_DENOMINATOR", "context_cluster_dense", "context_cluster_light"]

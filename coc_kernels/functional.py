@@ -7,7 +7,7 @@ from typing import Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from .reference import (DENOMINATORS, cluster_assignment_reference, context_cluster_dense,
+from .reference import (DEFAULT_DENOMINATOR, DENOMINATORS, cluster_assignment_reference, context_cluster_dense,
                         context_cluster_light)
 
 IntPair = Union[int, Sequence[int]]
@@ -141,7 +141,7 @@ def torch_math(fn, x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, **kw) 
 
 
 def context_cluster(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, *, heads: int, proposal: IntPair,
-                    fold: IntPair, impl: str = "auto", denominator: str = "count") -> Tensor:
+                    fold: IntPair, impl: str = "auto", denominator: str = DEFAULT_DENOMINATOR) -> Tensor:
     """Context Cluster mixer (without the 1x1 convs): cluster, aggregate, dispatch.
 
     Args:
@@ -154,7 +154,8 @@ def context_cluster(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, *, he
         impl: ``"triton"`` (fused kernels), ``"reference"`` (memory-light torch),
             ``"dense"`` (the original's dense formulation), ``"auto"`` (triton for CUDA tensors of
             fp32/fp16/bf16 when triton imports, else reference).
-        denominator: ``"count"`` (as the released code and checkpoints) or ``"similarity"`` (paper Eq. 1).
+        denominator: ``"similarity"`` (paper Eq. 1, the public code and ImageNet checkpoints today) or
+            ``"count"`` (the code before 2023-05-31: the paper's COCO / ADE20K models).
 
     Returns:
         ``[B, heads*dv, H, W]`` in the inputs' dtype. Every path computes in fp32 (fp64 for fp64 inputs),

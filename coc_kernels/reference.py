@@ -15,9 +15,10 @@ Every ``fh x fw`` grid cell ("region", ``rh x rw`` pixels) of every head of ever
 ``G = B * heads * fh * fw`` and ``N = rh * rw``, ``M = ph * pw`` centres per group.
 
 ``denominator`` selects the normaliser of the aggregate step ``o_m = (U_m + vc_m) / (D_m + 1)``:
-``"count"`` (``D_m`` = number of points assigned to centre m: what the released code and all its
-checkpoints use, ``mask.sum``) or ``"similarity"`` (``D_m = sum of sigma_n`` over those points: the
-paper's Eq. 1, which the authors' code comment calls the intended form).
+``"similarity"`` (``D_m = sum of sigma_n`` over those points: the paper's Eq. 1, the public code since
+2023-05-31 and its re-published ImageNet checkpoints; the default) or ``"count"`` (``D_m`` = number of
+points assigned to centre m, ``mask.sum``: the code before that fix, with which the paper's COCO and
+ADE20K models were trained).
 """
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ import torch
 import torch.nn.functional as F
 
 DENOMINATORS = ("count", "similarity")
+#: the paper's Eq. 1, the public code since 2023-05-31 and its ImageNet checkpoints re-published in Feb 2024;
+#: "count" is what the earlier code (and the COCO / ADE20K models of the paper's tables) used
+DEFAULT_DENOMINATOR = "similarity"
 
 
 def to_groups(t: torch.Tensor, heads: int, fold: Tuple[int, int]) -> torch.Tensor:
@@ -46,7 +50,7 @@ def from_groups(t: torch.Tensor, B: int, heads: int, fold: Tuple[int, int]) -> t
     return t.reshape(B, heads * c, fh * rh, fw * rw)
 
 
-def context_cluster_dense(x, value, alpha, beta, *, heads: int, proposal, fold, denominator="count"):
+def context_cluster_dense(x, value, alpha, beta, *, heads: int, proposal, fold, denominator=DEFAULT_DENOMINATOR):
     """The original mixer body, restated: dense similarity, one-hot mask, ``[G, M, N, d]`` products."""
     B = x.shape[0]
     xg = to_groups(x, heads, fold)  # [G, d, rh, rw]
@@ -124,7 +128,7 @@ def _pixel_centre_index(a: torch.Tensor, B: int, heads: int, H: int, W: int, pro
 CHUNK_ELEMS = 1 << 20  # similarity entries per chunk of the light path (4 MB in fp32: stays in cache)
 
 
-def context_cluster_light(x, value, alpha, beta, *, heads: int, proposal, fold, denominator="count"):
+def context_cluster_light(x, value, alpha, beta, *, heads: int, proposal, fold, denominator=DEFAULT_DENOMINATOR):
     """Memory-light torch path: same output and gradients as :func:`context_cluster_dense`.
 
     Work is split into chunks of (image, head, rows of regions) holding about ``CHUNK_ELEMS``

@@ -232,3 +232,34 @@ def test_test_py_switches_original_mmdet2_checkpoints_to_count(tiny_demo, tmp_pa
                           env=tiny_demo["env"])
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "trained with mmdet 2.25.1" not in log, log[-4000:]
+
+
+def test_checkpoints_work_in_mmdets_own_inference_apis(tiny_demo, tmp_path):
+    """A published checkpoint of ours through mmdet.apis (init_detector / inference_detector / DetInferencer)
+    in a fresh interpreter that imports nothing of ours itself: the config's custom_imports loads coc_det,
+    which lets torch's weights-only default read mmengine's checkpoint metadata."""
+    assert tiny_demo["proc"].returncode == 0
+    proc = subprocess.run([sys.executable, osp.join(ROOT, "tools", "publish_model.py"),
+                           str(tiny_demo["work"] / "epoch_1.pth"), str(tmp_path / "demo.pth")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    published = glob.glob(str(tmp_path / "demo-*.pth"))
+    assert len(published) == 1
+    code = f"""
+import sys
+from mmdet.apis import DetInferencer, inference_detector, init_detector
+assert 'coc_det' not in sys.modules
+model = init_detector({DEMO!r}, {published[0]!r}, device='cpu')
+res = inference_detector(model, {osp.join(ROOT, 'tests', 'data', 'shapes.png')!r})
+assert 'coc_det' in sys.modules
+print('INIT', type(model.backbone).__name__, model.dataset_meta['classes'], len(res.pred_instances))
+inf = DetInferencer(model={DEMO!r}, weights={published[0]!r}, device='cpu')
+out = inf({osp.join(ROOT, 'tests', 'data', 'shapes.png')!r}, out_dir={str(tmp_path / 'vis')!r}, no_save_pred=False)
+print('INFER', len(out['predictions']), sorted(out['predictions'][0]))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "INIT ContextCluster ('circle', 'square', 'triangle')" in log
+    assert "INFER 1 ['bboxes', 'labels', 'masks', 'scores']" in log
+    assert glob.glob(str(tmp_path / "vis" / "vis" / "*.png")) and glob.glob(str(tmp_path / "vis" / "preds" / "*.json"))

@@ -111,6 +111,13 @@ if ! have mmdet 3.3.0; then
   "${PIP[@]}" install --no-deps "mmdet==3.3.0"
 fi
 
+if ! have timm 1.0.31; then
+  # the classification models (timm registry); --no-deps keeps torch/torchvision as installed above
+  say "installing timm 1.0.31"
+  "${PIP[@]}" install "huggingface_hub>=0.20" "safetensors>=0.4" pyyaml
+  "${PIP[@]}" install --no-deps "timm==1.0.31"
+fi
+
 # editable install of this checkout (checked from outside it, so the source tree itself doesn't count)
 if ! (cd / && "$PY" -c "import os, sys, coc_kernels, coc_det
 sys.exit(os.path.dirname(os.path.dirname(os.path.abspath(coc_kernels.__file__))) != sys.argv[1])" "$ROOT") 2>/dev/null; then
@@ -119,9 +126,10 @@ sys.exit(os.path.dirname(os.path.dirname(os.path.abspath(coc_kernels.__file__)))
 fi
 
 (cd / && "$PY" - <<'PYEOF'
-import torch, torchvision, triton, mmengine, mmcv, mmdet, mmcv.ops, pycocotools, numpy
+import torch, torchvision, triton, mmengine, mmcv, mmdet, mmcv.ops, pycocotools, numpy, timm
 print(f"[setup] torch {torch.__version__}, torchvision {torchvision.__version__}, triton {triton.__version__}, "
-      f"mmengine {mmengine.__version__}, mmcv {mmcv.__version__} (ops), mmdet {mmdet.__version__}, numpy {numpy.__version__}")
+      f"mmengine {mmengine.__version__}, mmcv {mmcv.__version__} (ops), mmdet {mmdet.__version__}, "
+      f"timm {timm.__version__}, numpy {numpy.__version__}")
 import coc_kernels, coc_det
 assert coc_det.HAS_MMDET, "coc_det did not register with mmdet"
 PYEOF

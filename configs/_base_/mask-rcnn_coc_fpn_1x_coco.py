@@ -24,6 +24,9 @@ model = dict(
         # silently running a slower path; 'auto' (Triton on CUDA, memory-light torch on the CPU) or
         # 'reference' choose otherwise (--cfg-options model.backbone.mixer_impl=auto)
         mixer_impl='triton',
+        # the paper's Eq. 1, as today's public code and ImageNet checkpoints; tools/test.py switches to 'count'
+        # by itself for detectors trained by the original mmdet 2.x code (see README)
+        denominator='similarity',
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[64, 128, 320, 512], out_channels=256, num_outs=5))
 

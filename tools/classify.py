@@ -1,0 +1,65 @@
+#!/usr/bin/env python
+"""Top-5 ImageNet classes of an image with a Context Cluster classifier (timm preprocessing of the model).
+
+    python tools/classify.py IMAGE --model coc_small --checkpoint coc_small.pth.tar [--topk 5] [--device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def build(model_name: str, checkpoint: str | None, device: str):
+    import timm
+
+    import coc_det  # noqa: F401  (registers coc_* in timm)
+    from coc_det.classifier import TIMM_MODELS
+    if model_name not in TIMM_MODELS:
+        raise ValueError(f"unknown model {model_name!r}; choose from {sorted(TIMM_MODELS)}")
+    model = timm.create_model(model_name, pretrained=False, checkpoint_path=checkpoint or "")
+    return model.to(device).eval()
+
+
+def transform_of(model):
+    from timm.data import create_transform, resolve_data_config
+    return create_transform(**resolve_data_config({}, model=model))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("image")
+    p.add_argument("--model", default="coc_small")
+    p.add_argument("--checkpoint", help="a public CoC ImageNet checkpoint (random weights without it)")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--device", default="cuda" if __import__("torch").cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+    if not osp.isfile(args.image):
+        p.error(f"image {args.image} does not exist")
+    if args.checkpoint and not osp.isfile(args.checkpoint):
+        p.error(f"checkpoint {args.checkpoint} does not exist")
+    if not 1 <= args.topk <= 1000:
+        p.error(f"--topk must be in 1..1000, got {args.topk}")
+    import torch
+    from PIL import Image
+    from timm.data import ImageNetInfo
+    try:
+        model = build(args.model, args.checkpoint, args.device)
+    except (ValueError, RuntimeError) as err:
+        p.error(str(err))
+    img = transform_of(model)(Image.open(args.image).convert("RGB"))[None].to(args.device)
+    with torch.no_grad():
+        prob = model(img).softmax(-1)[0]
+    info = ImageNetInfo()
+    top = prob.topk(args.topk)
+    rows = []
+    for rank, (pr, idx) in enumerate(zip(top.values.tolist(), top.indices.tolist()), 1):
+        rows.append((idx, pr))
+        print(f"{rank}. {info.index_to_description(idx)} (class {idx}, {info.index_to_label_name(idx)}): {pr:.4f}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

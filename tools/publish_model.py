@@ -1,0 +1,58 @@
+#!/usr/bin/env python
+"""Prepare a trained checkpoint for release, as mmdet's tool does: drop the optimizer, schedulers and message
+hub, keep ``meta`` and ``state_dict``, and name the file with the first 8 hex digits of its sha256.
+
+    python tools/publish_model.py work_dirs/demo/epoch_6.pth coc_demo_maskrcnn.pth
+    # -> coc_demo_maskrcnn-<sha256[:8]>.pth
+
+The input is read weights-only (nothing in it runs); the output holds tensors and plain metadata only.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+DROP = ("optimizer", "param_schedulers", "message_hub")
+
+
+def publish(src: str, out: str) -> str:
+    import torch
+
+    from coc_det.checkpoint import read_checkpoint
+    ckpt = read_checkpoint(src)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ValueError(f"{src} is not an mmengine checkpoint (no 'state_dict')")
+    slim = {k: v for k, v in ckpt.items() if k not in DROP}
+    base = out[:-4] if out.endswith(".pth") else out
+    tmp = base + ".tmp.pth"
+    torch.save(slim, tmp)
+    with open(tmp, "rb") as f:
+        sha = hashlib.sha256(f.read()).hexdigest()
+    final = f"{base}-{sha[:8]}.pth"
+    os.replace(tmp, final)
+    return final
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("in_file")
+    p.add_argument("out_file")
+    args = p.parse_args(argv)
+    if not osp.isfile(args.in_file):
+        p.error(f"{args.in_file} does not exist")
+    from coc_det.checkpoint import CheckpointError
+    try:
+        final = publish(args.in_file, args.out_file)
+    except (CheckpointError, ValueError) as err:
+        p.error(str(err))
+    print(f"wrote {final} ({osp.getsize(final) / 2 ** 20:.1f} MiB)")
+    return final
+
+
+if __name__ == "__main__":
+    main()
