@@ -53,8 +53,10 @@ def test_matches_dense(impl, case, denominator):
     assert_matches_dense(impl, x, v, a, b, heads=h, proposal=prop, fold=fold, denominator=denominator)
 
 
-def test_dense_is_the_original_formulation():
-    """The oracle itself: same numbers as a literal transcription of the original Cluster.forward body."""
+@pytest.mark.parametrize("denominator", ["similarity", "count"])
+def test_dense_is_the_original_formulation(denominator):
+    """The oracle itself: same numbers as a literal transcription of the original Cluster.forward body (its
+    current form divides by sim.sum + 1, the form before 2023-05-31 by mask.sum + 1)."""
     x, v, a, b = make(2, 2, 8, 8, 8, 8)
     heads, fold, prop = 2, 2, 2
     # original: rearrange 'b (e c) w h -> (b e) c w h', then '(f1 w) (f2 h) -> (b f1 f2)'
@@ -70,10 +72,11 @@ def test_dense_is_the_original_formulation():
     mask = torch.zeros_like(sim).scatter_(1, idx, 1.0)
     sim = sim * mask
     v2 = vr.reshape(16, 8, -1).permute(0, 2, 1)
-    out = ((v2.unsqueeze(1) * sim.unsqueeze(-1)).sum(2) + vcent) / (mask.sum(-1, keepdim=True) + 1.0)
+    den = (sim if denominator == "similarity" else mask).sum(-1, keepdim=True)
+    out = ((v2.unsqueeze(1) * sim.unsqueeze(-1)).sum(2) + vcent) / (den + 1.0)
     out = (out.unsqueeze(2) * sim.unsqueeze(-1)).sum(1).permute(0, 2, 1).reshape(16, 8, 4, 4)
     out = out.reshape(4, 2, 2, 8, 4, 4).permute(0, 3, 1, 4, 2, 5).reshape(4, 8, 8, 8).reshape(2, 16, 8, 8)
-    got = context_cluster_dense(x, v, a, b, heads=2, proposal=(2, 2), fold=(2, 2))
+    got = context_cluster_dense(x, v, a, b, heads=2, proposal=(2, 2), fold=(2, 2), denominator=denominator)
     torch.testing.assert_close(got, out, rtol=1e-6, atol=1e-6)
 
 
