@@ -1,17 +1,14 @@
-"""Registers the backbone in mmdet's ``MODELS`` (imported by ``coc_det`` only where mmdet is installed).
+"""Registers the backbone in the OpenMMLab model registries present: mmdet's ``MODELS`` and mmseg's ``MODELS``
+(called by ``coc_det`` for each library that is installed; neither is needed by the backbone itself).
 
-``backbone.py`` must import without mmdet (GPU benchmark machines, timm users), so the registry decorator
+``backbone.py`` must import without them (GPU benchmark machines, timm users), so the registry decorator
 is applied here, to the one ``ContextCluster`` class, rather than above its definition.
 
 Besides ``ContextCluster`` it registers the original repository's type names
 (``context_cluster_{small,medium}_feat{2,5,7}``) so configs written for it keep working; those accept
 and ignore the ``style`` key those configs pass, and map a ``pretrained`` path to ``init_cfg``.
 """
-from mmdet.registry import MODELS
-
 from .backbone import PROPOSAL_OF_CENTRES, ContextCluster
-
-MODELS.register_module(force=True)(ContextCluster)
 
 
 def _legacy(arch: str, proposal: int):
@@ -21,11 +18,16 @@ def _legacy(arch: str, proposal: int):
         ContextCluster.__init__(self, arch=arch, proposal=proposal, init_cfg=init_cfg, **kwargs)
 
     name = f"context_cluster_{arch}_feat{proposal}"
-    cls = type(name, (ContextCluster,), {"__init__": __init__, "__doc__": f"``ContextCluster(arch={arch!r}, "
-                                         f"proposal={proposal})`` under the original repository's name."})
-    MODELS.register_module(name=name, force=True)(cls)
-    return cls
+    return name, type(name, (ContextCluster,), {
+        "__init__": __init__, "__module__": __name__,
+        "__doc__": f"``ContextCluster(arch={arch!r}, proposal={proposal})`` under the original repository's name."})
 
 
-LEGACY = {f"context_cluster_{a}_feat{p}": _legacy(a, p) for a in ("small", "medium")
-          for p in sorted(PROPOSAL_OF_CENTRES.values())}
+LEGACY = dict(_legacy(a, p) for a in ("small", "medium") for p in sorted(PROPOSAL_OF_CENTRES.values()))
+
+
+def register(models) -> None:
+    """Put ``ContextCluster`` and the legacy names into one ``MODELS`` registry."""
+    models.register_module(force=True)(ContextCluster)
+    for name, cls in LEGACY.items():
+        models.register_module(name=name, force=True)(cls)

@@ -38,7 +38,25 @@ def load_config(args) -> Config:
         cfg.setdefault("env_cfg", {}).setdefault("dist_cfg", {})["backend"] = "gloo"
         if args.launcher != "none":
             _prepare_cpu_distributed(cfg)
+            n = _sync_bn_to_bn(cfg.model)  # SyncBatchNorm runs on GPUs only (single-process runs: mmengine reverts it)
+            if n:
+                print(f"CPU run: {n} SyncBN layer config(s) of the model use BN instead (SyncBatchNorm needs GPUs)")
     return cfg
+
+
+def _sync_bn_to_bn(node) -> int:
+    """Replace ``type='SyncBN'`` norm configs in a config tree by ``'BN'``; returns how many."""
+    n = 0
+    if isinstance(node, dict):
+        if node.get("type") == "SyncBN":
+            node["type"] = "BN"
+            n += 1
+        for v in node.values():
+            n += _sync_bn_to_bn(v)
+    elif isinstance(node, (list, tuple)):
+        for v in node:
+            n += _sync_bn_to_bn(v)
+    return n
 
 
 def _prepare_cpu_distributed(cfg):

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Generate the bundled demo set: a small COCO-format instance-segmentation dataset of synthetic shapes.
+"""Generate the bundled demo sets of synthetic shapes: COCO-format instance segmentation (default), or the
+same kind of images as semantic segmentation in ADE20K's folder layout (``--layout ade``).
 
 Each image (128x128 by default) holds 1-4 non-overlapping circles, squares (rotated) and triangles on a
 noisy background, drawn from the same polygons that are written as their masks. Class colours differ
@@ -8,6 +9,11 @@ The output is fixed by the seed:
 
     data/coc_demo/{train,val}/*.png
     data/coc_demo/annotations/instances_{train,val}.json
+
+    --layout ade (data/coc_demo_seg):
+    data/coc_demo_seg/images/{training,validation}/*.png        RGB images
+    data/coc_demo_seg/annotations/{training,validation}/*.png   label maps: 0 background, 1 circle, 2 square,
+                                                                3 triangle (the polygons of the images)
 """
 from __future__ import annotations
 
@@ -86,9 +92,31 @@ def write_split(root: str, split: str, count: int, size: int, rng: np.random.Gen
     return ann_file
 
 
+def write_seg_split(root: str, split: str, count: int, size: int, rng: np.random.Generator) -> str:
+    """ADE20K layout: ``images/<split>/*.png`` and ``annotations/<split>/*.png`` label maps (uint8)."""
+    img_dir, ann_dir = (os.path.join(root, kind, split) for kind in ("images", "annotations"))
+    os.makedirs(img_dir, exist_ok=True)
+    os.makedirs(ann_dir, exist_ok=True)
+    for i in range(count):
+        img, objects = make_image(rng, size)
+        label = Image.new("L", (size, size), 0)
+        draw = ImageDraw.Draw(label)
+        for cls, poly in objects:  # the polygons the image was drawn with, in the same order
+            draw.polygon(poly, fill=cls + 1)
+        name = f"{split}_{i:05d}.png"
+        img.save(os.path.join(img_dir, name))
+        label.save(os.path.join(ann_dir, name))
+    return ann_dir
+
+
+SEG_SPLITS = {"train": "training", "val": "validation"}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="data/coc_demo", help="output folder (default: data/coc_demo)")
+    p.add_argument("--layout", choices=("coco", "ade"), default="coco",
+                   help="coco: instance segmentation (COCO json); ade: semantic label maps in ADE20K's layout")
+    p.add_argument("--out", help="output folder (default: data/coc_demo, or data/coc_demo_seg for --layout ade)")
     p.add_argument("--train", type=int, default=400, help="training images (default 400)")
     p.add_argument("--val", type=int, default=80, help="validation images (default 80)")
     p.add_argument("--size", type=int, default=128, help="image side in pixels, a multiple of 32 (default 128)")
@@ -101,7 +129,10 @@ def main(argv=None):
     for name in ("train", "val"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
-    parts = [os.path.join(args.out, d) for d in ("train", "val", "annotations")]
+    if args.out is None:
+        args.out = "data/coc_demo_seg" if args.layout == "ade" else "data/coc_demo"
+    parts = [os.path.join(args.out, d) for d in (("images", "annotations") if args.layout == "ade"
+                                                 else ("train", "val", "annotations"))]
     existing = [d for d in parts if os.path.exists(d)]
     if existing and not args.force:
         p.error(f"{args.out} already holds a dataset ({', '.join(existing)}); pass --force to replace it")
@@ -109,7 +140,10 @@ def main(argv=None):
         shutil.rmtree(d)
     rng = np.random.default_rng(args.seed)
     for split, n in (("train", args.train), ("val", args.val)):
-        print(f"wrote {n} images and {write_split(args.out, split, n, args.size, rng)}")
+        if args.layout == "ade":
+            print(f"wrote {n} images and label maps in {write_seg_split(args.out, SEG_SPLITS[split], n, args.size, rng)}")
+        else:
+            print(f"wrote {n} images and {write_split(args.out, split, n, args.size, rng)}")
 
 
 if __name__ == "__main__":

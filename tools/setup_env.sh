@@ -111,6 +111,13 @@ if ! have mmdet 3.3.0; then
   "${PIP[@]}" install --no-deps "mmdet==3.3.0"
 fi
 
+if ! have mmsegmentation 1.2.2; then
+  # --no-deps like mmdet (its mmcv pin must not replace our build); its own extra dependencies next to it
+  say "installing mmsegmentation 1.2.2"
+  "${PIP[@]}" install prettytable ftfy regex
+  "${PIP[@]}" install --no-deps "mmsegmentation==1.2.2"
+fi
+
 if ! have timm 1.0.31; then
   # the classification models (timm registry); --no-deps keeps torch/torchvision as installed above
   say "installing timm 1.0.31"
@@ -126,12 +133,13 @@ sys.exit(os.path.dirname(os.path.dirname(os.path.abspath(coc_kernels.__file__)))
 fi
 
 (cd / && "$PY" - <<'PYEOF'
-import torch, torchvision, triton, mmengine, mmcv, mmdet, mmcv.ops, pycocotools, numpy, timm
+import torch, torchvision, triton, mmengine, mmcv, mmdet, mmseg, mmcv.ops, pycocotools, numpy, timm
 print(f"[setup] torch {torch.__version__}, torchvision {torchvision.__version__}, triton {triton.__version__}, "
       f"mmengine {mmengine.__version__}, mmcv {mmcv.__version__} (ops), mmdet {mmdet.__version__}, "
+      f"mmseg {mmseg.__version__}, "
       f"timm {timm.__version__}, numpy {numpy.__version__}")
 import coc_kernels, coc_det
-assert coc_det.HAS_MMDET, "coc_det did not register with mmdet"
+assert coc_det.HAS_MMDET and coc_det.HAS_MMSEG, "coc_det did not register with mmdet and mmseg"
 PYEOF
 )
 say "done: activate with 'source ${VENV#$ROOT/}/bin/activate'"

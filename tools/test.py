@@ -1,12 +1,14 @@
 #!/usr/bin/env python
-"""Evaluate a checkpoint with mmengine's Runner (COCO bbox/segm metrics from the config's evaluator).
+"""Evaluate a checkpoint with mmengine's Runner (the config's evaluator: COCO bbox/segm AP for detectors,
+mIoU for segmentors).
 
-    python tools/test.py CONFIG CHECKPOINT [--out results.pkl] [--work-dir DIR] [--cfg-options k=v ...]
+    python tools/test.py CONFIG CHECKPOINT [--out results.pkl | --out PRED_DIR] [--work-dir DIR] [--cfg-options k=v ...]
 Multi-GPU: tools/dist_test.sh CONFIG CHECKPOINT GPUS [--out results.pkl].
 """
 from __future__ import annotations
 
 import argparse
+import os
 import os.path as osp
 import sys
 
@@ -19,19 +21,28 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Test (and evaluate) a detector")
     p.add_argument("config", help="config file")
     p.add_argument("checkpoint", help="checkpoint file")
-    p.add_argument("--out", help="dump the raw predictions to this pickle file (.pkl/.pickle)")
+    p.add_argument("--out", help="detection: dump the raw predictions to this pickle file (.pkl/.pickle); "
+                                 "segmentation: write the predicted label maps (PNG) into this folder")
     p.add_argument("--amp", action="store_true", help="run inference under automatic mixed precision")
     add_common_args(p)
     return p.parse_args(argv)
 
 
 def original_mmdet2_checkpoint(ckpt) -> str | None:
-    """The mmdet version of a detector checkpoint trained by the original CoC code (mmdet 2.x writes its
-    version into ``meta``), else None. Those detectors were trained before the public code's switch to the
-    paper's similarity denominator (2023-05-31), so they need ``denominator='count'``."""
-    meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
-    version = str((meta or {}).get("mmdet_version", ""))
-    return version if version.startswith("2.") else None
+    """``'mmdet 2.x'`` / ``'mmseg 0.x'`` for a checkpoint trained by the original CoC code (mmdet 2.x and mmseg
+    0.x write their version into ``meta``), else None. Those models were trained before the public code's
+    switch to the paper's similarity denominator (2023-05-31), so they need ``denominator='count'``."""
+    meta = (ckpt.get("meta") if isinstance(ckpt, dict) else None) or {}
+    for lib, old in (("mmdet", "2."), ("mmseg", "0.")):
+        version = str(meta.get(f"{lib}_version", ""))
+        if version.startswith(old):
+            return f"{lib} {version}"
+    return None
+
+
+def _is_segmentation(config: str) -> bool:
+    from mmengine.config import Config
+    return Config.fromfile(config).get("default_scope") == "mmseg"
 
 
 def _explicit(cfg_options, key: str) -> bool:
@@ -41,10 +52,13 @@ def _explicit(cfg_options, key: str) -> bool:
 def main(argv=None):
     args = parse_args(argv)
     # arguments first: nothing is built and no work dir is made for a call that cannot run
-    if args.out is not None and not args.out.endswith((".pkl", ".pickle")):
-        raise SystemExit(f"error: --out must be a .pkl or .pickle file, got {args.out}")
     if not osp.isfile(args.config):
         raise SystemExit(f"error: config {args.config} does not exist")
+    seg = _is_segmentation(args.config)
+    if args.out is not None and not seg and not args.out.endswith((".pkl", ".pickle")):
+        raise SystemExit(f"error: --out must be a .pkl or .pickle file, got {args.out}")
+    if args.out is not None and seg and osp.isfile(args.out):
+        raise SystemExit(f"error: --out is a folder for the predicted label maps (segmentation); {args.out} is a file")
     from coc_det.checkpoint import CheckpointError, read_checkpoint
     try:
         ckpt = read_checkpoint(args.checkpoint)
@@ -60,7 +74,7 @@ def main(argv=None):
     key, note = "model.backbone.denominator", None
     if version and "backbone" in cfg.model and not _explicit(args.cfg_options, key):
         cfg.model.backbone.denominator = "count"
-        note = (f"{args.checkpoint} was trained with mmdet {version} by the original Context Cluster code, which "
+        note = (f"{args.checkpoint} was trained with {version} by the original Context Cluster code, which "
                 f"normalised clusters by their point count: testing with {key}='count' "
                 f"(pass --cfg-options {key}=similarity to override)")
     if args.amp:
@@ -68,7 +82,11 @@ def main(argv=None):
     runner = Runner.from_cfg(cfg)
     if note:
         print_log(note, logger="current")
-    if args.out is not None:
+    if args.out is not None and seg:  # mmseg's way: the evaluator writes one PNG label map per image
+        os.makedirs(args.out, exist_ok=True)
+        for metric in runner.test_evaluator.metrics:
+            metric.output_dir = args.out
+    elif args.out is not None:
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
     metrics = runner.test()

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train a detector with mmengine's Runner (mmdet-style arguments).
+"""Train a detector or segmentor with mmengine's Runner (mmdet-style arguments).
 
     python tools/train.py CONFIG [--work-dir DIR] [--amp] [--auto-scale-lr] [--resume [CKPT]]
                                  [--cfg-options k=v ...] [--launcher pytorch]
@@ -15,7 +15,7 @@ from _common import add_common_args, close_distributed, load_config  # noqa: E40
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Train a detector (Mask R-CNN + Context Cluster)")
+    p = argparse.ArgumentParser(description="Train a detector or segmentor (any mmengine config)")
     p.add_argument("config", help="config file")
     p.add_argument("--amp", action="store_true", help="automatic mixed precision (AmpOptimWrapper)")
     p.add_argument("--auto-scale-lr", action="store_true",

@@ -1,0 +1,63 @@
+# The segmentation demo: Semantic FPN + the same small Context Cluster backbone as the detection demo,
+# trained from scratch on the bundled synthetic shapes as semantic classes (tools/make_demo_data.py
+# --layout ade -> data/coc_demo_seg, ADE20K's folder layout), on the CPU in a few minutes, then mIoU.
+# Same model code and mmseg recipe structure as configs/segmentation/, smaller widths and schedule.
+_base_ = 'mmseg::sem_fpn/fpn_r50_4xb4-160k_ade20k-512x512.py'
+
+custom_imports = dict(imports=['coc_det'], allow_failed_imports=False)
+
+classes = ('background', 'circle', 'square', 'triangle')
+palette = [[0, 0, 0], [220, 60, 50], [60, 200, 70], [70, 110, 230]]
+data_root = 'data/coc_demo_seg/'
+image_size = 128
+ch = 64  # FPN / head width
+max_iters = 500
+norm_cfg = dict(type='BN', requires_grad=True)
+
+model = dict(
+    pretrained=None,
+    data_preprocessor=dict(size=(image_size, image_size), test_cfg=dict(size_divisor=32)),
+    backbone=dict(
+        _delete_=True,
+        type='ContextCluster',
+        arch=dict(layers=[1, 1, 2, 1], embed_dims=[32, 64, 128, 192], mlp_ratios=[4, 4, 4, 4],
+                  heads=[2, 2, 4, 4], head_dim=[16, 16, 16, 16]),
+        proposal=2,
+        fold=[8, 4, 2, 1],
+        mixer_impl='auto',
+        init_cfg=None),
+    neck=dict(in_channels=[32, 64, 128, 192], out_channels=ch),
+    decode_head=dict(in_channels=[ch] * 4, channels=ch, dropout_ratio=0.0, num_classes=len(classes),
+                     norm_cfg=norm_cfg))
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='PackSegInputs'),
+]
+dataset = dict(type='BaseSegDataset', data_root=data_root, metainfo=dict(classes=classes, palette=palette),
+               img_suffix='.png', seg_map_suffix='.png', reduce_zero_label=False)
+train_dataloader = dict(
+    batch_size=4, num_workers=0, persistent_workers=False,
+    dataset=dict(**dataset, data_prefix=dict(img_path='images/training', seg_map_path='annotations/training'),
+                 pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=4, num_workers=0, persistent_workers=False,
+    dataset=dict(**dataset, data_prefix=dict(img_path='images/validation', seg_map_path='annotations/validation'),
+                 pipeline=test_pipeline))
+test_dataloader = val_dataloader
+
+optim_wrapper = dict(_delete_=True, type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-3, weight_decay=1e-4))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
+    dict(type='PolyLR', eta_min=0.0, power=0.9, begin=50, end=max_iters, by_epoch=False),
+]
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
+default_hooks = dict(logger=dict(interval=20), checkpoint=dict(by_epoch=False, interval=max_iters))
+env_cfg = dict(cudnn_benchmark=False)
