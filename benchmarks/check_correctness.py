@@ -27,6 +27,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from coc_kernels import cluster_assignment, context_cluster  # noqa: E402
 from coc_kernels.reference import from_groups, to_groups  # noqa: E402
+from benchmarks._report import report  # noqa: E402
 from benchmarks.bench_mixer import CENTRES, FOLDS, HEADS, make_inputs  # noqa: E402
 
 TOL = {"float32": 1e-4, "bfloat16": 2e-2}
@@ -122,11 +123,7 @@ def main(argv=None):
                     lines.append(f"| {dtype} | {arch} | {stage} | {centres} | {100 * agree:.4f} % | {gap:.1e} | "
                                  f"{n_flip} | " + " | ".join(cells) + f" | {'yes' if ok else 'NO'} |")
                     print(lines[-1], flush=True)
-    md = "\n".join(lines)
-    print("\n" + md)
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write(md + "\n")
+    report("\n".join(lines), [], "", md_path=args.md)
     sys.exit(0 if ok_all else 1)
 
 

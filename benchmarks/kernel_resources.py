@@ -24,6 +24,7 @@ if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks._report import report  # noqa: E402
 from coc_det.backbone import ARCH_SETTINGS, PROPOSAL_OF_CENTRES  # noqa: E402
 from coc_kernels import DENOMINATORS, cluster_assignment, context_cluster  # noqa: E402
 from coc_kernels.ops import aot  # noqa: E402
@@ -124,11 +125,7 @@ def main(argv=None):
     lines += ["", f"{len(results) - n_bad} of {len(results)} specialisations pass "
                   f"(compile at sm_{', sm_'.join(map(str, CHECKED + COMPILE_ONLY))}, no spills at "
                   f"sm_{', sm_'.join(map(str, CHECKED))}); {time.time() - t0:.0f} s"]
-    md = "\n".join(lines)
-    print(md)
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write(md + "\n")
+    report("\n".join(lines), [], "", md_path=args.md)
     sys.exit(1 if n_bad else 0)
 
 

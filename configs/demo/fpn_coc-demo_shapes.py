@@ -2,7 +2,7 @@
 # trained from scratch on the bundled synthetic shapes as semantic classes (tools/make_demo_data.py
 # --layout ade -> data/coc_demo_seg, ADE20K's folder layout), on the CPU in a few minutes, then mIoU.
 # Same model code and mmseg recipe structure as configs/segmentation/, smaller widths and schedule.
-_base_ = 'mmseg::sem_fpn/fpn_r50_4xb4-160k_ade20k-512x512.py'
+_base_ = ['mmseg::sem_fpn/fpn_r50_4xb4-160k_ade20k-512x512.py', './_base_/coc-demo_backbone.py']
 
 custom_imports = dict(imports=['coc_det'], allow_failed_imports=False)
 
@@ -17,16 +17,8 @@ norm_cfg = dict(type='BN', requires_grad=True)
 model = dict(
     pretrained=None,
     data_preprocessor=dict(size=(image_size, image_size), test_cfg=dict(size_divisor=32)),
-    backbone=dict(
-        _delete_=True,
-        type='ContextCluster',
-        arch=dict(layers=[1, 1, 2, 1], embed_dims=[32, 64, 128, 192], mlp_ratios=[4, 4, 4, 4],
-                  heads=[2, 2, 4, 4], head_dim=[16, 16, 16, 16]),
-        proposal=2,
-        fold=[8, 4, 2, 1],
-        mixer_impl='auto',
-        init_cfg=None),
-    neck=dict(in_channels=[32, 64, 128, 192], out_channels=ch),
+    backbone={{_base_.demo_backbone}},
+    neck=dict(in_channels={{_base_.demo_channels}}, out_channels=ch),
     decode_head=dict(in_channels=[ch] * 4, channels=ch, dropout_ratio=0.0, num_classes=len(classes),
                      norm_cfg=norm_cfg))
 

@@ -1,7 +1,7 @@
 # The README's main job: Mask R-CNN + a small Context Cluster backbone trained from scratch on the bundled
 # synthetic shapes (tools/make_demo_data.py -> data/coc_demo), on the CPU in a few minutes, then COCO
 # bbox/segm evaluation with pycocotools. Same model code as the COCO configs, smaller widths.
-_base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
+_base_ = ['mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', './_base_/coc-demo_backbone.py']
 
 custom_imports = dict(imports=['coc_det'], allow_failed_imports=False)
 
@@ -12,16 +12,8 @@ ch = 64  # FPN / head width
 
 model = dict(
     data_preprocessor=dict(pad_size_divisor=32),
-    backbone=dict(
-        _delete_=True,
-        type='ContextCluster',
-        arch=dict(layers=[1, 1, 2, 1], embed_dims=[32, 64, 128, 192], mlp_ratios=[4, 4, 4, 4],
-                  heads=[2, 2, 4, 4], head_dim=[16, 16, 16, 16]),
-        proposal=2,
-        fold=[8, 4, 2, 1],
-        mixer_impl='auto',
-        init_cfg=None),
-    neck=dict(in_channels=[32, 64, 128, 192], out_channels=ch, num_outs=5),
+    backbone={{_base_.demo_backbone}},
+    neck=dict(in_channels={{_base_.demo_channels}}, out_channels=ch, num_outs=5),
     rpn_head=dict(in_channels=ch, feat_channels=ch,
                   anchor_generator=dict(scales=[4])),  # 16..256 px anchors for 18..50 px objects
     roi_head=dict(
