@@ -306,7 +306,7 @@ class ContextCluster(BaseModule):
         a shape that differs, raises :class:`~coc_det.checkpoint.CheckpointError` naming them (a
         checkpoint of another arch or model), and the module is left unchanged.
         """
-        from .checkpoint import CheckpointError, read_checkpoint, state_dict_of
+        from .checkpoint import CheckpointError, compare_state_dicts, read_checkpoint, state_dict_of
         state = state_dict_of(read_checkpoint(checkpoint))
         if prefix is None and any(k.startswith("backbone.") for k in state):
             prefix = "backbone."
@@ -316,11 +316,8 @@ class ContextCluster(BaseModule):
         state = {k: v for k, v in state.items() if k not in classifier}
         own = self.state_dict()
         optional = {f"norm{2 * i}.{w}" for i in self.out_indices for w in ("weight", "bias")}
-        missing = [k for k in own if k not in state]
-        unexpected = [k for k in state if k not in own]
+        missing, unexpected, wrong = compare_state_dicts(own, state)
         absent = [k for k in missing if k not in optional]
-        wrong = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
-                 if k in own and tuple(v.shape) != tuple(own[k].shape)]
         if absent or wrong:
             what = f"{len(absent)} of the backbone's {len(own)} weights are missing (e.g. {absent[:3]})" if absent \
                 else f"{len(wrong)} weights differ in shape (e.g. {wrong[:3]})"

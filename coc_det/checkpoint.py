@@ -96,5 +96,15 @@ def state_dict_of(ckpt) -> dict:
     return {k[7:] if k.startswith("module.") else k: v for k, v in ckpt.items()}
 
 
-__all__ = ["CheckpointError", "allow_checkpoint_metadata", "checkpoint_safe_globals", "read_checkpoint",
+def compare_state_dicts(own: dict, state: dict):
+    """How a checkpoint's ``state`` fits a model's ``own`` state dict: ``(missing, unexpected, wrong)`` with
+    ``wrong`` one ``"key: checkpoint (shape) vs model (shape)"`` line per tensor of another shape."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
+             if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    return missing, unexpected, wrong
+
+
+__all__ = ["CheckpointError", "compare_state_dicts", "allow_checkpoint_metadata", "checkpoint_safe_globals", "read_checkpoint",
            "state_dict_of"]

@@ -77,13 +77,9 @@ class ContextClusterClassifier(ContextCluster):
 def load_classifier_checkpoint(model: ContextClusterClassifier, path: str) -> None:
     """Load a public CoC ImageNet checkpoint (weights under ``model``/``state_dict`` or bare) into a classifier,
     strictly (every key, every shape), weights only (see :mod:`coc_det.checkpoint`)."""
-    from .checkpoint import CheckpointError, read_checkpoint, state_dict_of
+    from .checkpoint import CheckpointError, compare_state_dicts, read_checkpoint, state_dict_of
     state = state_dict_of(read_checkpoint(path))
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-             if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    missing, unexpected, wrong = compare_state_dicts(model.state_dict(), state)
     if missing or unexpected or wrong:
         raise CheckpointError(f"{path} does not fit this classifier: missing {missing[:3]} ({len(missing)}), "
                               f"unexpected {unexpected[:3]} ({len(unexpected)}), shapes {wrong[:3]} ({len(wrong)})")

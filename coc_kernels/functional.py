@@ -7,8 +7,8 @@ from typing import Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from .reference import (DEFAULT_DENOMINATOR, DENOMINATORS, cluster_assignment_reference, context_cluster_dense,
-                        context_cluster_light)
+from .reference import (DEFAULT_DENOMINATOR, DENOMINATORS, cluster_assignment_reference, compute_dtype,
+                        context_cluster_dense, context_cluster_light)
 
 IntPair = Union[int, Sequence[int]]
 IMPLS = ("auto", "triton", "reference", "dense")
@@ -123,7 +123,7 @@ def _transformed(*ts: Tensor) -> bool:
 def _empty_result(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
     """The op's output for an empty batch or map (B, H or W zero): ``value``'s shape and dtype, zero, and
     connected to every input so that backward gives (empty / zero) gradients like a non-empty call."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = compute_dtype(x.dtype)
     link = (x.to(acc).sum() + alpha.to(acc).sum() + beta.to(acc).sum()) * 0.0
     return (value.to(acc) * 0.0 + link).to(value.dtype)
 
@@ -131,7 +131,7 @@ def _empty_result(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor) -> Tens
 def torch_math(fn, x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, **kw) -> Tensor:
     """Run a torch path as the fused one computes: in fp32 (fp64 for fp64 inputs) whatever the input
     precision or an enclosing autocast, alpha/beta cast to that precision, the output in value's dtype."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = compute_dtype(x.dtype)
     with torch.autocast(x.device.type, enabled=False):
         alpha, beta = alpha.to(acc), beta.to(acc)
         y = fn(x.to(acc), value.to(acc), alpha, beta, **kw)
@@ -198,7 +198,7 @@ def cluster_assignment(x: Tensor, alpha: Tensor, beta: Tensor, *, heads: int, pr
     if x.numel() == 0:
         return torch.empty(B, heads, H, W, dtype=torch.int64, device=x.device)
     if impl in ("reference", "dense"):
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        acc = compute_dtype(x.dtype)
         with torch.autocast(x.device.type, enabled=False):
             return cluster_assignment_reference(x.to(acc), alpha.to(acc), beta.to(acc), heads=heads,
                                                 proposal=proposal, fold=fold)

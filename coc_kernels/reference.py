@@ -33,6 +33,11 @@ DENOMINATORS = ("count", "similarity")
 DEFAULT_DENOMINATOR = "similarity"
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The precision every path computes in: fp32, or fp64 for fp64 inputs (tests, gradcheck)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def to_groups(t: torch.Tensor, heads: int, fold: Tuple[int, int]) -> torch.Tensor:
     """``[B, heads*c, H, W] -> [G, c, rh, rw]`` with ``G = B*heads*fh*fw`` (group order b, head, i, j)."""
     B, C, H, W = t.shape

@@ -28,7 +28,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def original_mmdet2_checkpoint(ckpt) -> str | None:
+def original_coc_checkpoint(ckpt) -> str | None:
     """``'mmdet 2.x'`` / ``'mmseg 0.x'`` for a checkpoint trained by the original CoC code (mmdet 2.x and mmseg
     0.x write their version into ``meta``), else None. Those models were trained before the public code's
     switch to the paper's similarity denominator (2023-05-31), so they need ``denominator='count'``."""
@@ -40,11 +40,6 @@ def original_mmdet2_checkpoint(ckpt) -> str | None:
     return None
 
 
-def _is_segmentation(config: str) -> bool:
-    from mmengine.config import Config
-    return Config.fromfile(config).get("default_scope") == "mmseg"
-
-
 def _explicit(cfg_options, key: str) -> bool:
     return bool(cfg_options) and key in cfg_options
 
@@ -54,22 +49,22 @@ def main(argv=None):
     # arguments first: nothing is built and no work dir is made for a call that cannot run
     if not osp.isfile(args.config):
         raise SystemExit(f"error: config {args.config} does not exist")
-    seg = _is_segmentation(args.config)
-    if args.out is not None and not seg and not args.out.endswith((".pkl", ".pickle")):
-        raise SystemExit(f"error: --out must be a .pkl or .pickle file, got {args.out}")
-    if args.out is not None and seg and osp.isfile(args.out):
-        raise SystemExit(f"error: --out is a folder for the predicted label maps (segmentation); {args.out} is a file")
     from coc_det.checkpoint import CheckpointError, read_checkpoint
     try:
         ckpt = read_checkpoint(args.checkpoint)
     except (CheckpointError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}")
+    cfg = load_config(args)  # reads the config only: the Runner below makes the work dir
+    seg = cfg.get("default_scope") == "mmseg"
+    if args.out is not None and not seg and not args.out.endswith((".pkl", ".pickle")):
+        raise SystemExit(f"error: --out must be a .pkl or .pickle file, got {args.out}")
+    if args.out is not None and seg and osp.isfile(args.out):
+        raise SystemExit(f"error: --out is a folder for the predicted label maps (segmentation); {args.out} is a file")
     from mmengine.logging import print_log
     from mmengine.runner import Runner
 
-    cfg = load_config(args)
     cfg.load_from = args.checkpoint
-    version = original_mmdet2_checkpoint(ckpt)
+    version = original_coc_checkpoint(ckpt)
     del ckpt
     key, note = "model.backbone.denominator", None
     if version and "backbone" in cfg.model and not _explicit(args.cfg_options, key):

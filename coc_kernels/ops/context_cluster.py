@@ -481,6 +481,7 @@ def _bwd_pool_kernel(dxi_ptr, dx_ptr, c_ptr, pdc_ptr, pdab_ptr, scr_ptr, dalpha_
 # ----------------------------------------------------------------------------------------------------
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
+from ..reference import compute_dtype  # noqa: E402
 
 #: programs a launch aims for: groups are split into chunks until G * NC reaches this (fixed, not read
 #: off the device, so that the chunking, and with it every result, is the same on every GPU)
@@ -600,9 +601,7 @@ def _empty(shape, dtype, device):
     return t
 
 
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    """Compute / saved-state dtype: fp32, or fp64 for fp64 inputs (interpreter tests, gradcheck)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+_acc = compute_dtype  # compute / saved-state dtype
 
 
 def _dt(dtype: torch.dtype):
