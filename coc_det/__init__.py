@@ -5,16 +5,13 @@ everywhere; where timm is installed the classifiers are timm models (``coc_small
 installed the backbone (and the original repository's type names) is in mmdet's ``MODELS``, and likewise in
 mmseg's where mmsegmentation is installed. Configs load it with
 ``custom_imports = dict(imports=['coc_det'], allow_failed_imports=False)``.
+Importing it changes nothing in ``torch.load`` (see :mod:`coc_det.checkpoint`).
 """
 from .backbone import ARCH_SETTINGS, ContextCluster
-from .checkpoint import allow_checkpoint_metadata
-
-allow_checkpoint_metadata()  # mmengine / timm checkpoints load under torch's weights_only default, anywhere
-
-from .classifier import ContextClusterClassifier  # noqa: E402  (and the timm models, where timm is installed)
+from .classifier import ContextClusterClassifier  # (and the timm models, where timm is installed)
 
 try:
-    from . import hooks  # noqa: F401  (EpochSeedHook, in mmengine's HOOKS)
+    from . import hooks  # noqa: F401  (EpochSeedHook, WeightsOnlyCheckpointHook: mmengine's HOOKS)
 except ImportError:  # no mmengine
     pass
 

@@ -333,9 +333,13 @@ class ContextCluster(BaseModule):
     def _log_mixer_impl(self, x: torch.Tensor):
         """Say once which mixer implementation runs (``'auto'`` resolved for x's device); an implementation
         that cannot run here (``'triton'`` without CUDA or the interpreter) raises its error now."""
-        from coc_kernels.functional import resolve_impl
-        impls = sorted({m.impl for m in self.modules() if isinstance(m, Cluster)})
-        resolved = ", ".join(f"{i!r} -> {resolve_impl(i, x)!r}" if i == "auto" else repr(i) for i in impls)
+        from coc_kernels.functional import _pair, resolve_impl
+        pairs = set()
+        for m in self.modules():
+            if isinstance(m, Cluster):
+                ph, pw = _pair(m.proposal, "proposal")
+                pairs.add((m.impl, resolve_impl(m.impl, x, ph * pw)))
+        resolved = ", ".join(f"{i!r} -> {r!r}" if i == "auto" else repr(i) for i, r in sorted(pairs))
         _log(f"ContextCluster: mixer implementation {resolved} on {x.device.type}")
         self._impl_logged = True
 

@@ -1,14 +1,22 @@
-"""Reading checkpoints without running code from them.
+"""Reading checkpoints without running code from them, and writing checkpoints that need no help to read.
 
-Every checkpoint goes through ``torch.load(weights_only=True)``: tensors, containers, numbers and strings,
-plus the few plain-data types the checkpoints of our two ecosystems pickle next to the weights, allowlisted
-by :func:`allow_checkpoint_metadata` when ``coc_det`` is imported: mmengine 0.10's message hub
-(``HistoryBuffer`` of numpy arrays, numpy scalars and dtypes) and the ``argparse.Namespace`` of training
-arguments that timm's training script (with which the public CoC ImageNet checkpoints were made) stores. There is no fallback to full unpickling:
-a file holding anything else is refused with a message saying so, before any of it is built.
+* ``import coc_det`` changes nothing in ``torch.load``: torch's process-wide list of safe globals is left as
+  it was. (Allowlisting a callable there, ``getattr`` say, lets a crafted "weights-only" file reach
+  ``builtins`` and run code in *every* ``torch.load`` of the process.)
+* The checkpoints our training writes load under torch's default ``weights_only=True`` as they are:
+  :class:`~coc_det.hooks.WeightsOnlyCheckpointHook` (in every config) stores mmengine's message hub
+  (``HistoryBuffer`` of numpy arrays, numpy scalars) as tensors and plain Python values, and turns them
+  back into ``HistoryBuffer`` on ``--resume``. So mmengine's loader, mmdet's ``init_detector`` /
+  ``DetInferencer`` and mmseg's ``init_model`` read them with no allowlist at all.
+* :func:`read_checkpoint` (every loader of this package) reads with ``weights_only=True``; for the call alone
+  it also accepts ``argparse.Namespace``, a plain data class that timm's training script (with which the
+  public CoC ImageNet checkpoints were made) stores next to the weights; the previous list is restored
+  exactly afterwards. No fallback to full unpickling: anything else is refused, before any of it is built.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import pickle
 
@@ -19,59 +27,45 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read safely, or whose weights do not fit the model."""
 
 
-_ALLOWED = []
+#: plain data classes :func:`read_checkpoint` accepts beyond torch's defaults, for its own call only (no
+#: callables: a function or a builtin here would let a file call it with arguments of its choosing)
+LOADER_SAFE_CLASSES = (argparse.Namespace,)
 
 
-def checkpoint_safe_globals() -> list:
-    """The globals our checkpoints need beyond torch's weights-only defaults: ``argparse.Namespace`` (timm
-    training checkpoints) always; with mmengine installed, what an mmengine 0.10 checkpoint holds.
-    ``HistoryBuffer`` and ``Namespace`` are rebuilt from their ``__dict__`` (no constructor runs); numpy
-    arrays, scalars and dtypes are data; numpy pickles a dtype class as ``getattr(numpy.dtypes, name)``
-    (``getattr`` results cannot be called by the weights-only unpickler unless allowlisted themselves)."""
-    import argparse
+@contextlib.contextmanager
+def _scoped_safe_globals(extra):
+    """Add ``extra`` to torch's safe globals for the block, then take out again just what it added (torch's own
+    ``safe_globals`` block removes its globals on exit even where they had been allowlisted before; what
+    anything else adds meanwhile, torch's lazily imported modules say, stays)."""
+    added = [g for g in extra if g not in torch.serialization.get_safe_globals()]
+    torch.serialization.add_safe_globals(added)
     try:
-        import numpy as np
-        from mmengine.logging.history_buffer import HistoryBuffer
-    except ImportError:  # torch-only machines: no mmengine checkpoints to read
-        return [argparse.Namespace]
-    try:
-        from numpy._core.multiarray import _reconstruct, scalar
-    except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import _reconstruct, scalar
-    dtypes = {type(np.dtype(t)) for t in (np.float64, np.float32, np.float16, np.int64, np.int32, np.int16,
-                                          np.int8, np.uint8, np.bool_)}
-    return [argparse.Namespace, HistoryBuffer, scalar, _reconstruct, np.ndarray, np.dtype, getattr,
-            *sorted(dtypes, key=str)]
-
-
-def allow_checkpoint_metadata():
-    """Let ``torch.load``'s default ``weights_only=True`` read mmengine 0.10 checkpoints (mmengine's own
-    loader, mmdet's ``init_detector``/``DetInferencer``, ``--resume``) and timm training checkpoints (timm's
-    ``checkpoint_path=``): allowlists exactly :func:`checkpoint_safe_globals`. Called when ``coc_det`` is
-    imported."""
-    if not _ALLOWED:
-        _ALLOWED.extend(checkpoint_safe_globals())
-    # again on every call: a ``torch.serialization.safe_globals([...])`` block elsewhere (timm's loader uses one
-    # for argparse.Namespace) removes its globals on exit even when they were allowlisted before
-    torch.serialization.add_safe_globals(_ALLOWED)
+        yield
+    finally:
+        keep = [g for g in torch.serialization.get_safe_globals() if not any(g is a for a in added)]
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(keep)
 
 
 def read_checkpoint(path: str):
     """Load a checkpoint file (or an http(s) URL) onto the CPU without executing anything from it.
 
-    Raises :class:`FileNotFoundError` for a missing file and :class:`CheckpointError` for a file that is
-    truncated / not a torch checkpoint, or that holds objects other than weights and mmengine's metadata.
+    Raises :class:`FileNotFoundError` for a missing file and :class:`CheckpointError` for a folder, a file that
+    is truncated / not a torch checkpoint, or one that holds objects other than weights and plain data.
     """
     path = str(path)
-    allow_checkpoint_metadata()
     if path.startswith(("http://", "https://")):
-        return torch.hub.load_state_dict_from_url(path, map_location="cpu", weights_only=True)
+        with _scoped_safe_globals(LOADER_SAFE_CLASSES):
+            return torch.hub.load_state_dict_from_url(path, map_location="cpu", weights_only=True)
     if "://" in path:
         raise CheckpointError(f"{path}: only local files and http(s) URLs are read (no {path.split('://')[0]}://)")
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)  # allowlisted just above
+        with _scoped_safe_globals(LOADER_SAFE_CLASSES):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         reason = str(err).strip().splitlines()
         hint = next((line for line in reason if "Unsupported global" in line or "GLOBAL" in line), reason[0])
@@ -84,15 +78,21 @@ def read_checkpoint(path: str):
                               f"{type(err).__name__}: {err}") from None
 
 
-def state_dict_of(ckpt) -> dict:
+def state_dict_of(ckpt, name: str = "the checkpoint") -> dict:
     """The weights of a loaded checkpoint: under ``state_dict`` (mmengine/mmdet), ``model`` (DeiT/timm-style
-    training scripts, as the public CoC ImageNet checkpoints), or the bare dict; ``module.`` (DDP) stripped."""
+    training scripts, as the public CoC ImageNet checkpoints), or the bare dict; ``module.`` (DDP) stripped.
+    Raises :class:`CheckpointError` unless every key is a string and every value a tensor."""
     if not isinstance(ckpt, dict):
-        raise CheckpointError(f"a checkpoint must be a dict of tensors, got {type(ckpt).__name__}")
+        raise CheckpointError(f"{name} must be a dict of tensors, got {type(ckpt).__name__}")
     for key in ("state_dict", "model"):
         if isinstance(ckpt.get(key), dict):
             ckpt = ckpt[key]
             break
+    for k, v in ckpt.items():
+        if not isinstance(k, str):
+            raise CheckpointError(f"{name} has a key {k!r} of type {type(k).__name__}; weights are named by strings")
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{name} holds a {type(v).__name__} under {k!r} where a tensor belongs")
     return {k[7:] if k.startswith("module.") else k: v for k, v in ckpt.items()}
 
 
@@ -106,5 +106,4 @@ def compare_state_dicts(own: dict, state: dict):
     return missing, unexpected, wrong
 
 
-__all__ = ["CheckpointError", "compare_state_dicts", "allow_checkpoint_metadata", "checkpoint_safe_globals", "read_checkpoint",
-           "state_dict_of"]
+__all__ = ["CheckpointError", "LOADER_SAFE_CLASSES", "compare_state_dicts", "read_checkpoint", "state_dict_of"]

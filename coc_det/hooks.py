@@ -1,5 +1,12 @@
 """mmengine hooks of the training configs (registered where mmengine is installed).
 
+``WeightsOnlyCheckpointHook`` makes the checkpoints a run writes load under torch's default
+``weights_only=True`` with nothing allowlisted: mmengine pickles its message hub (``HistoryBuffer`` objects
+holding numpy arrays, numpy scalars) next to the weights, which torch refuses. Before a checkpoint is
+saved the hook turns numpy arrays into tensors, numpy scalars into Python numbers and every
+``HistoryBuffer`` into a tagged dict of tensors; after a checkpoint is loaded (``--resume``) it rebuilds
+the ``HistoryBuffer`` objects, so a resumed run's logged averages continue as before.
+
 ``EpochSeedHook`` makes ``--resume`` exact: mmengine restores the weights, optimizer, LR schedule and the
 sampler's order of a resumed run, but not the random generators the data pipeline (random flips: numpy),
 the model (drop path: torch) and the data loader (worker seeds: torch) draw from; they continue from the
@@ -11,12 +18,17 @@ epoch, i.e. iteration-based checkpoints, is not covered.)
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 
 import numpy as np
 import torch
 from mmengine.dist import get_rank
 from mmengine.hooks import Hook
+from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.registry import HOOKS
+
+#: the key of the plain dict a ``HistoryBuffer`` is stored as
+BUFFER_TAG = "__history_buffer__"
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -35,3 +47,64 @@ class EpochSeedHook(Hook):
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def _array(a: np.ndarray):
+    """A numpy array as a tensor (numeric dtypes) or a nested list (others)."""
+    try:
+        return torch.from_numpy(np.ascontiguousarray(a)).clone()
+    except TypeError:  # object / string arrays
+        return plain_data(a.tolist())
+
+
+def plain_data(obj):
+    """``obj`` with numpy values and mmengine ``HistoryBuffer`` objects replaced by what torch's weights-only
+    loader reads without an allowlist (containers rebuilt, tensors and other values kept as they are)."""
+    if isinstance(obj, HistoryBuffer):
+        log, count = obj.data
+        return {BUFFER_TAG: dict(log=_array(log), count=_array(count), max_length=int(obj.max_length))}
+    if isinstance(obj, np.ndarray):
+        return _array(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.dtype):
+        return str(obj)
+    if isinstance(obj, OrderedDict):
+        return OrderedDict((k, plain_data(v)) for k, v in obj.items())
+    if isinstance(obj, dict):
+        return {k: plain_data(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) and type(obj) in (list, tuple):
+        return type(obj)(plain_data(v) for v in obj)
+    return obj
+
+
+def history_buffers(obj):
+    """The inverse of :func:`plain_data` for the tagged ``HistoryBuffer`` dicts (numpy values stay plain)."""
+    if isinstance(obj, dict) and set(obj) == {BUFFER_TAG}:
+        d = obj[BUFFER_TAG]
+        as_np = (lambda t: t.numpy() if isinstance(t, torch.Tensor) else np.array(t))
+        return HistoryBuffer(as_np(d["log"]), as_np(d["count"]), int(d["max_length"]))
+    if isinstance(obj, dict):
+        out = {k: history_buffers(v) for k, v in obj.items()}
+        return OrderedDict(out) if isinstance(obj, OrderedDict) else out
+    if isinstance(obj, (list, tuple)) and type(obj) in (list, tuple):
+        return type(obj)(history_buffers(v) for v in obj)
+    return obj
+
+
+@HOOKS.register_module(force=True)
+class WeightsOnlyCheckpointHook(Hook):
+    """Write checkpoints that ``torch.load``'s weights-only default reads as they are: see the module
+    docstring. Weights, optimizer and scheduler states are tensors and plain values already and stay as
+    they are."""
+
+    priority = "VERY_LOW"  # after every other hook has added what it stores
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        for key in list(checkpoint):
+            if key != "state_dict":
+                checkpoint[key] = plain_data(checkpoint[key])
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        if isinstance(checkpoint.get("message_hub"), dict):
+            checkpoint["message_hub"] = history_buffers(checkpoint["message_hub"])

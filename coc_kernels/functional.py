@@ -1,9 +1,11 @@
 """The public op: input checks and the choice of implementation."""
 from __future__ import annotations
 
+import operator
 import os
 from typing import Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -15,12 +17,30 @@ IMPLS = ("auto", "triton", "reference", "dense")
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
+#: the most centres per region the fused kernels take: their centre tiles are ``BLOCK_M = 64`` wide at most,
+#: the largest width the compile gate checks (49 centres); more centres need ``impl='reference'``
+MAX_FUSED_CENTRES = 64
+
+
+def _int(v, name: str) -> int:
+    """``v`` as an int: Python and numpy integers (``operator.index``), not bools, floats or strings."""
+    if isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int, got the bool {v!r}")
+    try:
+        return operator.index(v)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}") from None
+
+
 def _pair(v: IntPair, name: str) -> Tuple[int, int]:
-    if isinstance(v, int):
-        v = (v, v)
-    v = tuple(int(t) for t in v)
-    if len(v) != 2 or min(v) < 1:
-        raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {v}")
+    if isinstance(v, (list, tuple)):
+        if len(v) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {len(v)} values {tuple(v)}")
+        v = (_int(v[0], name), _int(v[1], name))
+    else:
+        v = (_int(v, name),) * 2
+    if min(v) < 1:
+        raise ValueError(f"{name} must be positive, got {v}")
     return v
 
 
@@ -67,10 +87,11 @@ def _check_scalar(t: Tensor, name: str, like: Tensor):
 
 def check_inputs(x: Tensor, value: Tensor | None, alpha: Tensor, beta: Tensor, heads: int, proposal: IntPair,
                  fold: IntPair):
-    """Validate the op's arguments; returns ``(proposal, fold)`` as pairs."""
+    """Validate the op's arguments; returns ``(heads, proposal, fold)`` as an int and two int pairs."""
     _check_map(x, "x")
-    if not isinstance(heads, int) or heads < 1:
-        raise ValueError(f"heads must be a positive int, got {heads!r}")
+    heads = _int(heads, "heads")
+    if heads < 1:
+        raise ValueError(f"heads must be positive, got {heads}")
     proposal, fold = _pair(proposal, "proposal"), _pair(fold, "fold")
     B, C, H, W = x.shape
     if C == 0:
@@ -92,15 +113,20 @@ def check_inputs(x: Tensor, value: Tensor | None, alpha: Tensor, beta: Tensor, h
             raise TypeError(f"x is {x.dtype} but value is {value.dtype}: both must have the same dtype")
     _check_scalar(alpha, "alpha", x)
     _check_scalar(beta, "beta", x)
-    return proposal, fold
+    return heads, proposal, fold
 
 
-def resolve_impl(impl: str, x: Tensor) -> str:
-    """The implementation ``impl`` means for input x (``'auto'`` resolved); raises where it cannot run."""
+def resolve_impl(impl: str, x: Tensor, centres: int | None = None) -> str:
+    """The implementation ``impl`` means for input x with ``centres`` per region (``'auto'`` resolved);
+    raises where it cannot run."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    fits = centres is None or centres <= MAX_FUSED_CENTRES
     if impl == "auto":
-        return "triton" if x.is_cuda and x.dtype != torch.float64 and triton_available() else "reference"
+        return "triton" if x.is_cuda and x.dtype != torch.float64 and fits and triton_available() else "reference"
+    if impl == "triton" and not fits:
+        raise ValueError(f"impl='triton' takes at most {MAX_FUSED_CENTRES} centres per region, got {centres}; "
+                         "use impl='reference' (or 'auto', which picks it) for more")
     if impl == "triton":
         if not triton_available():
             raise RuntimeError("impl='triton' needs triton, which does not import here")
@@ -147,13 +173,13 @@ def context_cluster(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, *, he
     Args:
         x: similarity features ``[B, heads*d, H, W]``.
         value: values ``[B, heads*dv, H, W]``.
-        alpha, beta: one-element tensors (learnable): ``s = sigmoid(beta + alpha * cos)``.
+        alpha, beta: one-element tensors of any shape (learnable): ``s = sigmoid(beta + alpha * cos)``.
         heads: number of heads the channels are split into.
         proposal: centres per region, int or ``(ph, pw)`` (``M = ph*pw``).
         fold: regions per axis, int or ``(fh, fw)``; H and W must divide by it.
-        impl: ``"triton"`` (fused kernels), ``"reference"`` (memory-light torch),
-            ``"dense"`` (the original's dense formulation), ``"auto"`` (triton for CUDA tensors of
-            fp32/fp16/bf16 when triton imports, else reference).
+        impl: ``"triton"`` (fused kernels, at most :data:`MAX_FUSED_CENTRES` centres per region),
+            ``"reference"`` (memory-light torch), ``"dense"`` (the original's dense formulation), ``"auto"``
+            (triton for CUDA tensors of fp32/fp16/bf16 when triton imports and the centres fit, else reference).
         denominator: ``"similarity"`` (paper Eq. 1, the public code and ImageNet checkpoints today) or
             ``"count"`` (the code before 2023-05-31: the paper's COCO / ADE20K models).
 
@@ -165,10 +191,11 @@ def context_cluster(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, *, he
         transforms or forward-mode AD, ``"triton"`` computes with the reference math (its kernels have
         no forward-mode derivative).
     """
-    proposal, fold = check_inputs(x, value, alpha, beta, heads, proposal, fold)
+    heads, proposal, fold = check_inputs(x, value, alpha, beta, heads, proposal, fold)
     if denominator not in DENOMINATORS:
         raise ValueError(f"denominator must be one of {DENOMINATORS}, got {denominator!r}")
-    impl = resolve_impl(impl, x)
+    impl = resolve_impl(impl, x, proposal[0] * proposal[1])
+    alpha, beta = alpha.reshape(1), beta.reshape(1)  # any one-element shape, the same on every path
     if x.numel() == 0 or value.numel() == 0:
         return _empty_result(x, value, alpha, beta)
     kw = dict(heads=heads, proposal=proposal, fold=fold, denominator=denominator)
@@ -192,8 +219,9 @@ def cluster_assignment(x: Tensor, alpha: Tensor, beta: Tensor, *, heads: int, pr
     Centre ``m = i*pw + j`` is the (i, j)-th adaptive-pool window of the pixel's region. Runs only the
     pooling and the assignment (no aggregate/dispatch), without autograd.
     """
-    proposal, fold = check_inputs(x, None, alpha, beta, heads, proposal, fold)
-    impl = resolve_impl(impl, x)
+    heads, proposal, fold = check_inputs(x, None, alpha, beta, heads, proposal, fold)
+    impl = resolve_impl(impl, x, proposal[0] * proposal[1])
+    alpha, beta = alpha.reshape(1), beta.reshape(1)
     B, _, H, W = x.shape
     if x.numel() == 0:
         return torch.empty(B, heads, H, W, dtype=torch.int64, device=x.device)
@@ -210,4 +238,5 @@ def cluster_assignment(x: Tensor, alpha: Tensor, beta: Tensor, *, heads: int, pr
     return a.long().reshape(B, heads, fh, fw, rh, rw).permute(0, 1, 2, 4, 3, 5).reshape(B, heads, H, W)
 
 
-__all__ = ["context_cluster", "cluster_assignment", "torch_math", "check_inputs", "resolve_impl", "triton_available", "IMPLS"]
+__all__ = ["context_cluster", "cluster_assignment", "torch_math", "check_inputs", "resolve_impl", "triton_available", "IMPLS",
+           "MAX_FUSED_CENTRES"]

@@ -196,3 +196,66 @@ def test_degenerate_channels_and_integer_alpha_are_named(change, err, match):
     for impl in IMPLS:
         with pytest.raises(err, match=match):
             context_cluster(d["x"], d["value"], d["alpha"], d["beta"], impl=impl, **KW)
+
+
+# ------------------------------------------------------------------------------------ odd arguments
+@pytest.mark.parametrize("impl", IMPLS)
+def test_alpha_beta_of_any_one_element_shape(impl):
+    """alpha / beta of shape (1, 1, 1, 1) or () give what shape (1,) gives, with gradients in their own shape."""
+    x, v, a, b = make()
+    want = context_cluster(x, v, a * 1.5, b + 0.25, impl="dense", **KW)
+    for shape in [(1, 1, 1, 1), ()]:
+        a4 = (a * 1.5).reshape(shape).requires_grad_()
+        b4 = (b + 0.25).reshape(shape).requires_grad_()
+        y = context_cluster(x, v, a4, b4, impl=impl, **KW)
+        torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-6)
+        y.square().sum().backward()
+        assert a4.grad.shape == shape and b4.grad.shape == shape
+
+
+@pytest.mark.parametrize("kw,err,match", [
+    (dict(heads=True), TypeError, "heads must be an int, got the bool True"),
+    (dict(proposal=2.7), TypeError, "proposal must be an int, got float 2.7"),
+    (dict(fold=(2, "2")), TypeError, "fold must be an int, got str '2'"),
+    (dict(proposal=(2, 2, 2)), ValueError, "proposal must be an int or a pair of ints, got 3 values"),
+    (dict(heads=0), ValueError, "heads must be positive"),
+])
+def test_bad_geometry_arguments_are_named_on_every_path(kw, err, match):
+    x, v, a, b = make()
+    for impl in IMPLS:
+        with pytest.raises(err, match=match):
+            context_cluster(x, v, a, b, impl=impl, **dict(KW, **kw))
+        with pytest.raises(err, match=match):
+            cluster_assignment(x, a, b, impl="reference" if impl == "dense" else impl, **dict(KW, **kw))
+
+
+def test_numpy_integers_are_taken_as_ints():
+    np = pytest.importorskip("numpy")
+    x, v, a, b = make()
+    want = context_cluster(x, v, a, b, impl="dense", **KW)
+    for impl in IMPLS:
+        y = context_cluster(x, v, a, b, impl=impl, heads=np.int64(2), proposal=(np.int32(2), 2), fold=np.int64(2))
+        torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-6)
+
+
+def test_centres_at_the_fused_limit_and_past_it():
+    """The fused kernels take up to MAX_FUSED_CENTRES centres per region (the widest centre tile the compile
+    gate checks): at the limit they equal dense; one row of centres more is refused up front naming the
+    alternative, and 'auto' picks the reference path for it."""
+    from coc_kernels.functional import MAX_FUSED_CENTRES
+    assert MAX_FUSED_CENTRES == 64
+    x, v, a, b = make(B=1, C=4, H=16, W=16, dtype=torch.float64)
+    kw = dict(heads=1, fold=1)
+    want = context_cluster(x, v, a, b, impl="dense", proposal=8, **kw)
+    torch.testing.assert_close(context_cluster(x, v, a, b, impl="triton", proposal=8, **kw), want)
+    assert torch.equal(cluster_assignment(x, a, b, impl="triton", proposal=8, **kw),
+                       cluster_assignment(x, a, b, impl="reference", proposal=8, **kw))
+    for call in (lambda: context_cluster(x, v, a, b, impl="triton", proposal=(5, 13), **kw),
+                 lambda: cluster_assignment(x, a, b, impl="triton", proposal=(5, 13), **kw)):
+        with pytest.raises(ValueError, match="at most 64 centres per region, got 65; use impl='reference'"):
+            call()
+    from types import SimpleNamespace
+
+    from coc_kernels.functional import resolve_impl
+    cuda_input = SimpleNamespace(is_cuda=True, dtype=torch.float32)  # what 'auto' looks at
+    assert resolve_impl("auto", cuda_input, 64) == "triton" and resolve_impl("auto", cuda_input, 65) == "reference"

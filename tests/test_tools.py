@@ -121,3 +121,105 @@ def test_backbone_rejects_bad_settings_at_construction(kw, msg):
     from coc_det import ContextCluster
     with pytest.raises(ValueError, match=msg):
         ContextCluster("tiny", **kw)
+
+
+def _demo_weights():
+    from mmengine.config import Config
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    import coc_det  # noqa: F401
+    register_all_modules()
+    return MODELS.build(Config.fromfile(DEMO).model).state_dict()
+
+
+@pytest.mark.parametrize("damage", ["other_backbone", "missing_head"])
+def test_test_py_refuses_a_checkpoint_that_does_not_fit(tmp_path, damage):
+    """A detector checkpoint with another backbone's shapes (or without part of the model) is refused before
+    anything is built or written, naming the keys; scoring it would evaluate a partly random model."""
+    state = _demo_weights()
+    if damage == "other_backbone":
+        state["backbone.network.0.0.mlp.fc1.weight"] = torch.zeros(7, 32)
+        want = "backbone.network.0.0.mlp.fc1.weight: checkpoint (7, 32) vs model"
+    else:
+        state = {k: v for k, v in state.items() if not k.startswith("roi_head.mask_head.")}
+        want = "weights are missing (e.g. ['roi_head.mask_head."
+    ckpt = tmp_path / "c.pth"
+    torch.save({"state_dict": state}, ckpt)
+    work = tmp_path / "work"
+    proc = run("test.py", DEMO, ckpt, "--work-dir", work)
+    assert proc.returncode != 0 and "does not fit the model" in proc.stderr and want in proc.stderr, proc.stderr[-3000:]
+    assert "--allow-partial" in proc.stderr and "Traceback" not in proc.stderr
+    assert not work.exists()
+
+
+# ------------------------------------------------------------------------------------ files that are not images
+@pytest.mark.parametrize("tool", ["classify.py", "visualize_clusters.py"])
+def test_image_tools_name_a_file_that_is_not_an_image(tmp_path, tool):
+    fake = tmp_path / "photo.jpg"
+    fake.write_text("not an image")
+    out = tmp_path / "o.png"
+    extra = ["--model", "coc_tiny"] if tool == "classify.py" else ["--config", DEMO, "--out", out]
+    proc = run(tool, fake, *extra)
+    assert proc.returncode == 2 and "is not an image PIL can read" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_visualize_clusters_writes_the_file_it_is_given(tmp_path):
+    for name in ("x.png", "y.jpg"):
+        proc = run("visualize_clusters.py", IMAGE, "--config", DEMO, "--out", tmp_path / name, "--size", 64)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png", "y.jpg"]
+
+
+def test_publish_model_into_a_missing_folder(tmp_path):
+    ckpt = tmp_path / "c.pth"
+    torch.save({"state_dict": {"w": torch.ones(1)}, "meta": {}}, ckpt)
+    proc = run("publish_model.py", ckpt, tmp_path / "nope" / "m.pth")
+    assert proc.returncode == 2 and "output folder" in proc.stderr and "does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr and sorted(p.name for p in tmp_path.iterdir()) == ["c.pth"]
+
+
+# ------------------------------------------------------------------------------------ validate_imagenet.py
+def _imagenet_subset(root, wnids, per_class=1):
+    from PIL import Image
+    for w in wnids:
+        os.makedirs(root / w)
+        for i in range(per_class):
+            Image.new("RGB", (40, 30), (40 * i, 90, 160)).save(root / w / f"{i}.png")
+
+
+def test_validate_imagenet_scores_a_subset_against_the_imagenet_classes(tmp_path):
+    """Folders n01440764 (ImageNet class 0) and n02112350 (class 261 in timm's ImageNet order): a model that
+    always answers class 261 is right on exactly the second folder's images. ImageFolder's own numbering
+    (0, 1) would score it 0 %."""
+    from timm.data import ImageNetInfo
+
+    from coc_det.classifier import create_classifier
+    wnids = ImageNetInfo().label_names()
+    target = wnids.index("n02112350")
+    model = create_classifier("coc_tiny")
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+        model.head.bias[target] = 10.0
+    ckpt = tmp_path / "always.pth"
+    torch.save({"state_dict": model.state_dict()}, ckpt)
+    root = tmp_path / "val"
+    _imagenet_subset(root, ["n01440764", "n02112350"], per_class=2)
+    proc = run("validate_imagenet.py", root, "--model", "coc_tiny", "--checkpoint", ckpt, "--batch-size", 4,
+               "--workers", 0, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "on 4 images of 2 classes" in proc.stdout and "top-1 50.00 %" in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("case", ["empty", "unknown_names"])
+def test_validate_imagenet_refuses_folders_it_cannot_score(tmp_path, case):
+    root = tmp_path / "val"
+    root.mkdir()
+    if case == "unknown_names":
+        _imagenet_subset(root, ["n01440764", "cats"])
+    proc = run("validate_imagenet.py", root, "--model", "coc_tiny", "--workers", 0)
+    msg = "not ImageNet-1k WordNet ids (e.g. ['cats'])" if case == "unknown_names" else "class folder"
+    assert proc.returncode == 2 and msg in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr

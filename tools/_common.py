@@ -20,7 +20,7 @@ def add_common_args(parser):
 def load_config(args) -> Config:
     from mmdet.utils import setup_cache_size_limit_of_dynamo
 
-    import coc_det  # noqa: F401  (registers the backbone; mmengine checkpoints load weights-only)
+    import coc_det  # noqa: F401  (registers the backbone and the hooks)
 
     setup_cache_size_limit_of_dynamo()
     if "LOCAL_RANK" not in os.environ:
@@ -29,6 +29,10 @@ def load_config(args) -> Config:
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
+    hooks = list(cfg.get("custom_hooks") or [])
+    if not any(h.get("type") == "WeightsOnlyCheckpointHook" for h in hooks):
+        # checkpoints this run writes must load under torch's weights-only default (configs of ours name it)
+        cfg.custom_hooks = hooks + [dict(type="WeightsOnlyCheckpointHook")]
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get("work_dir") is None:

@@ -30,11 +30,15 @@ def publish(src: str, out: str) -> str:
     slim = {k: v for k, v in ckpt.items() if k not in DROP}
     base = out[:-4] if out.endswith(".pth") else out
     tmp = base + ".tmp.pth"
-    torch.save(slim, tmp)
-    with open(tmp, "rb") as f:
-        sha = hashlib.sha256(f.read()).hexdigest()
-    final = f"{base}-{sha[:8]}.pth"
-    os.replace(tmp, final)
+    try:
+        torch.save(slim, tmp)
+        with open(tmp, "rb") as f:
+            sha = hashlib.sha256(f.read()).hexdigest()
+        final = f"{base}-{sha[:8]}.pth"
+        os.replace(tmp, final)
+    finally:  # no partial output
+        if osp.exists(tmp):
+            os.remove(tmp)
     return final
 
 
@@ -45,6 +49,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not osp.isfile(args.in_file):
         p.error(f"{args.in_file} does not exist")
+    out_dir = osp.dirname(osp.abspath(args.out_file))
+    if not osp.isdir(out_dir):
+        p.error(f"the output folder {out_dir} does not exist")
     from coc_det.checkpoint import CheckpointError
     try:
         final = publish(args.in_file, args.out_file)

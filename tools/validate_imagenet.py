@@ -4,8 +4,10 @@
     python tools/validate_imagenet.py ROOT --model coc_small --checkpoint coc_small.pth.tar
                                       [--batch-size 128] [--workers 8] [--amp] [--device cuda]
 
-ROOT is an ImageFolder (one folder per class, named by WordNet id, e.g. ``imagenet/val``: sorted folder
-names give the class indices, as for the published models). The model's own evaluation transform is used
+ROOT is an ImageFolder (one folder per class, named by WordNet id, e.g. ``imagenet/val``). Each folder's
+WordNet id is mapped to the model's ImageNet-1k class index (timm's ``ImageNetInfo`` order, that of the
+published models), so a folder holding a subset of the classes is scored against the right ones; a folder
+name that is not an ImageNet-1k WordNet id is refused. The model's own evaluation transform is used
 (224 px, crop 0.9, bicubic). Throughput counts the model's forward passes only (data loading excluded),
 after one warm-up batch. Public anchors: top-1 tiny 71.8 (re-trained 73.2), small 77.5 (78.1), medium 81.0
 (81.2); small 513 and medium 325 img/s (their README).
@@ -19,6 +21,21 @@ import sys
 import time
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+
+
+class ToImageNetIndex:
+    """ImageFolder target (index of the folder in sorted order) -> ImageNet-1k class index of its WordNet id."""
+
+    def __init__(self, folder_classes, wnids):
+        index = {w: i for i, w in enumerate(wnids)}
+        unknown = [c for c in folder_classes if c not in index]
+        if unknown:
+            raise ValueError(f"{len(unknown)} class folder(s) are not ImageNet-1k WordNet ids (e.g. {unknown[:3]}); "
+                             "name each folder by its WordNet id, e.g. n01440764")
+        self.indices = [index[c] for c in folder_classes]
+
+    def __call__(self, target: int) -> int:
+        return self.indices[target]
 
 
 def main(argv=None):
@@ -45,7 +62,14 @@ def main(argv=None):
         model = build(args.model, args.checkpoint, args.device)
     except (ValueError, RuntimeError) as err:
         p.error(str(err))
-    data = ImageFolder(args.root, transform=transform_of(model))
+    from timm.data import ImageNetInfo
+    if model.num_classes != 1000:
+        p.error(f"{args.model} has {model.num_classes} classes: this tool scores ImageNet-1k classifiers")
+    try:
+        data = ImageFolder(args.root, transform=transform_of(model))
+        data.target_transform = ToImageNetIndex(data.classes, ImageNetInfo().label_names())
+    except (FileNotFoundError, ValueError) as err:  # no class folders / no images / unknown folder names
+        p.error(f"{args.root}: {err}")
     if len(data) == 0:
         p.error(f"no images under {args.root}")
     loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, num_workers=args.workers,

@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -128,7 +128,10 @@ def main(argv=None):
     if args.size < model.size_divisor:
         p.error(f"--size {args.size}: the longer side must be at least the backbone's size divisor "
                 f"{model.size_divisor}")
-    image = load_image(args.image, args.size, model.size_divisor)
+    try:
+        image = load_image(args.image, args.size, model.size_divisor)
+    except (UnidentifiedImageError, OSError) as err:
+        p.error(f"{args.image} is not an image PIL can read ({type(err).__name__})")
     maps = cluster_maps(model, image, args.stage, args.block).numpy()
     mixer = model.network[2 * args.stage][args.block].token_mixer
     ph, pw = (mixer.proposal, mixer.proposal) if isinstance(mixer.proposal, int) else mixer.proposal

@@ -37,6 +37,7 @@ optim_wrapper = dict(
     clip_grad=None)
 
 train_dataloader = dict(batch_size=4, num_workers=4)
-# reseed the random generators every epoch from (seed, epoch, rank): --resume then continues exactly
-custom_hooks = [dict(type='EpochSeedHook')]
+# reseed the random generators every epoch from (seed, epoch, rank): --resume then continues exactly;
+# write checkpoints that torch.load's weights-only default reads with nothing allowlisted
+custom_hooks = [dict(type='EpochSeedHook'), dict(type='WeightsOnlyCheckpointHook')]
 auto_scale_lr = dict(enable=False, base_batch_size=32)

@@ -5,6 +5,8 @@
 _base_ = ['mmseg::sem_fpn/fpn_r50_4xb4-160k_ade20k-512x512.py', './_base_/coc-demo_backbone.py']
 
 custom_imports = dict(imports=['coc_det'], allow_failed_imports=False)
+# write checkpoints that torch.load's weights-only default reads with nothing allowlisted
+custom_hooks = [dict(type='WeightsOnlyCheckpointHook')]
 
 classes = ('background', 'circle', 'square', 'triangle')
 palette = [[0, 0, 0], [220, 60, 50], [60, 200, 70], [70, 110, 230]]

@@ -64,6 +64,7 @@ optim_wrapper = dict(
     _delete_=True, type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=1e-3, weight_decay=1e-4))
 auto_scale_lr = dict(enable=False, base_batch_size=4)
-# reseed the random generators every epoch from (seed, epoch, rank): --resume then continues exactly
-custom_hooks = [dict(type='EpochSeedHook')]
+# reseed the random generators every epoch from (seed, epoch, rank): --resume then continues exactly;
+# write checkpoints that torch.load's weights-only default reads with nothing allowlisted
+custom_hooks = [dict(type='EpochSeedHook'), dict(type='WeightsOnlyCheckpointHook')]
 default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=max_epochs))

@@ -6,6 +6,8 @@
 _base_ = 'mmseg::sem_fpn/fpn_r50_4xb4-160k_ade20k-512x512.py'
 
 custom_imports = dict(imports=['coc_det'], allow_failed_imports=False)
+# write checkpoints that torch.load's weights-only default reads with nothing allowlisted
+custom_hooks = [dict(type='WeightsOnlyCheckpointHook')]
 
 # ImageNet-pretrained CoC checkpoint: --cfg-options model.backbone.init_cfg.checkpoint=/path/to/coc_small.pth.tar
 pretrained = None
