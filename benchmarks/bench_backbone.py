@@ -1,14 +1,24 @@
 #!/usr/bin/env python
-"""Whole Context Cluster backbone, forward+backward at detection size: fused mixer vs the original's.
+"""Whole Context Cluster backbone, forward+backward at detection size: ours vs the original, eager and compiled,
+side by side in one run.
 
-    python benchmarks/bench_backbone.py [--variants small-25 medium-49] [--batch 2] [--size 800 1344]
-                                        [--amp] [--impls dense triton] [--json out.json] [--md out.md]
+    python benchmarks/bench_backbone.py [--variants small-25 medium-49] [--batch 2] [--size 800 1344] [--amp]
+                                        [--impls dense dense+compile triton triton+compile ...] [--json F] [--md F]
 
-``dense`` runs every mixer through the original's dense formulation (the baseline); ``triton`` through
-the fused kernels; ``reference`` through the memory-light torch path; ``triton+cp`` the fused kernels with
-``with_cp=True`` (activation checkpointing: the memory it saves). ``--amp`` runs under bf16 autocast.
-Time: median of CUDA-event timings after warm-up; memory: peak allocated above the model and input.
-On a CPU it runs forward only, batch 1, so that it finishes.
+Implementations (``MIXER[+FLAG...]``):
+
+* ``dense``: every mixer runs the original's dense formulation, autocast applying to it as in the original
+  (the baseline every ratio refers to); ``dense+compile``: ``torch.compile(model)`` of that backbone with
+  torch's defaults, the alternative a user would try first;
+* ``triton``: the fused kernels; ``triton+compile``: the backbone's own switch ``compile=True`` (one graph,
+  the fused op opaque, inductor fusing GroupNorm / layer scale / residuals / MLP); ``+graphs`` adds CUDA
+  graphs (``mode="reduce-overhead"``); ``+cp``: ``with_cp=True`` (activation checkpointing);
+* ``reference``: the memory-light torch path.
+
+Time: median of CUDA-event timings after warm-up; the first call's time (compilation included) is
+reported on its own. Memory: peak allocated above the model and input during one step. On a CPU it runs
+forward only, batch 1, so that it finishes; ``--backend aot_eager`` there captures the graphs without
+inductor's (slow on these CPUs) code generation.
 """
 from __future__ import annotations
 
@@ -24,11 +34,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks._report import report  # noqa: E402
-from coc_det.backbone import PROPOSAL_OF_CENTRES, ContextCluster  # noqa: E402
+from coc_det.backbone import COMPILE_DEFAULTS, PROPOSAL_OF_CENTRES, ContextCluster  # noqa: E402
 from coc_kernels.functional import _pair  # noqa: E402
 from coc_kernels.reference import context_cluster_dense  # noqa: E402
 
 ON_GPU = torch.cuda.is_available()
+MIXERS = ("dense", "triton", "reference")
+FLAGS = ("compile", "graphs", "cp")
 
 
 def _original_forward(self, x):
@@ -49,70 +61,122 @@ def set_impl(model, impl):
                 m.forward = types.MethodType(_original_forward, m)
 
 
-def bench(variant, impl, batch, size, amp, reps, warmup):
+def parse_impl(impl: str):
+    """``'triton+compile+cp'`` -> ``('triton', {'compile', 'cp'})``; unknown parts raise."""
+    mixer, *flags = impl.split("+")
+    if mixer not in MIXERS or any(f not in FLAGS for f in flags):
+        raise ValueError(f"implementation {impl!r}: expected one of {MIXERS} followed by +flags from {FLAGS}")
+    if "graphs" in flags and "compile" not in flags:
+        raise ValueError(f"{impl!r}: +graphs needs +compile (CUDA graphs through torch.compile)")
+    return mixer, set(flags)
+
+
+def build(impl: str, arch: str, proposal: int, device: str, backend: str = "inductor"):
+    """``(model, callable)`` of one implementation: the callable runs the (maybe compiled) model."""
+    mixer, flags = parse_impl(impl)
+    model = ContextCluster(arch, proposal=proposal, with_cp="cp" in flags).to(device)
+    set_impl(model, mixer)
+    if "compile" not in flags:
+        return model, model
+    options = dict(backend=backend)
+    if "graphs" in flags:
+        options["mode"] = "reduce-overhead"
+    if mixer == "dense":  # the user's alternative: torch.compile of the original model, torch's defaults
+        return model, torch.compile(model, **options)
+    model.compile_cfg = dict(COMPILE_DEFAULTS, **options)  # the backbone's own switch
+    return model, model
+
+
+def _sync():
+    if ON_GPU:
+        torch.cuda.synchronize()
+
+
+def bench(variant, impl, batch, size, amp, reps, warmup, backend="inductor"):
     arch, centres = variant.split("-")
     proposal = PROPOSAL_OF_CENTRES[int(centres)]
     device = "cuda" if ON_GPU else "cpu"
-    mixer, _, cp = impl.partition("+")  # "triton+cp": with activation checkpointing of every block
-    model = ContextCluster(arch, proposal=proposal, with_cp=cp == "cp").to(device)
-    set_impl(model, mixer)
+    model, run = build(impl, arch, proposal, device, backend)
     x = torch.randn(batch, 3, *size, device=device)
     ctx = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if amp else torch.enable_grad
 
     def step():
-        with ctx():
-            outs = model(x)
         if ON_GPU:
+            with ctx():
+                outs = run(x)
             sum(o.float().sum() for o in outs).backward()
-
-    times = []
-    for i in range(warmup + reps):
-        if ON_GPU:
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        if ON_GPU:
-            step()
-            torch.cuda.synchronize()
         else:
             with torch.no_grad(), ctx():
-                model(x)
-        if i >= warmup:
-            times.append((time.perf_counter() - t) * 1e3)
+                run(x)
+
+    times = []
+    first_ms = None
+    for i in range(max(warmup, 1) + reps):
+        _sync()
+        t = time.perf_counter()
+        step()
+        _sync()
+        ms = (time.perf_counter() - t) * 1e3
+        if i == 0:
+            first_ms = ms
+        elif i >= max(warmup, 1):
+            times.append(ms)
         model.zero_grad(set_to_none=True)
-    res = dict(variant=variant, impl=impl, batch=batch, size=list(size), amp=amp,
-               ms=statistics.median(times), what="fwd+bwd" if ON_GPU else "fwd")
+    res = dict(variant=variant, impl=impl, batch=batch, size=list(size), amp=amp, ms=statistics.median(times),
+               first_call_ms=first_ms, what="fwd+bwd" if ON_GPU else "fwd")
     if ON_GPU:
-        torch.cuda.synchronize()
+        _sync()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         step()
-        torch.cuda.synchronize()
+        _sync()
         res["peak_extra_gb"] = (torch.cuda.max_memory_allocated() - base) / 2 ** 30
         model.zero_grad(set_to_none=True)
-    del model
+    del model, run
     if ON_GPU:
         torch.cuda.empty_cache()
     return res
 
 
+def table(rows, title):
+    lines = [title, "", "| variant | impl | time (ms) | first call (ms, incl. compile) | peak extra memory (GB) "
+                        "| vs dense | vs dense+compile |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ms = f"{r['ms']:.1f}" if "ms" in r else r.get("error", "-")
+        first = f"{r['first_call_ms']:.0f}" if "first_call_ms" in r else "-"
+        mem = f"{r['peak_extra_gb']:.2f}" if "peak_extra_gb" in r else "-"
+        ratios = []
+        for ref_impl in ("dense", "dense+compile"):
+            ref = next((q for q in rows if q.get("impl") == ref_impl and q["variant"] == r["variant"] and "ms" in q),
+                       None)
+            ratios.append(f"{r['ms'] / ref['ms']:.2f}x time" if ref and "ms" in r else "-")
+        lines.append(f"| {r['variant']} | {r['impl']} | {ms} | {first} | {mem} | {ratios[0]} | {ratios[1]} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=["small-25", "medium-49"])
-    p.add_argument("--impls", nargs="+", default=["dense", "triton", "triton+cp"] if ON_GPU else ["dense", "reference"],
-                   help="mixer implementations; '+cp' adds with_cp=True (activation checkpointing)")
+    p.add_argument("--impls", nargs="+",
+                   default=["dense", "dense+compile", "triton", "triton+compile", "triton+compile+graphs",
+                            "triton+cp"] if ON_GPU else ["dense", "reference"],
+                   help="MIXER[+compile][+graphs][+cp], see above")
     p.add_argument("--batch", type=int, default=2 if ON_GPU else 1)
     p.add_argument("--size", nargs=2, type=int, default=[800, 1344])
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
+    p.add_argument("--backend", default="inductor", help="torch.compile backend of the +compile variants")
     p.add_argument("--reps", type=int, default=10 if ON_GPU else 2)
     p.add_argument("--warmup", type=int, default=3 if ON_GPU else 1)
     p.add_argument("--json")
     p.add_argument("--md")
     args = p.parse_args(argv)
+    for impl in args.impls:
+        parse_impl(impl)  # refuse a typo before anything runs
     rows = []
     for variant in args.variants:
         for impl in args.impls:
             try:
-                r = bench(variant, impl, args.batch, args.size, args.amp, args.reps, args.warmup)
+                r = bench(variant, impl, args.batch, args.size, args.amp, args.reps, args.warmup, args.backend)
             except torch.cuda.OutOfMemoryError:
                 r = dict(variant=variant, impl=impl, error="OOM")
                 torch.cuda.empty_cache()
@@ -120,17 +184,10 @@ def main(argv=None):
             print(json.dumps(r), flush=True)
     dev = torch.cuda.get_device_name() if ON_GPU else f"CPU ({torch.get_num_threads()} threads)"
     what = "fwd+bwd" if ON_GPU else "forward only"
-    lines = [f"Backbone benchmark on {dev}, torch {torch.__version__}, batch {args.batch}, "
-             f"{args.size[0]}x{args.size[1]}, {'bf16 autocast' if args.amp else 'fp32'}, {what}", "",
-             "| variant | impl | time (ms) | peak extra memory (GB) | speed-up vs dense |", "|---|---|---|---|---|"]
-    base = {r["variant"]: r for r in rows if r.get("impl") == "dense" and "ms" in r}
-    for r in rows:
-        ref = base.get(r["variant"])
-        ratio = f"{ref['ms'] / r['ms']:.1f}x" if ref and "ms" in r else "-"
-        ms = f"{r['ms']:.1f}" if "ms" in r else r.get("error", "-")
-        mem = f"{r['peak_extra_gb']:.2f}" if "peak_extra_gb" in r else "-"
-        lines.append(f"| {r['variant']} | {r['impl']} | {ms} | {mem} | {ratio} |")
-    report("\n".join(lines), rows, dev, args.json, args.md)
+    title = (f"Backbone benchmark on {dev}, torch {torch.__version__}, batch {args.batch}, {args.size[0]}x{args.size[1]}, "
+             f"{'bf16 autocast' if args.amp else 'fp32'}, {what}, compile backend {args.backend}, "
+             f"median of {args.reps}")
+    report(table(rows, title), rows, dev, args.json, args.md)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,13 @@
 #   2. fused vs dense correctness at the real detection shapes (forward + gradients, fp32 and bf16),
 #   3. the mixer benchmark (every stage and centre count, fp32; bf16; torch.compile baseline at stage 1)
 #      and the per-kernel time of the fused path at stage 1,
-#   4. the backbone benchmark (small-25 and medium-49, fp32 and bf16 autocast).
+#   4. the backbone benchmark (small-25 and medium-49, fp32 and bf16 autocast): the original eager and
+#      compiled, the fused op eager, compiled (the backbone's compile switch, with and without CUDA graphs)
+#      and with activation checkpointing,
+#   5. the Mask R-CNN training step (benchmarks/bench_train.py) where mmdet is installed.
 # Tables land in OUT_DIR (default: bench_out); a summary is printed last. Measured on an H100 (2026-11-26):
-# about 4 minutes. Tuning aid, not part of the check: benchmarks/sweep_configs.py.
+# about 4 minutes before the compiled backbone variants were added (not yet run with them: budget for
+# 2-3 more minutes of inductor compilation). Tuning aid, not part of the check: benchmarks/sweep_configs.py.
 #   bash benchmarks/gpu_check.sh [OUT_DIR]
 set -uo pipefail
 OUT=${1:-bench_out}
@@ -28,9 +32,20 @@ run $PY benchmarks/bench_mixer.py --arch small --dtype bfloat16 --impls dense tr
 run $PY benchmarks/bench_mixer.py --arch small --stages 1 --centres 25 49 --impls dense+compile triton \
     --json "$OUT/mixer_compile.json" --md "$OUT/mixer_compile.md" --profile
 run $PY benchmarks/bench_mixer.py --arch small --stages 4 --centres 49 --impls triton --profile --reps 5
-run $PY benchmarks/bench_backbone.py --impls dense triton --reps 5 --json "$OUT/backbone_fp32.json" --md "$OUT/backbone_fp32.md"
-run $PY benchmarks/bench_backbone.py --impls dense triton --reps 5 --amp --json "$OUT/backbone_bf16.json" --md "$OUT/backbone_bf16.md"
+# whole backbone, side by side: original eager / torch.compile of it / fused eager / fused + compile switch
+# (+ CUDA graphs) / fused + activation checkpointing; fp32 and bf16; compile time in its own column
+run $PY benchmarks/bench_backbone.py --variants small-25 medium-49 --reps 5 --json "$OUT/backbone_fp32.json" \
+    --md "$OUT/backbone_fp32.md"
+run $PY benchmarks/bench_backbone.py --variants small-25 --reps 5 --amp --json "$OUT/backbone_bf16.json" \
+    --md "$OUT/backbone_bf16.md"
+# the Mask R-CNN training step needs mmdet (mmcv with CUDA ops), which this machine may not have
+if $PY -c 'import mmdet, mmcv.ops' 2>/dev/null; then
+  run $PY benchmarks/bench_train.py --configs configs/mask-rcnn_coc-small-25_fpn_1x_coco.py --iters 5 \
+      --json "$OUT/train.json" --md "$OUT/train.md"
+else
+  echo "== bench_train.py skipped: mmdet / mmcv ops not installed here" | tee "$OUT/train.md"
+fi
 echo "== total $((SECONDS - T0)) s, status $status"
 
-cat "$OUT"/correctness.md "$OUT"/mixer*.md "$OUT"/backbone*.md
+cat "$OUT"/correctness.md "$OUT"/mixer*.md "$OUT"/backbone*.md "$OUT"/train.md
 exit $status

@@ -106,39 +106,46 @@ print('DONE')
     assert all(mod.startswith("torch.") and is_class == "True" for mod, _, is_class in added), added
 
 
-@pytest.mark.parametrize("how", ["torch.load", "read_checkpoint", "load_pretrained", "init_cfg", "classifier",
-                                 "user_allowlist_kept"])
-def test_exploit_never_runs_in_a_process_that_imported_coc_det(tmp_path, how):
+LOADERS = {  # every way into a checkpoint in a process that imported coc_det (one interpreter, in this order)
+    "torch.load": "torch.load(P)",
+    "read_checkpoint": "read_checkpoint(P)",
+    "load_pretrained": "ContextCluster(TINY).load_pretrained(P)",
+    "init_cfg": "ContextCluster(TINY, init_cfg=dict(type='Pretrained', checkpoint=P)).init_weights()",
+    "classifier": "load_classifier_checkpoint(create_classifier('coc_tiny'), P)",
+    # last: a user's own allowlist of a plain class stays as it was, and does not open the file either
+    "user_allowlist_kept": "torch.serialization.add_safe_globals([argparse.Namespace]); read_checkpoint(P)",
+}
+
+
+def test_exploit_never_runs_in_a_process_that_imported_coc_det(tmp_path):
     marker, path = tmp_path / "PWNED", tmp_path / "evil.pth"
     write_exploit(path, marker)
-    call = {
-        "torch.load": "torch.load(P)",
-        "read_checkpoint": "read_checkpoint(P)",
-        "load_pretrained": "ContextCluster(TINY).load_pretrained(P)",
-        "init_cfg": "ContextCluster(TINY, init_cfg=dict(type='Pretrained', checkpoint=P)).init_weights()",
-        "classifier": "load_classifier_checkpoint(create_classifier('coc_tiny'), P)",
-        # a user's own allowlist of a plain class stays as it was, and does not open the file either
-        "user_allowlist_kept": "torch.serialization.add_safe_globals([argparse.Namespace]); read_checkpoint(P)",
-    }[how]
+    calls = "".join(f"""
+try:
+    {call}
+    print({how!r}, 'LOADED')
+except (CheckpointError, pickle.UnpicklingError) as err:
+    print({how!r}, 'REFUSED', type(err).__name__, str(err).splitlines()[0][:300].replace(' ', '_'))
+print({how!r}, 'TUPLE', builtins.__dict__['tuple'] is type((1,)), 'MARKER', os.path.exists(P_MARK),
+      'NAMESPACE', argparse.Namespace in torch.serialization.get_safe_globals())
+""" for how, call in LOADERS.items())
     proc = _python(f"""
-import argparse, builtins, pickle, torch
+import argparse, builtins, os, pickle, torch
 import coc_det
 from coc_det import ContextCluster
 from coc_det.checkpoint import CheckpointError, read_checkpoint
 from coc_det.classifier import create_classifier, load_classifier_checkpoint
-P, TINY = {str(path)!r}, {TINY!r}
-try:
-    {call}
-except (CheckpointError, pickle.UnpicklingError) as err:
-    print('REFUSED', type(err).__name__, str(err).splitlines()[0][:300])
-print('TUPLE', builtins.__dict__['tuple'] is type((1,)))
-print('NAMESPACE', argparse.Namespace in torch.serialization.get_safe_globals())
-""")
+P, P_MARK, TINY = {str(path)!r}, {str(marker)!r}, {TINY!r}
+""" + calls)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "REFUSED" in proc.stdout and "TUPLE True" in proc.stdout, proc.stdout
-    if how in ("read_checkpoint", "load_pretrained", "init_cfg", "classifier"):
-        assert "getattr" in proc.stdout  # named in the message
-    assert ("NAMESPACE True" if how == "user_allowlist_kept" else "NAMESPACE False") in proc.stdout
+    out = {line.split()[0].strip("'"): line for line in proc.stdout.splitlines() if "TUPLE" in line}
+    refused = {line.split()[0].strip("'"): line for line in proc.stdout.splitlines() if "REFUSED" in line}
+    assert sorted(out) == sorted(LOADERS) and sorted(refused) == sorted(LOADERS), proc.stdout
+    for how in LOADERS:
+        assert "TUPLE True MARKER False" in out[how], (how, proc.stdout)
+        assert ("NAMESPACE True" if how == "user_allowlist_kept" else "NAMESPACE False") in out[how]
+        if how != "torch.load":
+            assert "getattr" in refused[how]  # named in our message
     assert not marker.exists()
 
 

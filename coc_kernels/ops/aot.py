@@ -119,4 +119,40 @@ def compile_spec(spec: Spec, cc: int, resources: bool = True) -> dict:
 
     out.update(regs=num(r"Used (\d+) registers"), stack=num(r"(\d+) bytes stack frame"),
                spill_stores=num(r"(\d+) bytes spill stores"), spill_loads=num(r"(\d+) bytes spill loads"))
+    out["loop_converts"] = loop_converts(k.asm.get("ttgir", ""))
+    out["programs_per_sm"] = programs_per_sm(out["regs"], spec.num_warps, out["shared"], cc)
     return out
+
+
+#: per-multiprocessor limits of the GPUs the gate checks (CUDA occupancy calculator): 64K 32-bit registers,
+#: allocated per warp in units of 256; resident warps and blocks; shared memory per SM and per-block reserve
+SM_LIMITS = {80: dict(warps=64, blocks=32, smem=164 * 1024, reserve=1024),
+             90: dict(warps=64, blocks=32, smem=228 * 1024, reserve=1024)}
+
+
+def programs_per_sm(regs: int, num_warps: int, shared: int, cc: int) -> int:
+    """Programs (thread blocks) of one kernel that fit on a multiprocessor at once, limited by registers,
+    warps, blocks and shared memory: the occupancy the launch can reach, computed without a GPU."""
+    lim = SM_LIMITS.get(cc, SM_LIMITS[90])
+    per_warp = -(-max(regs, 1) * 32 // 256) * 256
+    by_regs = (65536 // per_warp) // num_warps
+    by_warps = lim["warps"] // num_warps
+    by_smem = lim["smem"] // (shared + lim["reserve"]) if shared else lim["blocks"]
+    return max(0, min(by_regs, by_warps, by_smem, lim["blocks"]))
+
+
+def loop_converts(ttgir: str) -> int:
+    """``convert_layout`` operations inside loops of a kernel's TTGIR: each moves a register tile to another
+    distribution across threads (through shared memory, unless the two layouts happen to agree) on every
+    iteration. Loops are ``scf.for`` / ``scf.while`` regions, found by brace depth."""
+    depth, loop_depths, n = 0, [], 0
+    for line in ttgir.splitlines():
+        code = line.split("//")[0]
+        if re.search(r"\bscf\.(for|while)\b", code) and code.rstrip().endswith("{"):
+            loop_depths.append(depth + 1)
+        if "convert_layout" in code and loop_depths:
+            n += 1
+        depth += code.count("{") - code.count("}")
+        while loop_depths and depth < loop_depths[-1]:
+            loop_depths.pop()
+    return n

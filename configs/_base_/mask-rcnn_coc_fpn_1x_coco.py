@@ -27,6 +27,9 @@ model = dict(
         # the paper's Eq. 1, as today's public code and ImageNet checkpoints; tools/test.py switches to 'count'
         # by itself for detectors trained by the original mmdet 2.x code (see README)
         denominator='similarity',
+        # True: torch.compile the whole backbone as one graph (inductor fuses GroupNorm, layer scale, residuals,
+        # MLP; image sizes symbolic, so varying padded sizes do not recompile). See README "Compiled backbone".
+        compile=False,
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[64, 128, 320, 512], out_channels=256, num_outs=5))
 
