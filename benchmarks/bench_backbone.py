@@ -96,6 +96,9 @@ def bench(variant, impl, batch, size, amp, reps, warmup, backend="inductor"):
     arch, centres = variant.split("-")
     proposal = PROPOSAL_OF_CENTRES[int(centres)]
     device = "cuda" if ON_GPU else "cpu"
+    # a fresh dynamo cache per variant: compiled graphs of earlier models would count against its per-function
+    # limit, past which torch runs the model eager without saying so in the table
+    torch._dynamo.reset()
     model, run = build(impl, arch, proposal, device, backend)
     x = torch.randn(batch, 3, *size, device=device)
     ctx = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if amp else torch.enable_grad

@@ -83,6 +83,9 @@ def synthetic_batch(batch: int, size, num_classes: int = 80):
 
 def bench(config, impl, batch, size, iters, warmup, amp, backend, infer_iters, cfg_options=None):
     device = "cuda" if ON_GPU else "cpu"
+    # a fresh dynamo cache per variant: compiled graphs of earlier models would count against its per-function
+    # limit, past which torch runs the model eager without saying so in the table
+    torch._dynamo.reset()
     model, optim = build_detector(config, impl, device, amp, backend, cfg_options)
     data = synthetic_batch(batch, size)
     times, first = [], None
