@@ -110,6 +110,25 @@ def seg_demo(tmp_path_factory):
     return dict(proc=proc, work=work, opts=opts, env=env, data=data)
 
 
+def test_checkpoint_works_in_mmsegs_init_model(seg_demo, tmp_path):
+    """The segmentor checkpoint a run writes through mmseg's own loader (``init_model`` / ``inference_model``) in
+    a fresh interpreter that imports nothing of ours: no allowlist is needed (WeightsOnlyCheckpointHook)."""
+    assert seg_demo["proc"].returncode == 0
+    image = sorted(glob.glob(str(seg_demo["data"] / "images" / "validation" / "*.png")))[0]
+    code = f"""
+import sys
+from mmseg.apis import inference_model, init_model
+assert 'coc_det' not in sys.modules
+model = init_model({DEMO!r}, {str(seg_demo["work"] / "iter_60.pth")!r}, device='cpu')
+res = inference_model(model, {image!r})
+print('SEG', type(model.backbone).__name__, tuple(res.pred_sem_seg.data.shape))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+                          env=seg_demo["env"])
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "SEG ContextCluster (1, 128, 128)" in proc.stdout, proc.stdout
+
+
 def test_demo_trains_and_tests_with_miou_well_above_chance(seg_demo, tmp_path):
     proc = seg_demo["proc"]
     log = proc.stdout + proc.stderr
