@@ -25,50 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
-import types
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks._harness import ON_GPU, compile_options, parse_impl, peak_extra_gb, set_impl, time_steps  # noqa: E402
 from benchmarks._report import report  # noqa: E402
 from coc_det.backbone import COMPILE_DEFAULTS, PROPOSAL_OF_CENTRES, ContextCluster  # noqa: E402
-from coc_kernels.functional import _pair  # noqa: E402
-from coc_kernels.reference import context_cluster_dense  # noqa: E402
-
-ON_GPU = torch.cuda.is_available()
-MIXERS = ("dense", "triton", "reference")
-FLAGS = ("compile", "graphs", "cp")
-
-
-def _original_forward(self, x):
-    """The original Cluster.forward's arithmetic as it ran: the dense formulation called directly, so an
-    enclosing autocast applies to it (the public op computes in fp32 inside on every path instead)."""
-    out = context_cluster_dense(self.f(x), self.v(x), self.sim_alpha, self.sim_beta, heads=self.heads,
-                                proposal=_pair(self.proposal, "proposal"), fold=_pair(self.fold, "fold"),
-                                denominator=self.denominator)
-    return self.proj(out)
-
-
-def set_impl(model, impl):
-    """Mixer implementation of every block; ``dense`` is the original's, autocast included (the baseline)."""
-    for m in model.modules():
-        if hasattr(m, "impl") and hasattr(m, "sim_alpha"):
-            m.impl = impl
-            if impl == "dense":
-                m.forward = types.MethodType(_original_forward, m)
-
-
-def parse_impl(impl: str):
-    """``'triton+compile+cp'`` -> ``('triton', {'compile', 'cp'})``; unknown parts raise."""
-    mixer, *flags = impl.split("+")
-    if mixer not in MIXERS or any(f not in FLAGS for f in flags):
-        raise ValueError(f"implementation {impl!r}: expected one of {MIXERS} followed by +flags from {FLAGS}")
-    if "graphs" in flags and "compile" not in flags:
-        raise ValueError(f"{impl!r}: +graphs needs +compile (CUDA graphs through torch.compile)")
-    return mixer, set(flags)
 
 
 def build(impl: str, arch: str, proposal: int, device: str, backend: str = "inductor"):
@@ -76,20 +40,13 @@ def build(impl: str, arch: str, proposal: int, device: str, backend: str = "indu
     mixer, flags = parse_impl(impl)
     model = ContextCluster(arch, proposal=proposal, with_cp="cp" in flags).to(device)
     set_impl(model, mixer)
-    if "compile" not in flags:
+    options = compile_options(flags, backend)
+    if options is None:
         return model, model
-    options = dict(backend=backend)
-    if "graphs" in flags:
-        options["mode"] = "reduce-overhead"
     if mixer == "dense":  # the user's alternative: torch.compile of the original model, torch's defaults
         return model, torch.compile(model, **options)
     model.compile_cfg = dict(COMPILE_DEFAULTS, **options)  # the backbone's own switch
     return model, model
-
-
-def _sync():
-    if ON_GPU:
-        torch.cuda.synchronize()
 
 
 def bench(variant, impl, batch, size, amp, reps, warmup, backend="inductor"):
@@ -112,29 +69,12 @@ def bench(variant, impl, batch, size, amp, reps, warmup, backend="inductor"):
             with torch.no_grad(), ctx():
                 run(x)
 
-    times = []
-    first_ms = None
-    for i in range(max(warmup, 1) + reps):
-        _sync()
-        t = time.perf_counter()
-        step()
-        _sync()
-        ms = (time.perf_counter() - t) * 1e3
-        if i == 0:
-            first_ms = ms
-        elif i >= max(warmup, 1):
-            times.append(ms)
-        model.zero_grad(set_to_none=True)
-    res = dict(variant=variant, impl=impl, batch=batch, size=list(size), amp=amp, ms=statistics.median(times),
-               first_call_ms=first_ms, what="fwd+bwd" if ON_GPU else "fwd")
-    if ON_GPU:
-        _sync()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        _sync()
-        res["peak_extra_gb"] = (torch.cuda.max_memory_allocated() - base) / 2 ** 30
-        model.zero_grad(set_to_none=True)
+    first_ms, ms = time_steps(step, warmup, reps, after=lambda: model.zero_grad(set_to_none=True))
+    res = dict(variant=variant, impl=impl, batch=batch, size=list(size), amp=amp, ms=ms, first_call_ms=first_ms,
+               what="fwd+bwd" if ON_GPU else "fwd")
+    peak = peak_extra_gb(step)
+    if peak is not None:
+        res["peak_extra_gb"] = peak
     del model, run
     if ON_GPU:
         torch.cuda.empty_cache()

@@ -12,7 +12,7 @@ The detector is mmdet's, built from the config (COCO's 80 classes); the batch is
 bf16). Implementations: ``dense`` = the original mixer (dense formulation, eager), ``dense+compile`` = that
 backbone under ``torch.compile`` with torch's defaults (the user's alternative), ``triton`` = the fused
 mixer, ``triton+compile`` = the backbone's ``compile=True`` switch; ``reference`` = the memory-light torch
-path. Reported: median ms per iteration after warm-up, the first iteration (compilation included), peak
+path; ``+graphs`` and ``+cp`` as in ``bench_backbone.py`` (CUDA graphs, activation checkpointing). Reported: median ms per iteration after warm-up, the first iteration (compilation included), peak
 memory, and inference images/s at batch 1 (``model.test_step``, test mode).
 """
 from __future__ import annotations
@@ -21,7 +21,6 @@ import argparse
 import ast
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -29,17 +28,12 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from benchmarks._harness import (ON_GPU, compile_options, parse_impl, peak_extra_gb, set_impl,  # noqa: E402
+                                 sync, time_steps)
 from benchmarks._report import report  # noqa: E402
-from benchmarks.bench_backbone import parse_impl, set_impl  # noqa: E402
 from coc_det.backbone import COMPILE_DEFAULTS  # noqa: E402
 
-ON_GPU = torch.cuda.is_available()
 CONFIGS = [os.path.join(ROOT, "configs", f"mask-rcnn_coc-{v}_fpn_1x_coco.py") for v in ("small-25", "medium-49")]
-
-
-def _sync():
-    if ON_GPU:
-        torch.cuda.synchronize()
 
 
 def build_detector(config: str, impl: str, device: str, amp: bool, backend: str, cfg_options=None):
@@ -59,15 +53,17 @@ def build_detector(config: str, impl: str, device: str, amp: bool, backend: str,
         for part in path:
             node = node[part]
         node[last] = value
+    options = compile_options(flags, backend)
     cfg.model.backbone.init_cfg = None
+    cfg.model.backbone.with_cp = "cp" in flags
     cfg.model.backbone.mixer_impl = "reference" if mixer == "dense" else mixer  # dense: patched below
-    if "compile" in flags and mixer != "dense":
-        cfg.model.backbone.compile = dict(COMPILE_DEFAULTS, backend=backend)
+    if options is not None and mixer != "dense":
+        cfg.model.backbone.compile = dict(COMPILE_DEFAULTS, **options)
     model = MODELS.build(cfg.model).to(device)
     if mixer == "dense":
         set_impl(model.backbone, "dense")  # the original's formulation, as it ran
-        if "compile" in flags:  # torch.compile of the original backbone, torch's defaults
-            model.backbone = torch.compile(model.backbone, backend=backend)
+        if options is not None:  # torch.compile of the original backbone, torch's defaults
+            model.backbone = torch.compile(model.backbone, **options)
     model.train()
     wrapper = dict(cfg.optim_wrapper)
     if amp:
@@ -88,36 +84,22 @@ def bench(config, impl, batch, size, iters, warmup, amp, backend, infer_iters, c
     torch._dynamo.reset()
     model, optim = build_detector(config, impl, device, amp, backend, cfg_options)
     data = synthetic_batch(batch, size)
-    times, first = [], None
-    for i in range(max(warmup, 1) + iters):
-        _sync()
-        t = time.perf_counter()
-        model.train_step(data, optim)
-        _sync()
-        ms = (time.perf_counter() - t) * 1e3
-        if i == 0:
-            first = ms
-        elif i >= max(warmup, 1):
-            times.append(ms)
+    first, ms = time_steps(lambda: model.train_step(data, optim), warmup, iters)
     res = dict(config=os.path.basename(config), impl=impl, batch=batch, size=list(size), amp=amp,
-               ms_per_iter=statistics.median(times), first_iter_ms=first)
-    if ON_GPU:
-        _sync()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        model.train_step(data, optim)
-        _sync()
-        res["peak_extra_gb"] = (torch.cuda.max_memory_allocated() - base) / 2 ** 30
+               ms_per_iter=ms, first_iter_ms=first)
+    peak = peak_extra_gb(lambda: model.train_step(data, optim))
+    if peak is not None:
+        res["peak_extra_gb"] = peak
     if infer_iters:
         model.eval()
         one = synthetic_batch(1, size)
         with torch.no_grad():
             model.test_step(one)  # warm-up (compiles the batch-1 graph)
-            _sync()
+            sync()
             t = time.perf_counter()
             for _ in range(infer_iters):
                 model.test_step(one)
-            _sync()
+            sync()
         res["infer_img_per_s"] = infer_iters / (time.perf_counter() - t)
     del model, optim
     if ON_GPU:

@@ -49,6 +49,20 @@ class EpochSeedHook(Hook):
         torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+def _rebuild(obj, convert):
+    """``obj`` with ``convert`` applied top-down: where ``convert`` returns something other than the value it
+    was given, that replaces it; otherwise dicts, lists and tuples are rebuilt from their converted items."""
+    new = convert(obj)
+    if new is not obj:
+        return new
+    if isinstance(obj, dict):
+        items = ((k, _rebuild(v, convert)) for k, v in obj.items())
+        return OrderedDict(items) if isinstance(obj, OrderedDict) else dict(items)
+    if type(obj) in (list, tuple):
+        return type(obj)(_rebuild(v, convert) for v in obj)
+    return obj
+
+
 def _array(a: np.ndarray):
     """A numpy array as a tensor (numeric dtypes) or a nested list (others)."""
     try:
@@ -57,9 +71,7 @@ def _array(a: np.ndarray):
         return plain_data(a.tolist())
 
 
-def plain_data(obj):
-    """``obj`` with numpy values and mmengine ``HistoryBuffer`` objects replaced by what torch's weights-only
-    loader reads without an allowlist (containers rebuilt, tensors and other values kept as they are)."""
+def _plain_value(obj):
     if isinstance(obj, HistoryBuffer):
         log, count = obj.data
         return {BUFFER_TAG: dict(log=_array(log), count=_array(count), max_length=int(obj.max_length))}
@@ -69,27 +81,26 @@ def plain_data(obj):
         return obj.item()
     if isinstance(obj, np.dtype):
         return str(obj)
-    if isinstance(obj, OrderedDict):
-        return OrderedDict((k, plain_data(v)) for k, v in obj.items())
-    if isinstance(obj, dict):
-        return {k: plain_data(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)) and type(obj) in (list, tuple):
-        return type(obj)(plain_data(v) for v in obj)
+    return obj
+
+
+def plain_data(obj):
+    """``obj`` with numpy values and mmengine ``HistoryBuffer`` objects replaced by what torch's weights-only
+    loader reads without an allowlist (containers rebuilt, tensors and other values kept as they are)."""
+    return _rebuild(obj, _plain_value)
+
+
+def _history_buffer(obj):
+    if isinstance(obj, dict) and set(obj) == {BUFFER_TAG}:
+        d = obj[BUFFER_TAG]
+        as_np = (lambda t: t.numpy() if isinstance(t, torch.Tensor) else np.array(t))
+        return HistoryBuffer(as_np(d["log"]), as_np(d["count"]), int(d["max_length"]))
     return obj
 
 
 def history_buffers(obj):
     """The inverse of :func:`plain_data` for the tagged ``HistoryBuffer`` dicts (numpy values stay plain)."""
-    if isinstance(obj, dict) and set(obj) == {BUFFER_TAG}:
-        d = obj[BUFFER_TAG]
-        as_np = (lambda t: t.numpy() if isinstance(t, torch.Tensor) else np.array(t))
-        return HistoryBuffer(as_np(d["log"]), as_np(d["count"]), int(d["max_length"]))
-    if isinstance(obj, dict):
-        out = {k: history_buffers(v) for k, v in obj.items()}
-        return OrderedDict(out) if isinstance(obj, OrderedDict) else out
-    if isinstance(obj, (list, tuple)) and type(obj) in (list, tuple):
-        return type(obj)(history_buffers(v) for v in obj)
-    return obj
+    return _rebuild(obj, _history_buffer)
 
 
 @HOOKS.register_module(force=True)
