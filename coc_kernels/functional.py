@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .reference import (DEFAULT_DENOMINATOR, DENOMINATORS, cluster_assignment_reference, compute_dtype,
-                        context_cluster_dense, context_cluster_light)
+from .reference import (DEFAULT_DENOMINATOR, DENOMINATORS, cluster_assignment_dense, cluster_assignment_reference,
+                        compute_dtype, context_cluster_dense, context_cluster_light)
 
 IntPair = Union[int, Sequence[int]]
 IMPLS = ("auto", "triton", "reference", "dense")
@@ -217,7 +217,8 @@ def cluster_assignment(x: Tensor, alpha: Tensor, beta: Tensor, *, heads: int, pr
     """Index of the centre every pixel is assigned to, per head: ``[B, heads, H, W]`` int64.
 
     Centre ``m = i*pw + j`` is the (i, j)-th adaptive-pool window of the pixel's region. Runs only the
-    pooling and the assignment (no aggregate/dispatch), without autograd.
+    pooling and the assignment (no aggregate/dispatch), without autograd. ``impl='dense'`` takes the argmax
+    of the original's dense ``[G, M, N]`` similarity (the oracle), ``'reference'`` the light path's.
     """
     heads, proposal, fold = check_inputs(x, None, alpha, beta, heads, proposal, fold)
     impl = resolve_impl(impl, x, proposal[0] * proposal[1])
@@ -227,9 +228,9 @@ def cluster_assignment(x: Tensor, alpha: Tensor, beta: Tensor, *, heads: int, pr
         return torch.empty(B, heads, H, W, dtype=torch.int64, device=x.device)
     if impl in ("reference", "dense"):
         acc = compute_dtype(x.dtype)
-        with torch.autocast(x.device.type, enabled=False):
-            return cluster_assignment_reference(x.to(acc), alpha.to(acc), beta.to(acc), heads=heads,
-                                                proposal=proposal, fold=fold)
+        fn = cluster_assignment_dense if impl == "dense" else cluster_assignment_reference
+        with torch.autocast(x.device.type, enabled=False), torch.no_grad():
+            return fn(x.to(acc), alpha.to(acc), beta.to(acc), heads=heads, proposal=proposal, fold=fold)
     from .ops.context_cluster import assignment
     (ph, pw), (fh, fw) = proposal, fold
     with torch.no_grad():

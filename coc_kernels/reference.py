@@ -55,17 +55,22 @@ def from_groups(t: torch.Tensor, B: int, heads: int, fold: Tuple[int, int]) -> t
     return t.reshape(B, heads * c, fh * rh, fw * rw)
 
 
+def _dense_similarity(xg: torch.Tensor, alpha, beta, proposal) -> torch.Tensor:
+    """``s = sigmoid(beta + alpha * cos(centre, point))`` of groups ``xg [G, d, rh, rw]``: ``[G, M, N]``."""
+    centres = F.adaptive_avg_pool2d(xg, proposal)  # [G, d, ph, pw]
+    c_hat = F.normalize(centres.flatten(2).transpose(1, 2), dim=-1)  # [G, M, d]
+    x_hat = F.normalize(xg.flatten(2).transpose(1, 2), dim=-1)  # [G, N, d]
+    return torch.sigmoid(beta + alpha * torch.matmul(c_hat, x_hat.transpose(-2, -1)))
+
+
 def context_cluster_dense(x, value, alpha, beta, *, heads: int, proposal, fold, denominator=DEFAULT_DENOMINATOR):
     """The original mixer body, restated: dense similarity, one-hot mask, ``[G, M, N, d]`` products."""
     B = x.shape[0]
     xg = to_groups(x, heads, fold)  # [G, d, rh, rw]
     vg = to_groups(value, heads, fold)  # [G, dv, rh, rw]
     G, d, rh, rw = xg.shape
-    centres = F.adaptive_avg_pool2d(xg, proposal)  # [G, d, ph, pw]
     vcentres = F.adaptive_avg_pool2d(vg, proposal).flatten(2).transpose(1, 2)  # [G, M, dv]
-    c_hat = F.normalize(centres.flatten(2).transpose(1, 2), dim=-1)  # [G, M, d]
-    x_hat = F.normalize(xg.flatten(2).transpose(1, 2), dim=-1)  # [G, N, d]
-    sim = torch.sigmoid(beta + alpha * torch.matmul(c_hat, x_hat.transpose(-2, -1)))  # [G, M, N]
+    sim = _dense_similarity(xg, alpha, beta, proposal)  # [G, M, N]
     _, idx = sim.max(dim=1, keepdim=True)
     mask = torch.zeros_like(sim)
     mask.scatter_(1, idx, 1.0)
@@ -76,6 +81,16 @@ def context_cluster_dense(x, value, alpha, beta, *, heads: int, proposal, fold, 
     out = (out.unsqueeze(2) * sim.unsqueeze(-1)).sum(dim=1)  # [G, N, dv]
     out = out.transpose(1, 2).reshape(G, -1, rh, rw)
     return from_groups(out, B, heads, fold)
+
+
+def cluster_assignment_dense(x, alpha, beta, *, heads: int, proposal, fold) -> torch.Tensor:
+    """The original's assignment (argmax over centres of the dense similarity, first index on ties), as a map
+    ``[B, heads, H, W]`` int64: the oracle for the light path's and the kernels' assignment."""
+    B = x.shape[0]
+    xg = to_groups(x, heads, fold)
+    G, _, rh, rw = xg.shape
+    idx = _dense_similarity(xg, alpha, beta, proposal).max(dim=1).indices  # [G, N]
+    return from_groups(idx.reshape(G, 1, rh, rw), B, heads, fold)
 
 
 def _points(t: torch.Tensor, heads: int, fold: Tuple[int, int]) -> torch.Tensor:

@@ -12,6 +12,9 @@ import torch
 
 from coc_det import ARCH_SETTINGS, ContextCluster, ContextClusterClassifier
 from coc_kernels import DEFAULT_DENOMINATOR, context_cluster
+from coc_det.checkpoint import read_checkpoint
+from coc_det.classifier import create_classifier
+from original_coc import OriginalContextCluster, random_public_weights
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 IMAGE = osp.join(ROOT, "tests", "data", "shapes.png")
@@ -76,16 +79,17 @@ def test_denominator_defaults_to_the_papers_similarity():
 
 # ------------------------------------------------------------------------------------ timm
 def _public_checkpoint(tmp_path, name="coc_tiny"):
-    """A checkpoint as timm's training script writes them (the public ones): weights under state_dict,
-    the training args as an argparse.Namespace, optimizer state, epoch."""
-    src = ContextClusterClassifier(name[4:])
-    for p in src.parameters():
-        torch.nn.init.normal_(p, std=0.05)
+    """A checkpoint as timm's training script writes them (the public ones): weights under state_dict, the
+    training args as an argparse.Namespace, optimizer state, epoch. The weights are those of the public model
+    (``tests/original_coc.py``, random values, its key layout), which is returned with them (float64, eval)."""
+    oracle = OriginalContextCluster(ARCH_SETTINGS[name[4:]]).double().eval()
+    state = random_public_weights(oracle)
+    oracle.load_state_dict(state, strict=True)
     path = tmp_path / f"{name}.pth.tar"
-    torch.save({"epoch": 299, "arch": name, "state_dict": src.state_dict(), "version": 2,
+    torch.save({"epoch": 299, "arch": name, "state_dict": state, "version": 2,
                 "optimizer": {"state": {}, "param_groups": [{"lr": 1e-3, "params": [0, 1]}]},
                 "args": argparse.Namespace(model=name, lr=1e-3, drop_path=0.1, mean=None)}, path)
-    return src.eval(), path
+    return oracle, path
 
 
 def test_timm_create_model_loads_a_public_checkpoint_with_its_head(tmp_path):
@@ -94,8 +98,9 @@ def test_timm_create_model_loads_a_public_checkpoint_with_its_head(tmp_path):
     assert {f"coc_{a}" for a in ARCH_SETTINGS} <= set(timm.list_models("coc_*"))
     model = timm.create_model("coc_tiny", pretrained=False, checkpoint_path=str(path)).eval()
     x = torch.randn(2, 3, 224, 224)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), src(x))
+    with torch.no_grad():  # float64: see test_original_model.py
+        torch.testing.assert_close(model.double()(x.double()), src(x.double()), rtol=1e-9, atol=1e-9)
+    model.float()
     assert model.get_classifier() is model.head and model.forward_head(model.forward_features(x), True).shape == (2, 320)
     cfg = timm.data.resolve_data_config({}, model=model)
     assert cfg["crop_pct"] == 0.9 and cfg["interpolation"] == "bicubic" and cfg["input_size"] == (3, 224, 224)
@@ -105,14 +110,17 @@ def test_timm_create_model_loads_a_public_checkpoint_with_its_head(tmp_path):
     assert model(x).shape == (2, 10)
 
 
-def test_classifier_and_backbone_share_the_same_blocks(tmp_path):
-    """An ImageNet checkpoint gives the backbone exactly the classifier's features (same modules, same op)."""
+def test_backbone_from_a_public_classifier_checkpoint_gives_the_public_features(tmp_path):
+    """The backbone's Pretrained init takes every block weight of a public ImageNet checkpoint: its last
+    stage, through the checkpoint's own norm and head, gives the public model's logits (float64)."""
     src, path = _public_checkpoint(tmp_path)
     backbone = ContextCluster("tiny", init_cfg=dict(type="Pretrained", checkpoint=str(path)))
     backbone.init_weights()
-    x = torch.randn(1, 3, 224, 224)
+    backbone.double().eval()
+    x = torch.randn(1, 3, 224, 224, dtype=torch.float64)
     with torch.no_grad():
-        torch.testing.assert_close(backbone.forward_stages(x)[-1], src.forward_stages(x)[-1])
+        feat = torch.nn.functional.group_norm(backbone.forward_stages(x)[-1], 1, src.norm.weight, src.norm.bias)
+        torch.testing.assert_close(src.head(feat.mean((-2, -1))), src(x), rtol=1e-9, atol=1e-9)
 
 
 def test_classify_tool_prints_top5(tmp_path, capsys):
@@ -127,8 +135,8 @@ def test_classify_tool_prints_top5(tmp_path, capsys):
     img = Image.open(IMAGE).convert("RGB")
     img = TF.center_crop(TF.resize(img, int(224 / 0.9), interpolation=TF.InterpolationMode.BICUBIC), 224)
     t = TF.normalize(TF.to_tensor(img), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    with torch.no_grad():
-        prob = src(t[None]).softmax(-1)[0]
+    with torch.no_grad():  # the tool's fp32 model (equality with the public model: test_original_model.py)
+        prob = create_classifier("coc_tiny", str(path)).eval()(t[None]).softmax(-1)[0]
     want = prob.topk(5).indices.tolist()
     assert [r[0] for r in rows] == want and len(out) == 5
     assert out[0].startswith(f"1. {ImageNetInfo().index_to_description(want[0])}")
@@ -139,8 +147,8 @@ def test_validate_imagenet_on_a_small_image_folder(tmp_path):
     first folder) and class 1 is second: top-1 is then 50 %, top-5 100 %."""
     import validate_imagenet
     from PIL import Image
-    src, path = _public_checkpoint(tmp_path)
-    sd = src.state_dict()
+    _, path = _public_checkpoint(tmp_path)
+    sd = {k: v.float() for k, v in read_checkpoint(str(path))["state_dict"].items()}
     sd["head.weight"].zero_()
     sd["head.bias"].copy_(torch.linspace(0, -10, 1000))
     torch.save({"state_dict": sd}, path)

@@ -223,3 +223,54 @@ def test_validate_imagenet_refuses_folders_it_cannot_score(tmp_path, case):
     msg = "not ImageNet-1k WordNet ids (e.g. ['cats'])" if case == "unknown_names" else "class folder"
     assert proc.returncode == 2 and msg in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("override", [False, True], ids=["switched", "overridden"])
+@pytest.mark.parametrize("made_by", ["mmdet 2.25.1", "mmseg 0.30.0"])
+def test_test_py_runs_original_checkpoints_with_the_count_denominator(tmp_path, monkeypatch, made_by, override):
+    """A checkpoint of the original code (mmdet 2.x / mmseg 0.x in its meta) is evaluated by a model whose
+    backbone computes as the public model with ``denominator='count'`` does (float64, same weights); with
+    ``--cfg-options model.backbone.denominator=similarity`` as the public model does today. The runner's
+    test loop is replaced by a probe that loads the checkpoint as the runner does and hands its model back."""
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+    from mmengine.runner import Runner
+
+    import coc_det  # noqa: F401
+    import test as test_tool
+    from coc_det.backbone import Cluster
+    from original_coc import OriginalContextCluster, random_public_weights
+    lib = made_by.split()[0]
+    config = DEMO if lib == "mmdet" else osp.join(ROOT, "configs", "demo", "fpn_coc-demo_shapes.py")
+    cfg = Config.fromfile(config)
+    init_default_scope(cfg.default_scope)
+    full = MODELS.build(cfg.model).state_dict()
+    bb = cfg.model.backbone
+    settings = dict(bb.arch, proposals=[bb.proposal] * 4, folds=list(bb.fold))
+    oracles = {d: OriginalContextCluster(settings, fork_feat=True, denominator=d).double().eval()
+               for d in ("count", "similarity")}
+    public = random_public_weights(oracles["count"])
+    for o in oracles.values():
+        o.load_state_dict(public)
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in full.items()}
+    state.update({f"backbone.{k}": v.float() for k, v in public.items()})
+    ckpt = tmp_path / "original.pth"
+    torch.save({"meta": {f"{lib}_version": made_by.split()[1]}, "state_dict": state}, ckpt)
+
+    seen = {}
+
+    def probe(runner):
+        runner.load_or_resume()
+        seen["model"] = runner.model
+        return {}
+
+    monkeypatch.setattr(Runner, "test", probe)
+    extra = ["--cfg-options", "model.backbone.denominator=similarity"] if override else []
+    test_tool.main([config, str(ckpt), "--work-dir", str(tmp_path / "work"), *extra])
+    backbone = seen["model"].backbone.double().eval()
+    want = "similarity" if override else "count"
+    assert {m.denominator for m in backbone.modules() if isinstance(m, Cluster)} == {want}
+    x = torch.randn(1, 3, 64, 96, dtype=torch.float64)
+    with torch.no_grad():
+        for got, ref in zip(backbone(x), oracles[want](x)):
+            torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9)

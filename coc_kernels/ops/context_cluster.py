@@ -488,6 +488,8 @@ from ..reference import compute_dtype  # noqa: E402
 TARGET_PROGRAMS = int(os.environ.get("COC_TARGET_PROGRAMS", 1024))
 #: at most this many chunks per group (each program re-reads the NC partials of its group)
 MAX_CHUNKS = 16
+#: the (dalpha, dbeta) partials (one per group and chunk) are summed this many at a time, in a fixed order
+PARTIAL_BLOCK = 256
 #: ``tl.dot`` precision: "ieee" (exact fp32 FMAs; the assignment must agree with the fp32 reference)
 PREC = os.environ.get("COC_DOT_PRECISION", "ieee")
 #: when true (tests), every buffer the op allocates is filled with NaN (int: -2**31) first, so an element
@@ -721,7 +723,7 @@ def fused_backward(dy: Tensor, x: Tensor, value: Tensor, alpha: Tensor, a: Tenso
     _launch(_bwd_pool_kernel, q.grid,
             (dxi, dx, c, pdc, pdab, scr, dalpha, dbeta, *q.region(), q.ph, q.pw, q.M, q.N, q.D, q.NC, tpp,
              q.G * q.NC),
-            dict(**blocks, BLOCK_D=_pow2(q.D), BLOCK_P=256, KH=q.KH, KW=q.KW, DT=q.dt), cfg)
+            dict(**blocks, BLOCK_D=_pow2(q.D), BLOCK_P=PARTIAL_BLOCK, KH=q.KH, KW=q.KW, DT=q.dt), cfg)
     if q.G * q.NC == 0:  # empty input: no program ran
         dalpha.zero_()
         dbeta.zero_()
