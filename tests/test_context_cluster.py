@@ -44,11 +44,11 @@ CASES = {
 }
 # the shapes that matter (docs/design.md: ImageNet stage-1 regions of 7x7 with 49 centres; head dim 24 of the tiny
 # models, a 32-wide tile with 8 masked channels; the detection models' folds 4 and 8), one denominator each
-# (the interpreter takes ~40 ms a program: fold 8 is 64 groups even for one image and head)
+# (the interpreter takes ~40 ms a program: a square fold 8 would be 64 groups even for one image and head)
 SHAPE_CASES = {
     "centres_49_head_dim_24": (1, 2, 24, 24, 14, 14, (7, 7), (2, 2), 1.1, 0.0, "similarity"),
     "fold_4": (1, 2, 16, 16, 16, 12, (2, 2), (4, 4), 0.9, 0.1, "count"),
-    "fold_8": (1, 1, 16, 24, 24, 16, (2, 2), (8, 8), 1.2, -0.1, "similarity"),
+    "fold_8x4": (1, 1, 16, 24, 24, 16, (2, 2), (8, 4), 1.2, -0.1, "similarity"),
 }
 CASES.update({k: v[:-1] for k, v in SHAPE_CASES.items()})
 
@@ -146,8 +146,7 @@ def test_non_contiguous_inputs():
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("dtype,case", [(torch.float16, "regions_5x7_centres_3x3"), (torch.float16, "fold_4"),
-                                        (torch.bfloat16, "regions_5x7_centres_3x3"),
+@pytest.mark.parametrize("dtype,case", [(torch.float16, "regions_5x7_centres_3x3"), (torch.bfloat16, "fold_4"),
                                         (torch.bfloat16, "centres_49_head_dim_24")])
 def test_low_precision(dtype, case):
     """fp16/bf16 in and out, fp32 inside: equal to the fp32 dense path on the same (rounded) inputs up to one

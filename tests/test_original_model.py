@@ -1,7 +1,7 @@
 """Our models against the public model (``tests/original_coc.py``) with the same public-layout weights, in
-float64 (an fp32 near-tie flips one point's hard assignment and moves a whole cluster; see docs/ and the
-README's fidelity note): every arch as backbone and as classifier, the six detection backbones under their
-original type names, both denominators, and the mixer implementations."""
+float64 (an fp32 near-tie flips one point's hard assignment and moves a whole cluster; README, "Fidelity"):
+every arch as backbone and as classifier, the six detection backbones under their original type names,
+both denominators, and the mixer implementations."""
 import pytest
 import torch
 
@@ -25,7 +25,7 @@ def test_backbone_equals_the_public_model(arch):
     oracle, state = _pair(arch, fork_feat=True)
     ours = ContextCluster(arch).double().eval()
     ours.load_state_dict(state, strict=True)  # the public key names, every one
-    x = torch.randn(1, 3, 160, 224, dtype=torch.float64)  # not square: rows and columns cannot be swapped
+    x = torch.randn(1, 3, 128, 160, dtype=torch.float64)  # not square: rows and columns cannot be swapped
     with torch.no_grad():
         want, got = oracle(x), ours(x)
     assert len(got) == 4
@@ -38,7 +38,7 @@ def test_classifier_equals_the_public_model(arch):
     oracle, state = _pair(arch, fork_feat=False, seed=1)
     ours = ContextClusterClassifier(arch).double().eval()
     ours.load_state_dict(state, strict=True)
-    x = torch.randn(1, 3, 224, 224, dtype=torch.float64)
+    x = torch.randn(1, 3, 160, 160, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), oracle(x), **TOL)
 
@@ -54,7 +54,7 @@ def test_detection_backbones_under_their_original_names_equal_the_public_model(a
     oracle, state = _pair(arch, fork_feat=True, seed=centres, proposals=[p] * 4)
     ours = MODELS.build(dict(type=f"context_cluster_{arch}_feat{p}", style="pytorch")).double().eval()
     ours.load_state_dict(state, strict=True)
-    x = torch.randn(1, 3, 192, 256, dtype=torch.float64)
+    x = torch.randn(1, 3, 128, 192, dtype=torch.float64)
     with torch.no_grad():
         for i, (g, w) in enumerate(zip(ours(x), oracle(x))):
             torch.testing.assert_close(g, w, **TOL, msg=lambda m: f"stage {i}: {m}")
