@@ -47,6 +47,9 @@ ARCH_SETTINGS: Dict[str, dict] = {
     # (folds) of every stage. The detection/segmentation configs override the proposals (-4/-25/-49).
     "tiny": dict(layers=[3, 4, 5, 2], embed_dims=[32, 64, 196, 320], mlp_ratios=[8, 8, 4, 4],
                  heads=[4, 4, 8, 8], head_dim=[24, 24, 24, 24], proposals=DEFAULT_PROPOSALS, folds=DEFAULT_FOLDS),
+    # regions of 8x8 at 224 px in stages 1-2 (folds 7): inputs pad to multiples of 224 (size_divisor)
+    "tiny2": dict(layers=[3, 4, 5, 2], embed_dims=[32, 64, 196, 320], mlp_ratios=[8, 8, 4, 4],
+                  heads=[4, 4, 8, 8], head_dim=[24, 24, 24, 24], proposals=(4, 2, 7, 4), folds=(7, 7, 1, 1)),
     "tiny_plain": dict(layers=[3, 4, 5, 2], embed_dims=[32, 64, 196, 320], mlp_ratios=[8, 8, 4, 4],
                        heads=[4, 4, 8, 8], head_dim=[24, 24, 24, 24], proposals=(4, 4, 2, 2), folds=(1, 1, 1, 1)),
     "small": dict(layers=[2, 2, 6, 2], embed_dims=[64, 128, 320, 512], mlp_ratios=[8, 8, 4, 4],
@@ -179,9 +182,9 @@ class ContextCluster(BaseModule):
     """Context Cluster backbone for dense prediction.
 
     Args:
-        arch: a name of :data:`ARCH_SETTINGS` (``tiny``, ``tiny_plain``, ``small``, ``medium``, ``base_dim64``,
-            ``base_dim96``) or a dict with ``layers``, ``embed_dims``, ``mlp_ratios``, ``heads`` (and optionally
-            ``head_dim``, ``proposals``, ``folds``), one entry per stage.
+        arch: a name of :data:`ARCH_SETTINGS` (``tiny``, ``tiny2``, ``tiny_plain``, ``small``, ``medium``,
+            ``base_dim64``, ``base_dim96``) or a dict with ``layers``, ``embed_dims``, ``mlp_ratios``, ``heads``
+            (and optionally ``head_dim``, ``proposals``, ``folds``), one entry per stage.
         proposal: centres per region axis, per stage or one for all (2, 5, 7 = "-4/-25/-49"); default: the
             arch's.
         fold: regions per axis, per stage; default: the arch's (``[8, 4, 2, 1]`` for the partitioned models).

@@ -1,6 +1,6 @@
 """Context Cluster image classifiers: the backbone's stages plus the public models' classifier, and their
-registration in timm (``coc_tiny``, ``coc_tiny_plain``, ``coc_small``, ``coc_medium``, ``coc_base_dim64``,
-``coc_base_dim96``), so that
+registration in timm (``coc_tiny``, ``coc_tiny2``, ``coc_tiny_plain``, ``coc_small``, ``coc_medium``,
+``coc_base_dim64``, ``coc_base_dim96``), so that
 
     timm.create_model('coc_small', pretrained=False, checkpoint_path='coc_small.pth.tar')
 

@@ -49,6 +49,8 @@ SHAPE_CASES = {
     "centres_49_head_dim_24": (1, 2, 24, 24, 14, 14, (7, 7), (2, 2), 1.1, 0.0, "similarity"),
     "fold_4": (1, 2, 16, 16, 16, 12, (2, 2), (4, 4), 0.9, 0.1, "count"),
     "fold_8x4": (1, 1, 16, 24, 24, 16, (2, 2), (8, 4), 1.2, -0.1, "similarity"),
+    # tiny2's stage 1 at 224 px: folds of 7 give regions of 8x8 with 16 centres, head dim 24
+    "tiny2_regions_8x8_centres_16": (1, 1, 24, 24, 8, 56, (4, 4), (1, 7), 1.0, 0.1, "count"),
 }
 CASES.update({k: v[:-1] for k, v in SHAPE_CASES.items()})
 

@@ -3,6 +3,7 @@ classifiers loading public-layout checkpoints, the classify / validate / publish
 backbone conventions (with_cp, frozen_stages with output norms)."""
 import argparse
 import os
+import re
 import os.path as osp
 import subprocess
 import sys
@@ -129,7 +130,7 @@ def test_classify_tool_prints_top5(tmp_path, capsys):
     from timm.data import ImageNetInfo
     src, path = _public_checkpoint(tmp_path)
     rows = classify.main([IMAGE, "--model", "coc_tiny", "--checkpoint", str(path), "--device", "cpu"])
-    out = capsys.readouterr().out.strip().splitlines()
+    out = [ln for ln in capsys.readouterr().out.splitlines() if re.match(r"\d+\. ", ln)]  # (log lines may precede)
     # independently: the same preprocessing by hand (resize shorter side to 224/0.9, centre crop 224, bicubic)
     import torchvision.transforms.functional as TF
     img = Image.open(IMAGE).convert("RGB")

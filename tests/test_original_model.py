@@ -12,6 +12,13 @@ from original_coc import OriginalContextCluster, random_public_weights
 TOL = dict(rtol=1e-9, atol=1e-9)  # float64 throughout: what is left is summation order
 
 
+def _size(arch, h, w):
+    """(h, w) rounded up to the arch's padding multiple (32; 224 for tiny2's folds of 7), kept non-square."""
+    d = ContextCluster(arch).size_divisor
+    h, w = -(-h // d) * d, -(-w // d) * d
+    return (h, w + d) if h == w else (h, w)
+
+
 def _pair(arch, fork_feat, seed=0, proposals=None, denominator="similarity"):
     oracle = OriginalContextCluster(ARCH_SETTINGS[arch], proposals=proposals, fork_feat=fork_feat,
                                     denominator=denominator).double().eval()
@@ -25,7 +32,7 @@ def test_backbone_equals_the_public_model(arch):
     oracle, state = _pair(arch, fork_feat=True)
     ours = ContextCluster(arch).double().eval()
     ours.load_state_dict(state, strict=True)  # the public key names, every one
-    x = torch.randn(1, 3, 128, 160, dtype=torch.float64)  # not square: rows and columns cannot be swapped
+    x = torch.randn(1, 3, *_size(arch, 128, 160), dtype=torch.float64)  # not square: rows/columns not swappable
     with torch.no_grad():
         want, got = oracle(x), ours(x)
     assert len(got) == 4
@@ -38,7 +45,8 @@ def test_classifier_equals_the_public_model(arch):
     oracle, state = _pair(arch, fork_feat=False, seed=1)
     ours = ContextClusterClassifier(arch).double().eval()
     ours.load_state_dict(state, strict=True)
-    x = torch.randn(1, 3, 160, 160, dtype=torch.float64)
+    d = ContextCluster(arch).size_divisor
+    x = torch.randn(1, 3, -(-160 // d) * d, -(-160 // d) * d, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), oracle(x), **TOL)
 

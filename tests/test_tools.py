@@ -274,3 +274,166 @@ def test_test_py_runs_original_checkpoints_with_the_count_denominator(tmp_path, 
     with torch.no_grad():
         for got, ref in zip(backbone(x), oracles[want](x)):
             torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("iters", [1, 2, 10, 50, 100, 101])
+def test_run_demo_seg_iters_gives_a_schedule_that_runs(iters):
+    """``run_demo.py --seg --iters N`` for any N >= 1 (N <= 50 crashed: the poly decay began at the config's
+    50-iteration warm-up): mmengine builds the schedulers, and over N iterations the LR rises, then falls."""
+    import argparse
+
+    from mmengine.optim.scheduler import _ParamScheduler  # noqa: F401  (registers the schedulers)
+    from mmengine.registry import PARAM_SCHEDULERS
+
+    import run_demo
+    from _common import load_config
+    cfg = load_config(argparse.Namespace(config=run_demo.SEG_CONFIG, cfg_options=None, work_dir="unused",
+                                         launcher="none", local_rank=0))
+    run_demo.set_seg_iters(cfg, iters)
+    assert cfg.train_cfg.max_iters == iters == cfg.default_hooks.checkpoint.interval
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheds = [PARAM_SCHEDULERS.build(dict(s, optimizer=opt)) for s in cfg.param_scheduler]
+    lrs = []
+    for _ in range(iters):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        for s in scheds:
+            s.step()
+    peak = lrs.index(max(lrs))
+    assert lrs[:peak + 1] == sorted(lrs[:peak + 1]) and lrs[peak:] == sorted(lrs[peak:], reverse=True)
+    if iters >= 4:
+        assert lrs[0] < lrs[peak] and lrs[-1] < lrs[peak]  # a warm-up and a decay
+    if iters >= 100:
+        assert cfg.param_scheduler[0].end == 50  # long runs keep the config's warm-up
+
+
+@pytest.mark.parametrize("args,msg", [(["--seg", "--iters", "0"], "--iters must be at least 1"),
+                                      (["--iters", "5"], "--iters is for --seg")])
+def test_run_demo_bad_counts(args, msg):
+    proc = run("run_demo.py", *args)
+    assert proc.returncode == 2 and msg in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["detector", "other_arch"])
+def test_classify_names_a_checkpoint_that_is_not_this_classifier_in_one_line(tmp_path, kind):
+    """A Mask R-CNN checkpoint (weights under backbone./neck./roi_head.) or a classifier of another arch:
+    one line saying what it is and what takes it, no pages of key names, no traceback."""
+    from coc_det import ContextCluster, ContextClusterClassifier
+    if kind == "detector":
+        state = {f"backbone.{k}": v for k, v in ContextCluster("tiny").state_dict().items()}
+        state["neck.lateral_convs.0.conv.weight"] = torch.zeros(256, 32, 1, 1)
+        want = "is a detector or segmentor checkpoint"
+    else:
+        state = ContextClusterClassifier("small").state_dict()
+        want = "does not fit this classifier"
+    ckpt = tmp_path / "c.pth"
+    torch.save({"meta": {}, "state_dict": state}, ckpt)
+    proc = run("classify.py", IMAGE, "--model", "coc_tiny", "--checkpoint", ckpt)
+    assert proc.returncode == 2 and want in proc.stderr, proc.stderr[-2000:]
+    errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
+    assert "Traceback" not in proc.stderr and len(errors) == 1 and len(proc.stderr.splitlines()) <= 5, proc.stderr[-3000:]
+    if kind == "detector":
+        assert "tools/test.py" in proc.stderr
+
+
+def test_setup_py_torch_floor_is_not_above_the_torch_tested_here():
+    """setup.py states the torch minimum (the oldest version the tests ran on); the torch CI installs must
+    satisfy it, or the claim is untested."""
+    import re
+
+    from packaging.version import Version
+    text = open(osp.join(ROOT, "setup.py")).read()
+    floor = re.search(r'"torch>=([0-9.]+)"', text).group(1)
+    assert Version(torch.__version__.split("+")[0]) >= Version(floor)
+    readme = open(osp.join(ROOT, "README.md")).read()
+    assert not re.search(r"torch >= ?[0-9]", readme), "the README restates a torch floor: point to setup.py"
+
+
+# ------------------------------------------------------------------------------------ the original README's commands
+def _probe_runner(monkeypatch, method):
+    """Replace Runner.<method> by a probe that hands the runner back (nothing is trained, tested or read)."""
+    from mmengine.runner import Runner
+    seen = {}
+    monkeypatch.setattr(Runner, method, lambda runner: seen.setdefault("runner", runner) and {})
+    return seen
+
+
+def _weights_for(config, path):
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+
+    import coc_det  # noqa: F401
+    cfg = Config.fromfile(config)
+    init_default_scope(cfg.default_scope)
+    torch.save({"meta": {}, "state_dict": MODELS.build(cfg.model).state_dict()}, path)
+
+
+@pytest.mark.parametrize("seed", ["detection", "segmentation"])
+def test_the_original_readmes_test_commands_as_typed(tmp_path, monkeypatch, capsys, seed):
+    """``dist_test.sh configs/{config} CKPT 8 --out results.pkl --eval bbox segm`` (detection README) and
+    ``... --out results.pkl --eval mIoU`` (segmentation README), with the public repository's config names:
+    the arguments test.py receives, verbatim, reach a runner of our config with those metrics and a pickle
+    of the predictions."""
+    import test as test_tool
+    if seed == "detection":
+        config, ours, metrics = "configs/mask_rcnn_coc_small_5_fpn_1x_coco.py", "mask-rcnn_coc-small-25_fpn_1x_coco.py", \
+            ["bbox", "segm"]
+    else:
+        config, ours, metrics = "configs/sem_fpn/fpn_coc_small_5_ade20k_80k.py", \
+            "segmentation/fpn_coc-small-25_ade20k-512x512_80k.py", ["mIoU"]
+    ckpt = tmp_path / "checkpoint_file.pth"
+    _weights_for(osp.join(ROOT, "configs", ours), ckpt)
+    seen = _probe_runner(monkeypatch, "test")
+    # the README's relative paths: configs/ here; the test loop (built when test.py adds the pickle dump) reads
+    # the COCO annotation file and lists ADE20K's folders (one entry each, never read)
+    (tmp_path / "configs").symlink_to(osp.join(ROOT, "configs"))
+    ann = tmp_path / "data" / "coco" / "annotations" / "instances_val2017.json"
+    ann.parent.mkdir(parents=True)
+    ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "1.jpg", "height": 800, "width": 1333}],
+                               "annotations": [], "categories": []}))
+    for sub, ext in (("images", "jpg"), ("annotations", "png")):
+        folder = tmp_path / "data" / "ade" / "ADEChallengeData2016" / sub / "validation"
+        folder.mkdir(parents=True)
+        (folder / f"1.{ext}").write_bytes(b"")  # listed, never read
+    monkeypatch.chdir(tmp_path)
+    test_tool.main([config, str(ckpt), "--out", "results.pkl", "--eval", *metrics, "--work-dir", str(tmp_path / "w")])
+    runner = seen["runner"]
+    assert runner.cfg.filename == osp.join(ROOT, "configs", ours)
+    first, *rest = runner.test_evaluator.metrics
+    assert list(first.metrics) == metrics
+    assert [type(m).__name__ for m in rest] == ["DumpDetResults" if seed == "detection" else "DumpResults"]
+    assert rest[0].out_file_path == "results.pkl"
+    out = capsys.readouterr().out
+    assert "original repository's name" in out and "--eval is the mmdet 2.x / mmseg 0.x flag" in out
+
+
+def test_the_original_readmes_train_command_and_mmdet2_train_flags(tmp_path, monkeypatch, capsys):
+    """``dist_train.sh configs/{config} 8`` passes train.py the config name (plus --launcher, tested by the
+    gloo runs); mmdet 2.x's --gpu-ids (one id), --no-validate, --options and --resume-from are taken."""
+    import train as train_tool
+    seen = _probe_runner(monkeypatch, "train")
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    train_tool.main(["configs/mask_rcnn_coc_small_5_fpn_1x_coco.py", "--work-dir", str(tmp_path / "w"),
+                     "--gpu-ids", "0", "--no-validate", "--options", "train_cfg.max_epochs=3",
+                     "--resume-from", "some/epoch_4.pth"])
+    cfg = seen["runner"].cfg
+    assert cfg.filename.endswith("mask-rcnn_coc-small-25_fpn_1x_coco.py")
+    assert cfg.train_cfg.max_epochs == 3 and cfg.val_cfg is None and cfg.val_dataloader is None
+    assert cfg.resume is True and cfg.load_from == "some/epoch_4.pth"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+    assert capsys.readouterr().out.count("note: ") == 5
+
+
+@pytest.mark.parametrize("tool,args,msg", [
+    ("train.py", ["--gpus", "2"], "run tools/dist_train.sh"),
+    ("train.py", ["--gpu-ids", "0", "1"], "run tools/dist_train.sh"),
+    ("test.py", ["CKPT", "--eval", "mAP"], "CocoMetric evaluates bbox, segm"),
+])
+def test_mmdet2_flags_that_have_no_meaning_now_are_named(tmp_path, tool, args, msg):
+    ckpt = tmp_path / "c.pth"
+    _weights_for(DEMO, ckpt) if "CKPT" in args else None
+    args = [str(ckpt) if a == "CKPT" else a for a in args]
+    proc = run(tool, DEMO, *args, "--work-dir", tmp_path / "w")
+    assert proc.returncode != 0 and msg in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "w").exists()

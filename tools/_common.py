@@ -3,9 +3,122 @@ from __future__ import annotations
 
 import os
 import os.path as osp
+import re
 
 import torch
 from mmengine.config import Config, DictAction
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def note(msg: str) -> None:
+    """A one-line remark about how an argument was taken (before any logger exists)."""
+    print(f"note: {msg}", flush=True)
+
+
+def resolve_config(path: str) -> str:
+    """``path``, or, for a config name of the original CoC repository that does not exist here
+    (``mask_rcnn_coc_small_5_fpn_1x_coco.py``, ``sem_fpn/fpn_coc_medium_7_ade20k_80k.py``: the digit is the
+    centres per region axis), this project's config of the same model, saying so."""
+    if osp.isfile(path):
+        return path
+    from coc_det.backbone import PROPOSAL_OF_CENTRES
+    centres = {p: c for c, p in PROPOSAL_OF_CENTRES.items()}
+    name = osp.basename(path)
+    target = None
+    m = re.fullmatch(r"mask_rcnn_coc_(small|medium)_(\d)_fpn_1x_coco\.py", name)
+    if m and int(m[2]) in centres:
+        target = osp.join(ROOT, "configs", f"mask-rcnn_coc-{m[1]}-{centres[int(m[2])]}_fpn_1x_coco.py")
+    m = re.fullmatch(r"fpn_coc_(small|medium)_(\d)_ade20k_80k\.py", name)
+    if m and int(m[2]) in centres:
+        target = osp.join(ROOT, "configs", "segmentation",
+                          f"fpn_coc-{m[1]}-{centres[int(m[2])]}_ade20k-512x512_80k.py")
+    if target and osp.isfile(target):
+        note(f"{path} is the original repository's name of {osp.relpath(target, ROOT)}: using that config")
+        return target
+    return path
+
+
+#: metrics the mmdet 2.x / mmseg 0.x ``--eval`` took, per evaluator of ours, and where 3.x / 1.x reads them
+EVAL_METRICS = {"CocoMetric": ("metric", ("bbox", "segm", "proposal", "proposal_fast")),
+                "IoUMetric": ("iou_metrics", ("mIoU", "mDice", "mFscore"))}
+
+
+def add_legacy_test_args(parser):
+    """The mmdet 2.x / mmseg 0.x test flags users bring from the original CoC README."""
+    parser.add_argument("--eval", nargs="+", metavar="METRIC",
+                        help="mmdet 2.x / mmseg 0.x: metrics to evaluate (bbox segm / mIoU); sets the config's "
+                             "test_evaluator, as 3.x does it")
+    parser.add_argument("--eval-options", "--options", nargs="+", action=DictAction, dest="eval_options",
+                        help="mmdet 2.x: key=value arguments of the evaluation (e.g. classwise=True); "
+                             "updates the test_evaluator")
+    parser.add_argument("--gpu-id", type=int, help="mmdet 2.x: the GPU to use (single process)")
+
+
+def apply_legacy_test_args(cfg, args) -> None:
+    evaluator = cfg.get("test_evaluator")
+    if args.eval:
+        kind = evaluator.get("type") if isinstance(evaluator, dict) else None
+        if kind not in EVAL_METRICS:
+            raise SystemExit(f"error: --eval: this config's test_evaluator ({kind}) takes no metric list; "
+                             "set it in the config or with --cfg-options")
+        key, allowed = EVAL_METRICS[kind]
+        bad = [m for m in args.eval if m not in allowed]
+        if bad:
+            raise SystemExit(f"error: --eval {' '.join(bad)}: {kind} evaluates {', '.join(allowed)}")
+        evaluator[key] = list(args.eval)
+        note(f"--eval is the mmdet 2.x / mmseg 0.x flag; in 3.x / 1.x the config's test_evaluator names the "
+             f"metrics: using test_evaluator.{key}={list(args.eval)} (--cfg-options test_evaluator.{key}=... "
+             "does the same)")
+    if args.eval_options:
+        if not isinstance(evaluator, dict):
+            raise SystemExit("error: --eval-options: this config has several test evaluators; use --cfg-options")
+        evaluator.update(args.eval_options)
+        note(f"--eval-options / --options (mmdet 2.x): updating test_evaluator with {dict(args.eval_options)}")
+
+
+def add_legacy_train_args(parser):
+    """The mmdet 2.x / mmseg 0.x train flags users bring."""
+    parser.add_argument("--gpus", type=int, help="mmdet 2.x: number of GPUs of a single process (only 1 now)")
+    parser.add_argument("--gpu-ids", type=int, nargs="+", help="mmdet 2.x: the GPU(s) of a single process")
+    parser.add_argument("--gpu-id", type=int, help="mmdet 2.x: the GPU to use (single process)")
+    parser.add_argument("--no-validate", action="store_true", help="mmdet 2.x: do not evaluate during training")
+    parser.add_argument("--options", nargs="+", action=DictAction,
+                        help="mmdet 2.x: the old name of --cfg-options")
+    parser.add_argument("--resume-from", help="mmdet 2.x: resume from this checkpoint (3.x: --resume CKPT)")
+    parser.add_argument("--auto-resume", action="store_true",
+                        help="mmdet 2.x: resume from the latest checkpoint of the work dir (3.x: --resume)")
+
+
+def select_gpu(args) -> None:
+    """``--gpu-id`` / ``--gpu-ids`` / ``--gpus`` of mmdet 2.x: one process drives one GPU in 3.x, so one id
+    is taken (CUDA_VISIBLE_DEVICES, before CUDA starts), several are refused with the command that does it."""
+    ids = list(getattr(args, "gpu_ids", None) or [])
+    if getattr(args, "gpu_id", None) is not None:
+        ids.append(args.gpu_id)
+    gpus = getattr(args, "gpus", None)
+    if (gpus is not None and gpus > 1) or len(ids) > 1:
+        n = max(gpus or 0, len(ids))
+        raise SystemExit(f"error: one process trains on one GPU since mmdet 2.x deprecated single-process "
+                         f"multi-GPU: run tools/dist_train.sh {args.config} {n} (dist_test.sh for testing)")
+    if ids and getattr(args, "launcher", "none") == "none":
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(ids[0])
+        note(f"--gpu-id(s) {ids[0]} (mmdet 2.x): CUDA_VISIBLE_DEVICES={ids[0]}")
+
+
+def apply_legacy_train_args(cfg, args) -> None:
+    if args.options:
+        cfg.merge_from_dict(args.options)
+        note("--options is the mmdet 2.x name of --cfg-options: applied as such")
+    if args.no_validate:
+        cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+        note("--no-validate (mmdet 2.x): val_cfg, val_dataloader and val_evaluator set to None")
+    if args.resume_from:
+        cfg.resume, cfg.load_from = True, args.resume_from
+        note(f"--resume-from (mmdet 2.x): resuming from {args.resume_from} (3.x: --resume CKPT)")
+    elif args.auto_resume:
+        cfg.resume, cfg.load_from = True, None
+        note("--auto-resume (mmdet 2.x): resuming from the work dir's latest checkpoint (3.x: --resume)")
 
 
 def add_common_args(parser):
@@ -23,6 +136,7 @@ def load_config(args) -> Config:
     import coc_det  # noqa: F401  (registers the backbone and the hooks)
 
     setup_cache_size_limit_of_dynamo()
+    args.config = resolve_config(args.config)
     if "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(args.local_rank)
     cfg = Config.fromfile(args.config)

@@ -19,7 +19,18 @@ def build(model_name: str, checkpoint: str | None, device: str):
     from coc_det.classifier import TIMM_MODELS
     if model_name not in TIMM_MODELS:
         raise ValueError(f"unknown model {model_name!r}; choose from {sorted(TIMM_MODELS)}")
-    model = timm.create_model(model_name, pretrained=False, checkpoint_path=checkpoint or "")
+    model = timm.create_model(model_name, pretrained=False)
+    if checkpoint:
+        from coc_det.checkpoint import read_checkpoint, state_dict_of
+        from coc_det.classifier import load_classifier_checkpoint
+        weights = state_dict_of(read_checkpoint(checkpoint), checkpoint)
+        if any(k.startswith("backbone.") for k in weights):
+            kind = "detector or segmentor" if any(k.startswith(("neck.", "decode_head.", "roi_head."))
+                                                  for k in weights) else "backbone"
+            raise ValueError(f"{checkpoint} is a {kind} checkpoint (weights under 'backbone.'), not an ImageNet "
+                             "classifier: evaluate it with tools/test.py CONFIG CHECKPOINT, or look at its clusters "
+                             "with tools/visualize_clusters.py IMAGE --config CONFIG --checkpoint CHECKPOINT")
+        load_classifier_checkpoint(model, checkpoint)  # strict, weights only; a one-line error naming keys
     return model.to(device).eval()
 
 

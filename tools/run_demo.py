@@ -27,6 +27,11 @@ def main(argv=None):
     p.add_argument("--work-dir", help="default work_dirs/demo (work_dirs/demo_seg with --seg)")
     p.add_argument("--data", help="demo data folder (default data/coc_demo, data/coc_demo_seg with --seg)")
     args = p.parse_args(argv)
+    for name in ("epochs", "iters"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.iters is not None and not args.seg:
+        p.error("--iters is for --seg (the detection demo counts --epochs)")
     if args.seg:
         return seg_demo(args)
     args.work_dir = args.work_dir or osp.join(ROOT, "work_dirs", "demo")
@@ -71,6 +76,20 @@ def main(argv=None):
     return metrics
 
 
+def set_seg_iters(cfg, iters: int) -> None:
+    """Train the segmentation demo for ``iters`` iterations: the config's schedule is a linear warm-up over
+    its first iterations, then poly decay to the end. Fewer iterations than twice the warm-up shorten the
+    warm-up to half of them (none for a single iteration), so the poly decay always has room to run."""
+    warmup, poly = cfg.param_scheduler
+    warm = min(warmup.end, iters // 2)
+    cfg.train_cfg.max_iters = cfg.train_cfg.val_interval = cfg.default_hooks.checkpoint.interval = iters
+    poly.begin, poly.end = warm, iters
+    if warm == 0:
+        cfg.param_scheduler = [poly]
+    else:
+        warmup.end = warm
+
+
 def seg_demo(args):
     import make_demo_data
     import torch
@@ -87,8 +106,7 @@ def seg_demo(args):
     for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
         cfg[key].dataset.data_root = data
     if args.iters is not None:
-        cfg.train_cfg.max_iters = cfg.train_cfg.val_interval = cfg.default_hooks.checkpoint.interval = args.iters
-        cfg.param_scheduler[-1].end = args.iters
+        set_seg_iters(cfg, args.iters)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     iters = cfg.train_cfg.max_iters
     print(f"[demo-seg] training Semantic FPN + CoC on {device} for {iters} iterations; logs in {work_dir}")

@@ -3,7 +3,10 @@
 mIoU for segmentors).
 
     python tools/test.py CONFIG CHECKPOINT [--out results.pkl | --out PRED_DIR] [--work-dir DIR] [--cfg-options k=v ...]
-                         [--allow-partial]
+                         [--allow-partial] [--eval bbox segm | --eval mIoU] [--eval-options k=v ...]
+The mmdet 2.x / mmseg 0.x flags of the original CoC README (--eval, --eval-options/--options, --gpu-id) and its
+config names (configs/mask_rcnn_coc_small_5_fpn_1x_coco.py, configs/sem_fpn/fpn_coc_small_5_ade20k_80k.py) are
+taken, each with a one-line note of the 3.x way.
 A checkpoint whose weights do not all fit the config's model (missing / unknown keys, other shapes) is
 refused, naming them, unless --allow-partial is given.
 Multi-GPU: tools/dist_test.sh CONFIG CHECKPOINT GPUS [--out results.pkl].
@@ -18,20 +21,22 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
-from _common import add_common_args, close_distributed, load_config  # noqa: E402
+from _common import (add_common_args, add_legacy_test_args, apply_legacy_test_args, close_distributed,  # noqa: E402
+                     load_config, resolve_config, select_gpu)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Test (and evaluate) a detector")
     p.add_argument("config", help="config file")
     p.add_argument("checkpoint", help="checkpoint file")
-    p.add_argument("--out", help="detection: dump the raw predictions to this pickle file (.pkl/.pickle); "
-                                 "segmentation: write the predicted label maps (PNG) into this folder")
+    p.add_argument("--out", help="dump the raw predictions to this pickle file (.pkl/.pickle); segmentation also: "
+                                 "a folder to write the predicted label maps (PNG) into")
     p.add_argument("--amp", action="store_true", help="run inference under automatic mixed precision")
     p.add_argument("--allow-partial", action="store_true",
                    help="evaluate even if the checkpoint's weights do not all fit the model (missing or unknown "
                         "keys, other shapes): a deliberate partial load; by default such a checkpoint is refused")
     add_common_args(p)
+    add_legacy_test_args(p)
     return p.parse_args(argv)
 
 
@@ -71,6 +76,8 @@ def _explicit(cfg_options, key: str) -> bool:
 def main(argv=None):
     args = parse_args(argv)
     # arguments first: nothing is built and no work dir is made for a call that cannot run
+    args.config = resolve_config(args.config)
+    select_gpu(args)
     if not osp.isfile(args.config):
         raise SystemExit(f"error: config {args.config} does not exist")
     from coc_det.checkpoint import CheckpointError, read_checkpoint, state_dict_of
@@ -81,10 +88,13 @@ def main(argv=None):
         raise SystemExit(f"error: {err}")
     cfg = load_config(args)  # reads the config only: the Runner below makes the work dir
     seg = cfg.get("default_scope") == "mmseg"
-    if args.out is not None and not seg and not args.out.endswith((".pkl", ".pickle")):
+    pickle_out = args.out is not None and args.out.endswith((".pkl", ".pickle"))
+    if args.out is not None and not seg and not pickle_out:
         raise SystemExit(f"error: --out must be a .pkl or .pickle file, got {args.out}")
-    if args.out is not None and seg and osp.isfile(args.out):
-        raise SystemExit(f"error: --out is a folder for the predicted label maps (segmentation); {args.out} is a file")
+    if args.out is not None and seg and not pickle_out and osp.isfile(args.out):
+        raise SystemExit(f"error: --out is a folder for the predicted label maps (segmentation) or a .pkl file; "
+                         f"{args.out} is another file")
+    apply_legacy_test_args(cfg, args)
     import torch
     from mmengine.logging import print_log
     from mmengine.runner import Runner
@@ -110,7 +120,10 @@ def main(argv=None):
         print_log(f"--allow-partial: {misfit}", logger="current", level=logging.WARNING)
     if note:
         print_log(note, logger="current")
-    if args.out is not None and seg:  # mmseg's way: the evaluator writes one PNG label map per image
+    if pickle_out and seg:  # as mmseg 0.x's --out results.pkl: the predictions in one pickle
+        from mmengine.evaluator import DumpResults
+        runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
+    elif args.out is not None and seg:  # mmseg's way: the evaluator writes one PNG label map per image
         os.makedirs(args.out, exist_ok=True)
         for metric in runner.test_evaluator.metrics:
             metric.output_dir = args.out

@@ -4,6 +4,8 @@
     python tools/train.py CONFIG [--work-dir DIR] [--amp] [--auto-scale-lr] [--resume [CKPT]]
                                  [--cfg-options k=v ...] [--launcher pytorch]
 Multi-GPU: tools/dist_train.sh CONFIG GPUS [args]; slurm: tools/slurm_train.sh PARTITION JOB CONFIG.
+The mmdet 2.x flags (--gpus/--gpu-ids/--gpu-id for one GPU, --no-validate, --options, --resume-from,
+--auto-resume) and the original repository's config names are taken, each with a one-line note.
 """
 import argparse
 import os.path as osp
@@ -11,7 +13,8 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
-from _common import add_common_args, close_distributed, load_config  # noqa: E402
+from _common import (add_common_args, add_legacy_train_args, apply_legacy_train_args, close_distributed,  # noqa: E402
+                     load_config, select_gpu)
 
 
 def parse_args(argv=None):
@@ -23,6 +26,7 @@ def parse_args(argv=None):
     p.add_argument("--resume", nargs="?", type=str, const="auto",
                    help="resume from CKPT, or from the latest checkpoint in the work dir if no path is given")
     add_common_args(p)
+    add_legacy_train_args(p)
     return p.parse_args(argv)
 
 
@@ -30,7 +34,9 @@ def main(argv=None):
     args = parse_args(argv)
     from mmengine.runner import Runner
 
+    select_gpu(args)
     cfg = load_config(args)
+    apply_legacy_train_args(cfg, args)
     if args.amp:
         if cfg.optim_wrapper.get("type", "OptimWrapper") == "AmpOptimWrapper":
             print("AMP is already enabled in the config")
