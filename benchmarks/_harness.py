@@ -88,3 +88,14 @@ def peak_extra_gb(step):
     step()
     sync()
     return (torch.cuda.max_memory_allocated() - base) / 2 ** 30
+
+
+#: the rows every table compares with: the original eager, and the original under torch.compile
+BASELINES = ("dense", "dense+compile")
+
+
+def baseline_rows(rows: list, row: dict, group: str, time_key: str) -> list:
+    """For each of :data:`BASELINES`, the row of ``rows`` with the same ``row[group]`` (variant, config) that
+    has a time under ``time_key``, or None."""
+    return [next((q for q in rows if q.get("impl") == impl and q[group] == row[group] and time_key in q), None)
+            for impl in BASELINES]

@@ -30,7 +30,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks._harness import ON_GPU, compile_options, parse_impl, peak_extra_gb, set_impl, time_steps  # noqa: E402
+from benchmarks._harness import (ON_GPU, baseline_rows, compile_options, parse_impl, peak_extra_gb,  # noqa: E402
+                                set_impl, time_steps)
 from benchmarks._report import report  # noqa: E402
 from coc_det.backbone import COMPILE_DEFAULTS, PROPOSAL_OF_CENTRES, ContextCluster  # noqa: E402
 
@@ -88,11 +89,8 @@ def table(rows, title):
         ms = f"{r['ms']:.1f}" if "ms" in r else r.get("error", "-")
         first = f"{r['first_call_ms']:.0f}" if "first_call_ms" in r else "-"
         mem = f"{r['peak_extra_gb']:.2f}" if "peak_extra_gb" in r else "-"
-        ratios = []
-        for ref_impl in ("dense", "dense+compile"):
-            ref = next((q for q in rows if q.get("impl") == ref_impl and q["variant"] == r["variant"] and "ms" in q),
-                       None)
-            ratios.append(f"{r['ms'] / ref['ms']:.2f}x time" if ref and "ms" in r else "-")
+        ratios = [f"{r['ms'] / ref['ms']:.2f}x time" if ref and "ms" in r else "-"
+                  for ref in baseline_rows(rows, r, "variant", "ms")]
         lines.append(f"| {r['variant']} | {r['impl']} | {ms} | {first} | {mem} | {ratios[0]} | {ratios[1]} |")
     return "\n".join(lines)
 

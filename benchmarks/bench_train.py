@@ -28,8 +28,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from benchmarks._harness import (ON_GPU, compile_options, parse_impl, peak_extra_gb, set_impl,  # noqa: E402
-                                 sync, time_steps)
+from benchmarks._harness import (ON_GPU, baseline_rows, compile_options, parse_impl,  # noqa: E402
+                                 peak_extra_gb, set_impl, sync, time_steps)
 from benchmarks._report import report  # noqa: E402
 from coc_det.backbone import COMPILE_DEFAULTS  # noqa: E402
 
@@ -115,11 +115,8 @@ def table(rows, title):
         if "error" in r:
             lines.append(f"| {r['config']} | {r['impl']} | {r['error']} | - | - | - | - | - |")
             continue
-        ratios = []
-        for ref_impl in ("dense", "dense+compile"):
-            ref = next((q for q in rows if q["impl"] == ref_impl and q["config"] == r["config"] and "error" not in q),
-                       None)
-            ratios.append(f"{ref['ms_per_iter'] / r['ms_per_iter']:.2f}x faster" if ref else "-")
+        ratios = [f"{ref['ms_per_iter'] / r['ms_per_iter']:.2f}x faster" if ref else "-"
+                  for ref in baseline_rows(rows, r, "config", "ms_per_iter")]
         mem = f"{r['peak_extra_gb']:.2f}" if "peak_extra_gb" in r else "-"
         ips = f"{r['infer_img_per_s']:.2f}" if "infer_img_per_s" in r else "-"
         lines.append(f"| {r['config']} | {r['impl']} | {r['ms_per_iter']:.1f} | {r['first_iter_ms']:.0f} | {mem} "

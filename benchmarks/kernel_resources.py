@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks._report import report  # noqa: E402
-from coc_det.backbone import ARCH_SETTINGS, PROPOSAL_OF_CENTRES, ContextCluster  # noqa: E402
+from coc_det.backbone import ARCH_SETTINGS, PROPOSAL_OF_CENTRES, size_divisor  # noqa: E402
 from coc_kernels import DENOMINATORS, cluster_assignment, context_cluster  # noqa: E402
 from coc_kernels.ops import aot  # noqa: E402
 from coc_kernels.ops.context_cluster import record_launches  # noqa: E402
@@ -42,7 +42,7 @@ def record(archs, centres, dtypes, batch=2, img=(800, 1344)):
     one = torch.ones(1)
     for arch in archs:
         s = ARCH_SETTINGS[arch]
-        div = ContextCluster(s).size_divisor  # the padding the arch needs (224 for tiny2's folds of 7)
+        div = size_divisor(s["folds"])  # the padding the arch needs (224 for tiny2's folds of 7)
         size = [-(-n // div) * div for n in img]
         for stage in range(4):
             heads, d = s["heads"][stage], s["head_dim"][stage]

@@ -67,6 +67,17 @@ ARCH_SETTINGS: Dict[str, dict] = {
 #: centres per region ("-4 / -25 / -49" in the detection/segmentation model names) -> centres per region axis
 PROPOSAL_OF_CENTRES = {4: 2, 25: 5, 49: 7}
 
+
+def size_divisor(folds) -> int:
+    """The input side every stage's map divides by its fold (stage i has stride 4 * 2**i): 32 for folds
+    8/4/2/1, 224 for tiny2's 7/7/1/1. ``folds``: one int or ``(fh, fw)`` pair per stage."""
+    div = 1
+    for i, f in enumerate(folds):
+        f = math.lcm(*f) if isinstance(f, (tuple, list)) else f
+        div = math.lcm(div, 4 * 2 ** i * f)
+    return div
+
+
 def _per_stage(v, n: int, name: str) -> list:
     if isinstance(v, (int, float)):
         return [v] * n
@@ -248,11 +259,7 @@ class ContextCluster(BaseModule):
         self.compile_cfg = dict(COMPILE_DEFAULTS, **compile) if isinstance(compile, dict) else (
             dict(COMPILE_DEFAULTS) if compile else None)
         self.proposals, self.folds = proposals, folds
-        # an input side that every stage's map divides by its fold: stage i has stride 4 * 2**i
-        self.size_divisor = 1
-        for i, f in enumerate(folds):
-            f = math.lcm(*f) if isinstance(f, (tuple, list)) else f
-            self.size_divisor = math.lcm(self.size_divisor, 4 * 2 ** i * f)
+        self.size_divisor = size_divisor(folds)
 
         self.patch_embed = PointRecuder(4, 4, 0, 5, dims[0])
         network = []

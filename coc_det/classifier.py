@@ -77,8 +77,14 @@ class ContextClusterClassifier(ContextCluster):
 def load_classifier_checkpoint(model: ContextClusterClassifier, path: str) -> None:
     """Load a public CoC ImageNet checkpoint (weights under ``model``/``state_dict`` or bare) into a classifier,
     strictly (every key, every shape), weights only (see :mod:`coc_det.checkpoint`)."""
-    from .checkpoint import CheckpointError, compare_state_dicts, read_checkpoint, state_dict_of
-    state = state_dict_of(read_checkpoint(path))
+    from .checkpoint import read_checkpoint, state_dict_of
+    load_classifier_state(model, state_dict_of(read_checkpoint(path)), path)
+
+
+def load_classifier_state(model: ContextClusterClassifier, state: dict, path: str) -> None:
+    """The strict load of :func:`load_classifier_checkpoint` for weights already read from ``path``; a
+    :class:`~coc_det.checkpoint.CheckpointError` names what does not fit, in one line."""
+    from .checkpoint import CheckpointError, compare_state_dicts
     missing, unexpected, wrong = compare_state_dicts(model.state_dict(), state)
     if missing or unexpected or wrong:
         raise CheckpointError(f"{path} does not fit this classifier: missing {missing[:3]} ({len(missing)}), "

@@ -184,3 +184,12 @@ def random_public_weights(model: nn.Module, seed: int = 0) -> dict:
             v = 0.1 * torch.randn(t.shape, generator=g)
         out[name] = v.to(t.dtype)
     return out
+
+
+def random_public_model(settings: dict, seed: int = 0, **kwargs):
+    """``OriginalContextCluster(settings, **kwargs)`` in float64, eval mode, holding
+    :func:`random_public_weights`; returns ``(model, state dict)``."""
+    model = OriginalContextCluster(settings, **kwargs).double().eval()
+    state = random_public_weights(model, seed)
+    model.load_state_dict(state, strict=True)
+    return model, state

@@ -15,7 +15,7 @@ from coc_det import ARCH_SETTINGS, ContextCluster, ContextClusterClassifier
 from coc_kernels import DEFAULT_DENOMINATOR, context_cluster
 from coc_det.checkpoint import read_checkpoint
 from coc_det.classifier import create_classifier
-from original_coc import OriginalContextCluster, random_public_weights
+from original_coc import random_public_model
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 IMAGE = osp.join(ROOT, "tests", "data", "shapes.png")
@@ -83,9 +83,7 @@ def _public_checkpoint(tmp_path, name="coc_tiny"):
     """A checkpoint as timm's training script writes them (the public ones): weights under state_dict, the
     training args as an argparse.Namespace, optimizer state, epoch. The weights are those of the public model
     (``tests/original_coc.py``, random values, its key layout), which is returned with them (float64, eval)."""
-    oracle = OriginalContextCluster(ARCH_SETTINGS[name[4:]]).double().eval()
-    state = random_public_weights(oracle)
-    oracle.load_state_dict(state, strict=True)
+    oracle, state = random_public_model(ARCH_SETTINGS[name[4:]])
     path = tmp_path / f"{name}.pth.tar"
     torch.save({"epoch": 299, "arch": name, "state_dict": state, "version": 2,
                 "optimizer": {"state": {}, "param_groups": [{"lr": 1e-3, "params": [0, 1]}]},

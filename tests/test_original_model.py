@@ -6,25 +6,27 @@ import pytest
 import torch
 
 from coc_det import ARCH_SETTINGS, ContextCluster, ContextClusterClassifier
-from coc_det.backbone import PROPOSAL_OF_CENTRES
-from original_coc import OriginalContextCluster, random_public_weights
+from coc_det.backbone import PROPOSAL_OF_CENTRES, size_divisor
+from original_coc import random_public_model
 
 TOL = dict(rtol=1e-9, atol=1e-9)  # float64 throughout: what is left is summation order
 
 
+def _up(n, arch):
+    """n rounded up to the arch's padding multiple (32; 224 for tiny2's folds of 7)."""
+    d = size_divisor(ARCH_SETTINGS[arch]["folds"])
+    return -(-n // d) * d
+
+
 def _size(arch, h, w):
-    """(h, w) rounded up to the arch's padding multiple (32; 224 for tiny2's folds of 7), kept non-square."""
-    d = ContextCluster(arch).size_divisor
-    h, w = -(-h // d) * d, -(-w // d) * d
-    return (h, w + d) if h == w else (h, w)
+    """(h, w) rounded up to the arch's padding multiple, kept non-square."""
+    h, w = _up(h, arch), _up(w, arch)
+    return (h, w + _up(1, arch)) if h == w else (h, w)
 
 
 def _pair(arch, fork_feat, seed=0, proposals=None, denominator="similarity"):
-    oracle = OriginalContextCluster(ARCH_SETTINGS[arch], proposals=proposals, fork_feat=fork_feat,
-                                    denominator=denominator).double().eval()
-    state = random_public_weights(oracle, seed)
-    oracle.load_state_dict(state, strict=True)
-    return oracle, state
+    return random_public_model(ARCH_SETTINGS[arch], seed, proposals=proposals, fork_feat=fork_feat,
+                               denominator=denominator)
 
 
 @pytest.mark.parametrize("arch", list(ARCH_SETTINGS))
@@ -45,8 +47,7 @@ def test_classifier_equals_the_public_model(arch):
     oracle, state = _pair(arch, fork_feat=False, seed=1)
     ours = ContextClusterClassifier(arch).double().eval()
     ours.load_state_dict(state, strict=True)
-    d = ContextCluster(arch).size_divisor
-    x = torch.randn(1, 3, -(-160 // d) * d, -(-160 // d) * d, dtype=torch.float64)
+    x = torch.randn(1, 3, _up(160, arch), _up(160, arch), dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), oracle(x), **TOL)
 
@@ -84,9 +85,7 @@ def test_fused_path_equals_the_public_model():
     """The Triton kernels (interpreter on the CPU, float64) inside a small two-stage model."""
     arch = dict(layers=[1, 1], embed_dims=[16, 32], mlp_ratios=[2, 2], heads=[2, 2], head_dim=[8, 8],
                 proposals=(2, 3), folds=(2, 1))
-    oracle = OriginalContextCluster(arch, fork_feat=True).double().eval()
-    state = random_public_weights(oracle, seed=3)
-    oracle.load_state_dict(state)
+    oracle, state = random_public_model(arch, seed=3, fork_feat=True)
     ours = ContextCluster(arch, out_indices=(0, 1), mixer_impl="triton").double().eval()
     ours.load_state_dict(state, strict=True)
     x = torch.randn(1, 3, 32, 64, dtype=torch.float64)

@@ -225,6 +225,38 @@ def test_validate_imagenet_refuses_folders_it_cannot_score(tmp_path, case):
     assert "Traceback" not in proc.stderr
 
 
+# ------------------------------------------------------------------------------------ runner probes
+def _built(config):
+    """``(cfg, model)`` of a config, the model built in the config's registry scope (random weights)."""
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+
+    import coc_det  # noqa: F401
+    cfg = Config.fromfile(config)
+    init_default_scope(cfg.default_scope)
+    return cfg, MODELS.build(cfg.model)
+
+
+def _weights_for(config, path):
+    torch.save({"meta": {}, "state_dict": _built(config)[1].state_dict()}, path)
+
+
+def _probe_runner(monkeypatch, method, load=False):
+    """Replace Runner.<method> by a probe that hands the runner back (nothing is trained or tested; with
+    ``load`` it first loads the checkpoint as the runner's own test/train would)."""
+    from mmengine.runner import Runner
+    seen = {}
+
+    def probe(runner):
+        if load:
+            runner.load_or_resume()
+        seen["runner"] = runner
+        return {}
+
+    monkeypatch.setattr(Runner, method, probe)
+    return seen
+
+
 @pytest.mark.parametrize("override", [False, True], ids=["switched", "overridden"])
 @pytest.mark.parametrize("made_by", ["mmdet 2.25.1", "mmseg 0.30.0"])
 def test_test_py_runs_original_checkpoints_with_the_count_denominator(tmp_path, monkeypatch, made_by, override):
@@ -232,42 +264,25 @@ def test_test_py_runs_original_checkpoints_with_the_count_denominator(tmp_path, 
     backbone computes as the public model with ``denominator='count'`` does (float64, same weights); with
     ``--cfg-options model.backbone.denominator=similarity`` as the public model does today. The runner's
     test loop is replaced by a probe that loads the checkpoint as the runner does and hands its model back."""
-    from mmengine.config import Config
-    from mmengine.registry import MODELS, init_default_scope
-    from mmengine.runner import Runner
-
-    import coc_det  # noqa: F401
     import test as test_tool
     from coc_det.backbone import Cluster
-    from original_coc import OriginalContextCluster, random_public_weights
+    from original_coc import random_public_model
     lib = made_by.split()[0]
     config = DEMO if lib == "mmdet" else osp.join(ROOT, "configs", "demo", "fpn_coc-demo_shapes.py")
-    cfg = Config.fromfile(config)
-    init_default_scope(cfg.default_scope)
-    full = MODELS.build(cfg.model).state_dict()
+    cfg, model = _built(config)
     bb = cfg.model.backbone
     settings = dict(bb.arch, proposals=[bb.proposal] * 4, folds=list(bb.fold))
-    oracles = {d: OriginalContextCluster(settings, fork_feat=True, denominator=d).double().eval()
-               for d in ("count", "similarity")}
-    public = random_public_weights(oracles["count"])
-    for o in oracles.values():
-        o.load_state_dict(public)
-    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in full.items()}
-    state.update({f"backbone.{k}": v.float() for k, v in public.items()})
+    # one seed: both oracles hold the same weights
+    oracles = {d: random_public_model(settings, fork_feat=True, denominator=d)[0] for d in ("count", "similarity")}
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    state.update({f"backbone.{k}": v.float() for k, v in oracles["count"].state_dict().items()})
     ckpt = tmp_path / "original.pth"
     torch.save({"meta": {f"{lib}_version": made_by.split()[1]}, "state_dict": state}, ckpt)
 
-    seen = {}
-
-    def probe(runner):
-        runner.load_or_resume()
-        seen["model"] = runner.model
-        return {}
-
-    monkeypatch.setattr(Runner, "test", probe)
+    seen = _probe_runner(monkeypatch, "test", load=True)
     extra = ["--cfg-options", "model.backbone.denominator=similarity"] if override else []
     test_tool.main([config, str(ckpt), "--work-dir", str(tmp_path / "work"), *extra])
-    backbone = seen["model"].backbone.double().eval()
+    backbone = seen["runner"].model.backbone.double().eval()
     want = "similarity" if override else "count"
     assert {m.denominator for m in backbone.modules() if isinstance(m, Cluster)} == {want}
     x = torch.randn(1, 3, 64, 96, dtype=torch.float64)
@@ -331,7 +346,8 @@ def test_classify_names_a_checkpoint_that_is_not_this_classifier_in_one_line(tmp
     proc = run("classify.py", IMAGE, "--model", "coc_tiny", "--checkpoint", ckpt)
     assert proc.returncode == 2 and want in proc.stderr, proc.stderr[-2000:]
     errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
-    assert "Traceback" not in proc.stderr and len(errors) == 1 and len(proc.stderr.splitlines()) <= 5, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr[-3000:]
+    assert len(proc.stderr.splitlines()) <= 5, proc.stderr[-3000:]
     if kind == "detector":
         assert "tools/test.py" in proc.stderr
 
@@ -350,24 +366,6 @@ def test_setup_py_torch_floor_is_not_above_the_torch_tested_here():
 
 
 # ------------------------------------------------------------------------------------ the original README's commands
-def _probe_runner(monkeypatch, method):
-    """Replace Runner.<method> by a probe that hands the runner back (nothing is trained, tested or read)."""
-    from mmengine.runner import Runner
-    seen = {}
-    monkeypatch.setattr(Runner, method, lambda runner: seen.setdefault("runner", runner) and {})
-    return seen
-
-
-def _weights_for(config, path):
-    from mmengine.config import Config
-    from mmengine.registry import MODELS, init_default_scope
-
-    import coc_det  # noqa: F401
-    cfg = Config.fromfile(config)
-    init_default_scope(cfg.default_scope)
-    torch.save({"meta": {}, "state_dict": MODELS.build(cfg.model).state_dict()}, path)
-
-
 @pytest.mark.parametrize("seed", ["detection", "segmentation"])
 def test_the_original_readmes_test_commands_as_typed(tmp_path, monkeypatch, capsys, seed):
     """``dist_test.sh configs/{config} CKPT 8 --out results.pkl --eval bbox segm`` (detection README) and
@@ -376,11 +374,11 @@ def test_the_original_readmes_test_commands_as_typed(tmp_path, monkeypatch, caps
     of the predictions."""
     import test as test_tool
     if seed == "detection":
-        config, ours, metrics = "configs/mask_rcnn_coc_small_5_fpn_1x_coco.py", "mask-rcnn_coc-small-25_fpn_1x_coco.py", \
-            ["bbox", "segm"]
+        config, metrics = "configs/mask_rcnn_coc_small_5_fpn_1x_coco.py", ["bbox", "segm"]
+        ours = "mask-rcnn_coc-small-25_fpn_1x_coco.py"
     else:
-        config, ours, metrics = "configs/sem_fpn/fpn_coc_small_5_ade20k_80k.py", \
-            "segmentation/fpn_coc-small-25_ade20k-512x512_80k.py", ["mIoU"]
+        config, metrics = "configs/sem_fpn/fpn_coc_small_5_ade20k_80k.py", ["mIoU"]
+        ours = "segmentation/fpn_coc-small-25_ade20k-512x512_80k.py"
     ckpt = tmp_path / "checkpoint_file.pth"
     _weights_for(osp.join(ROOT, "configs", ours), ckpt)
     seen = _probe_runner(monkeypatch, "test")

@@ -22,7 +22,7 @@ def build(model_name: str, checkpoint: str | None, device: str):
     model = timm.create_model(model_name, pretrained=False)
     if checkpoint:
         from coc_det.checkpoint import read_checkpoint, state_dict_of
-        from coc_det.classifier import load_classifier_checkpoint
+        from coc_det.classifier import load_classifier_state
         weights = state_dict_of(read_checkpoint(checkpoint), checkpoint)
         if any(k.startswith("backbone.") for k in weights):
             kind = "detector or segmentor" if any(k.startswith(("neck.", "decode_head.", "roi_head."))
@@ -30,7 +30,7 @@ def build(model_name: str, checkpoint: str | None, device: str):
             raise ValueError(f"{checkpoint} is a {kind} checkpoint (weights under 'backbone.'), not an ImageNet "
                              "classifier: evaluate it with tools/test.py CONFIG CHECKPOINT, or look at its clusters "
                              "with tools/visualize_clusters.py IMAGE --config CONFIG --checkpoint CHECKPOINT")
-        load_classifier_checkpoint(model, checkpoint)  # strict, weights only; a one-line error naming keys
+        load_classifier_state(model, weights, checkpoint)  # strict; a one-line error naming keys
     return model.to(device).eval()
 
 
