@@ -382,10 +382,13 @@ class ContextCluster(BaseModule):
             x = checkpoint(block, x, use_reentrant=False)
         return x
 
-    def _stages(self, x: torch.Tensor) -> list:
+    def _stages(self, x: torch.Tensor, last: int | None = None) -> list:
+        """Outputs of stages ``0..last`` (all by default); later stages do not run."""
         x = self.patch_embed(torch.cat([x, position_channels(x)], dim=1))
         feats = []
         for idx, layer in enumerate(self.network):
+            if last is not None and idx > 2 * last:
+                break
             x = self._run_stage(layer, x) if idx % 2 == 0 else layer(x)
             if idx % 2 == 0:
                 feats.append(x)

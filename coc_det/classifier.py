@@ -13,61 +13,146 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .backbone import ARCH_SETTINGS, ContextCluster, GroupNorm
+from .backbone import ARCH_SETTINGS, ContextCluster, GroupNorm, size_divisor
 
 #: timm names -> arch (``coc_<arch>``)
 TIMM_MODELS = {f"coc_{arch}": arch for arch in ARCH_SETTINGS}
 
-#: the public models' evaluation transform (timm ``pretrained_cfg``): 224 px, crop 0.9, bicubic
+#: the public models' evaluation transform (timm ``pretrained_cfg``): 224 px, crop 0.9, bicubic. The public code
+#: defines crop 0.9 ('model_small') and 0.95 ('model_medium') but gives every model, medium included,
+#: 'model_small': its published accuracies were measured with 0.9.
 PRETRAINED_CFG = dict(num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.9,
                       interpolation="bicubic", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                      first_conv="patch_embed.proj", classifier="head")
+                      first_conv="patch_embed.proj", classifier="head", license="mit",
+                      origin_url="https://github.com/ma-xu/Context-Cluster", paper_ids="arXiv:2303.01494")
+
+#: ``global_pool`` values: ``'avg'`` (spatial mean, the public models) or ``''`` (no pooling: only with
+#: ``num_classes=0``, the head is a Linear on pooled features)
+GLOBAL_POOLS = ("avg", "")
+
+
+def pretrained_cfg(arch: str) -> dict:
+    """The timm ``pretrained_cfg`` of ``coc_<arch>``: :data:`PRETRAINED_CFG` with the arch's smallest input
+    (its size divisor: 32, or 224 for tiny2's folds of 7)."""
+    side = size_divisor(ARCH_SETTINGS[arch]["folds"])
+    return dict(PRETRAINED_CFG, min_input_size=(3, side, side))
+
+
+def _take_indices(n: int, indices) -> tuple[list, int]:
+    """timm's index rule: None -> all n stages, int k -> the last k, a sequence -> those (negative from the
+    end). Returns (sorted absolute indices, the largest)."""
+    if indices is None:
+        indices = n
+    if isinstance(indices, int):
+        if not 0 < indices <= n:
+            raise ValueError(f"take the last k stages with 1 <= k <= {n}, got {indices}")
+        take = list(range(n - indices, n))
+    else:
+        take = [i + n if i < 0 else i for i in indices]
+        if not take or any(not 0 <= i < n for i in take):
+            raise ValueError(f"stage indices {list(indices)} out of range for {n} stages")
+    return sorted(set(take)), max(take)
 
 
 class ContextClusterClassifier(ContextCluster):
     """``ContextCluster`` stages -> GroupNorm -> global average -> Linear. ``[B, 3, H, W] -> [B, num_classes]``.
 
     Takes the backbone's arguments (``arch``, ``proposal``, ``fold``, ``mixer_impl``, ``denominator``,
-    ``drop_path_rate``, ``with_cp``...) except ``out_indices``; ``num_classes=0`` gives pooled features.
-    ``drop_rate`` is dropout before the head (timm's argument).
+    ``drop_path_rate``, ``with_cp``...) except ``out_indices``; ``num_classes=0`` gives pooled features,
+    ``num_classes=0, global_pool=''`` the normed last-stage map. ``drop_rate`` is dropout before the head.
+
+    timm's model interface: ``forward_features`` / ``forward_head(pre_logits=)``, ``get_classifier`` /
+    ``reset_classifier``, ``forward_intermediates`` / ``prune_intermediate_layers`` (used by
+    ``features_only=True``), ``set_grad_checkpointing``, ``feature_info``, ``num_features``, ``pretrained_cfg``.
     """
 
-    def __init__(self, arch="small", num_classes: int = 1000, drop_rate: float = 0.0, in_chans: int = 3, **kwargs):
+    def __init__(self, arch="small", num_classes: int = 1000, drop_rate: float = 0.0, in_chans: int = 3,
+                 global_pool: str = "avg", **kwargs):
         if in_chans != 3:
             raise ValueError(f"Context Cluster models take RGB images (in_chans=3), got in_chans={in_chans}")
-        for key in ("out_indices", "init_cfg"):
-            if key in kwargs:
-                raise ValueError(f"{key} is a backbone argument; the classifier has no output norms to choose")
+        if "out_indices" in kwargs:
+            raise ValueError("out_indices chooses feature maps: timm.create_model(name, features_only=True, "
+                             "out_indices=...) or model.forward_intermediates(x, indices=...); for detection use "
+                             "coc_det.ContextCluster")
+        if "init_cfg" in kwargs:
+            raise ValueError("init_cfg is a backbone argument; classifiers load whole checkpoints "
+                             "(timm.create_model(..., checkpoint_path=) or load_classifier_checkpoint)")
         super().__init__(arch=arch, out_indices=(), **kwargs)
-        self.num_classes = num_classes
-        self.num_features = self.embed_dims[-1]
+        self.num_features = self.head_hidden_size = self.embed_dims[-1]
         self.drop_rate = drop_rate
+        self.feature_info = [dict(num_chs=c, reduction=4 * 2 ** i, module=f"network.{2 * i}")
+                             for i, c in enumerate(self.embed_dims)]
         self.norm = GroupNorm(self.num_features)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.head.apply(self._init_linear)
-        self.pretrained_cfg = dict(PRETRAINED_CFG, num_classes=num_classes)
+        self.reset_classifier(num_classes, global_pool)
+        self.pretrained_cfg = self.default_cfg = dict(pretrained_cfg(arch) if isinstance(arch, str) else
+                                                      PRETRAINED_CFG, num_classes=num_classes)
 
     # the timm model interface
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int, global_pool=None):
-        self.num_classes = num_classes
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None):
+        """A new (randomly initialised) ``Linear(num_features, num_classes)`` head; 0 removes it.
+        ``global_pool``: ``'avg'`` or ``''`` (no pooling, only without a head); None keeps the current."""
+        global_pool = getattr(self, "global_pool", "avg") if global_pool is None else global_pool
+        if global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+        if global_pool == "" and num_classes > 0:
+            raise ValueError("global_pool='' (no pooling) needs num_classes=0: the head is a Linear on pooled "
+                             "features")
+        self.num_classes, self.global_pool = num_classes, global_pool
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.head.apply(self._init_linear)
+
+    def set_grad_checkpointing(self, enable: bool = True):
+        """Activation checkpointing of every block in training (the backbone's ``with_cp``)."""
+        self.with_cp = enable
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W] -> [B, C_last, H/32, W/32]`` (after the final norm)."""
         return self.norm(self.forward_stages(x)[-1])
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean((-2, -1))
+        """``[B, C, h, w] -> [B, num_classes]`` (``[B, C]`` with ``pre_logits``; unpooled with ``global_pool=''``)."""
+        if self.global_pool == "avg":
+            x = x.mean((-2, -1))
         if self.drop_rate > 0:
             x = nn.functional.dropout(x, self.drop_rate, self.training)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """timm's feature API: the outputs of the stages in ``indices`` (None: all; int k: the last k; a list,
+        negative from the end), each ``[B, embed_dims[i], H/2**(i+2), W/2**(i+2)]``. ``norm`` applies the final
+        norm to the last stage's; ``stop_early`` skips the stages after the last one taken. Returns the list,
+        or ``(forward_features(x), list)`` unless ``intermediates_only``. Runs eagerly (not through ``compile``).
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"Context Cluster feature maps are NCHW, got output_fmt={output_fmt!r}")
+        n = len(self.network) // 2 + 1
+        take, last = _take_indices(n, indices)
+        self._check_input(x)
+        feats = self._stages(x, last if stop_early else None)
+        inter = [self.norm(feats[i]) if norm and i == n - 1 else feats[i] for i in take]
+        if intermediates_only:
+            return inter
+        return (self.norm(feats[-1]) if len(feats) == n else feats[-1]), inter
+
+    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True) -> list:
+        """Drop the stages after the last of ``indices`` (and the norm / head: see timm); returns the indices."""
+        n = len(self.network) // 2 + 1
+        take, last = _take_indices(n, indices)
+        self.network = self.network[:2 * last + 1]
+        if prune_norm or last < n - 1:
+            self.norm = nn.Identity()
+        if last < n - 1:
+            self.num_features = self.head_hidden_size = self.embed_dims[last]
+        if prune_head or last < n - 1:
+            self.reset_classifier(0, "")
+        return take
 
     def load_pretrained(self, checkpoint: str, prefix=None):  # noqa: D102 - the backbone's loader drops heads
         raise NotImplementedError("classifiers load whole checkpoints: timm.create_model(..., checkpoint_path=) "
@@ -103,17 +188,24 @@ def create_classifier(name: str, checkpoint: str | None = None, **kwargs) -> Con
 
 
 def _register_timm():
-    """Register every ``coc_<arch>`` as a timm model (where timm is installed)."""
-    from timm.models import register_model
+    """Register every ``coc_<arch>`` as a timm model (where timm is installed), built by timm's
+    ``build_model_with_cfg``: its ``pretrained_cfg`` from :func:`pretrained_cfg`, and ``features_only=True``
+    (``out_indices``, ``feature_info.channels()/reduction()``) through :meth:`forward_intermediates`."""
+    from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+    from timm.models._registry import get_pretrained_cfg
+
+    globals()["default_cfgs"] = generate_default_cfgs({name: pretrained_cfg(arch) for name, arch in TIMM_MODELS.items()})
 
     def entrypoint(name, arch):
         def fn(pretrained: bool = False, **kwargs):
-            if pretrained:
+            overlay = kwargs.get("pretrained_cfg_overlay") or {}
+            if pretrained and not (overlay.get("file") or overlay.get("state_dict") is not None
+                                   or get_pretrained_cfg(name).has_weights):
                 raise ValueError(f"{name}: no download location is registered for the public weights; pass "
-                                 "pretrained=False, checkpoint_path=<the published .pth.tar>")
-            for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-                kwargs.pop(key, None)
-            return ContextClusterClassifier(arch, **kwargs)
+                                 "pretrained=False, checkpoint_path=<the published .pth.tar>, or (also with "
+                                 "features_only=True) pretrained=True, pretrained_cfg_overlay=dict(file=<it>)")
+            return build_model_with_cfg(ContextClusterClassifier, name, pretrained, arch=arch,
+                                        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"), **kwargs)
         fn.__name__ = name
         fn.__qualname__ = name
         fn.__module__ = __name__
