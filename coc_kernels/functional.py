@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 
 from .reference import (DEFAULT_DENOMINATOR, DENOMINATORS, cluster_assignment_dense, cluster_assignment_reference,
-                        compute_dtype, context_cluster_dense, context_cluster_light)
+                        compute_dtype, context_cluster_dense, context_cluster_export, context_cluster_light,
+                        torch_math)
 
 IntPair = Union[int, Sequence[int]]
 IMPLS = ("auto", "triton", "reference", "dense")
@@ -57,10 +58,10 @@ def _interpreting() -> bool:
 
 
 def _recording_dry_run() -> bool:
-    """True inside ``record_launches(execute=False)`` (the compile gate): launches are recorded, not run."""
-    import sys
-    ops = sys.modules.get("coc_kernels.ops.context_cluster")
-    return ops is not None and ops.dry_run()
+    """True inside ``record_launches(execute=False)`` (the compile gate): launches are recorded, not run.
+    (Asked only for ``impl='triton'`` once triton imports, so the kernel module may load here.)"""
+    from .ops.context_cluster import dry_run
+    return dry_run()
 
 
 def _check_map(t: Tensor, name: str):
@@ -154,18 +155,6 @@ def _empty_result(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor) -> Tens
     return (value.to(acc) * 0.0 + link).to(value.dtype)
 
 
-def torch_math(fn, x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, **kw) -> Tensor:
-    """Run a torch path as the fused one computes: in fp32 (fp64 for fp64 inputs) whatever the input
-    precision or an enclosing autocast, alpha/beta cast to that precision, the output in value's dtype."""
-    acc = compute_dtype(x.dtype)
-    with torch.autocast(x.device.type, enabled=False):
-        alpha, beta = alpha.to(acc), beta.to(acc)
-        y = fn(x.to(acc), value.to(acc), alpha, beta, **kw)
-        if x.is_cuda or torch.compiler.is_compiling():  # no host check of alpha/beta ran: NaN out if not finite
-            y = y + (alpha * 0.0 + beta * 0.0).reshape(())
-    return y.to(value.dtype)
-
-
 def context_cluster(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, *, heads: int, proposal: IntPair,
                     fold: IntPair, impl: str = "auto", denominator: str = DEFAULT_DENOMINATOR) -> Tensor:
     """Context Cluster mixer (without the 1x1 convs): cluster, aggregate, dispatch.
@@ -189,16 +178,21 @@ def context_cluster(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, *, he
         outputs; one in channel c of value makes channel c of the group NaN (as the original computes).
         Empty inputs (B, H or W zero) give an empty output with zero gradients. Under ``torch.func``
         transforms or forward-mode AD, ``"triton"`` computes with the reference math (its kernels have
-        no forward-mode derivative).
+        no forward-mode derivative). Inside ``torch.onnx.export`` every ``impl`` records
+        :func:`~coc_kernels.reference.context_cluster_export` (standard ONNX ops, symbolic H and W).
     """
     heads, proposal, fold = check_inputs(x, value, alpha, beta, heads, proposal, fold)
     if denominator not in DENOMINATORS:
         raise ValueError(f"denominator must be one of {DENOMINATORS}, got {denominator!r}")
+    kw = dict(heads=heads, proposal=proposal, fold=fold, denominator=denominator)
+    if torch.onnx.is_in_onnx_export():  # standard ops whatever impl says (see context_cluster_export)
+        acc = compute_dtype(x.dtype)  # (as torch_math, without an autocast region: a subgraph in the trace)
+        y = context_cluster_export(x.to(acc), value.to(acc), alpha.reshape(1).to(acc), beta.reshape(1).to(acc), **kw)
+        return y.to(value.dtype)
     impl = resolve_impl(impl, x, proposal[0] * proposal[1])
     alpha, beta = alpha.reshape(1), beta.reshape(1)  # any one-element shape, the same on every path
     if x.numel() == 0 or value.numel() == 0:
         return _empty_result(x, value, alpha, beta)
-    kw = dict(heads=heads, proposal=proposal, fold=fold, denominator=denominator)
     if impl == "dense":
         return torch_math(context_cluster_dense, x, value, alpha, beta, **kw)
     if impl == "reference":

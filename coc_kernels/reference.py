@@ -1,6 +1,6 @@
 """Torch paths of the Context Cluster mixer.
 
-Two implementations of the same math (see ``shared/DESIGN.md`` and the public CoC code):
+Torch forms of the same math (see ``docs/design.md`` and the public CoC code):
 
 * :func:`context_cluster_dense` - a faithful restatement of the original ``Cluster.forward`` (minus the
   1x1 convs): dense ``[G, M, N]`` similarity, a one-hot mask, ``[G, M, N, d]`` products for the
@@ -9,6 +9,9 @@ Two implementations of the same math (see ``shared/DESIGN.md`` and the public Co
   ``[G, N, M]`` similarity (freed after the forward), the hard assignment taken under ``no_grad``, and
   only ``sigma_n = s[a_n, n]`` kept for autograd (which saves O(G * N * d)). This is what CPU users get
   by default.
+* :func:`context_cluster_export` - the light math in one piece (no per-image/head chunk loop) with the
+  adaptive pooling written as two matrix products whose windows are computed from the map's size, so that
+  a traced graph is small and keeps height and width symbolic: what ``torch.onnx.export`` records.
 
 Shapes: ``x [B, heads*d, H, W]``, ``value [B, heads*dv, H, W]``, ``alpha``/``beta`` one-element tensors.
 Every ``fh x fw`` grid cell ("region", ``rh x rw`` pixels) of every head of every image is one group;
@@ -36,6 +39,18 @@ DEFAULT_DENOMINATOR = "similarity"
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The precision every path computes in: fp32, or fp64 for fp64 inputs (tests, gradcheck)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def torch_math(fn, x: torch.Tensor, value: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, **kw):
+    """Run a torch path ``fn`` as the fused one computes: in fp32 (fp64 for fp64 inputs) whatever the input
+    precision or an enclosing autocast, alpha/beta cast to that precision, the output in value's dtype."""
+    acc = compute_dtype(x.dtype)
+    with torch.autocast(x.device.type, enabled=False):
+        alpha, beta = alpha.to(acc), beta.to(acc)
+        y = fn(x.to(acc), value.to(acc), alpha, beta, **kw)
+        if x.is_cuda or torch.compiler.is_compiling():  # no host check of alpha/beta ran: NaN out if not finite
+            y = y + (alpha * 0.0 + beta * 0.0).reshape(())
+    return y.to(value.dtype)
 
 
 def to_groups(t: torch.Tensor, heads: int, fold: Tuple[int, int]) -> torch.Tensor:
@@ -101,7 +116,23 @@ def _points(t: torch.Tensor, heads: int, fold: Tuple[int, int]) -> torch.Tensor:
     return t.reshape(B * heads * fh * fw, (H // fh) * (W // fw), C // heads)
 
 
-def _region_centres(t: torch.Tensor, heads: int, proposal, fold) -> torch.Tensor:
+def _pool_matrix(n, out: int, like: torch.Tensor) -> torch.Tensor:
+    """``[out, n]`` averaging matrix of ``adaptive_avg_pool`` from ``n`` to ``out`` along one axis: row i
+    is ``1/len`` on ``floor(i*n/out) <= p < ceil((i+1)*n/out)``. ``n`` may be a symbolic size (export)."""
+    i = torch.arange(out, device=like.device).unsqueeze(1)
+    start, end = (i * n) // out, ((i + 1) * n + out - 1) // out
+    p = torch.arange(n, device=like.device).unsqueeze(0)
+    window = ((p >= start) & (p < end)).to(like.dtype)
+    return window / (end - start).to(like.dtype)
+
+
+def adaptive_avg_pool_matmul(t: torch.Tensor, size) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(t, size)`` as ``P_h @ t @ P_w^T`` (same windows; sums in another order):
+    standard MatMul nodes in an exported graph, for any (symbolic) input size."""
+    return _pool_matrix(t.shape[-2], size[0], t) @ t @ _pool_matrix(t.shape[-1], size[1], t).transpose(0, 1)
+
+
+def _region_centres(t: torch.Tensor, heads: int, proposal, fold, pool=F.adaptive_avg_pool2d) -> torch.Tensor:
     """Adaptive-avg-pool centres of every region: ``[G, M, c]``.
 
     Pooling the whole map to ``(fh*ph, fw*pw)`` gives exactly each region's own windows: window
@@ -110,11 +141,11 @@ def _region_centres(t: torch.Tensor, heads: int, proposal, fold) -> torch.Tensor
     """
     B, C, H, W = t.shape
     (fh, fw), (ph, pw) = fold, proposal
-    c = F.adaptive_avg_pool2d(t, (fh * ph, fw * pw)).reshape(B, heads, C // heads, fh, ph, fw, pw)
+    c = pool(t, (fh * ph, fw * pw)).reshape(B, heads, C // heads, fh, ph, fw, pw)
     return c.permute(0, 1, 3, 5, 4, 6, 2).reshape(B * heads * fh * fw, ph * pw, C // heads)
 
 
-def assign_light(x, alpha, beta, *, heads: int, proposal, fold):
+def assign_light(x, alpha, beta, *, heads: int, proposal, fold, pool=F.adaptive_avg_pool2d):
     """Hard assignment without ``[G, M, N, d]`` temporaries.
 
     Returns ``a [G, N]`` (int64, first index of the maximum of the sigmoid) and ``sigma [G, N]``
@@ -122,7 +153,7 @@ def assign_light(x, alpha, beta, *, heads: int, proposal, fold):
     """
     need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, alpha, beta))
     x_hat = F.normalize(_points(x, heads, fold), dim=-1)  # [G, N, d]
-    c_hat = F.normalize(_region_centres(x, heads, proposal, fold), dim=-1)  # [G, M, d]
+    c_hat = F.normalize(_region_centres(x, heads, proposal, fold, pool), dim=-1)  # [G, M, d]
     cos = torch.bmm(x_hat, c_hat.transpose(1, 2))  # [G, N, M]
     with torch.no_grad():
         s = (cos.detach() * alpha if need_grad else cos.mul_(alpha)).add_(beta).sigmoid_()
@@ -173,20 +204,28 @@ def context_cluster_light(x, value, alpha, beta, *, heads: int, proposal, fold, 
     return out
 
 
-def _light(x, value, alpha, beta, heads, proposal, fold, denominator):
+def context_cluster_export(x, value, alpha, beta, *, heads: int, proposal, fold, denominator=DEFAULT_DENOMINATOR):
+    """:func:`context_cluster_light` as one traceable piece: no chunk loop (a loop over images and heads
+    unrolls into thousands of nodes) and the pooling as matrix products (:func:`adaptive_avg_pool_matmul`),
+    so an exported graph has a few dozen standard ops per mixer (MatMul, ArgMax, ScatterElements add,
+    GatherElements) and symbolic height and width. Same results as the light path up to summation order."""
+    return _light(x, value, alpha, beta, heads, proposal, fold, denominator, pool=adaptive_avg_pool_matmul)
+
+
+def _light(x, value, alpha, beta, heads, proposal, fold, denominator, pool=F.adaptive_avg_pool2d):
     """One chunk of :func:`context_cluster_light`. The value side never leaves the ``[B, C, H, W]``
     layout: centres of all regions come from one whole-map pooling, and aggregate / dispatch are a
     scatter-add / gather along the pixels into / from that pooled grid, indexed by each pixel's centre."""
     B, C, H, W = x.shape
     (ph, pw), (fh, fw) = proposal, fold
     P = fh * ph * fw * pw
-    a, sigma = assign_light(x, alpha, beta, heads=heads, proposal=proposal, fold=fold)  # [G, N]
+    a, sigma = assign_light(x, alpha, beta, heads=heads, proposal=proposal, fold=fold, pool=pool)  # [G, N]
     gidx = _pixel_centre_index(a, B, heads, H, W, proposal, fold)  # [B, heads, HW]
     sig = sigma.reshape(B, heads, fh, fw, H // fh, W // fw).permute(0, 1, 2, 4, 3, 5).reshape(B, heads, 1, H * W)
     dv = value.shape[1] // heads
     v = value.reshape(B, heads, dv, H * W)
     idx = gidx.unsqueeze(2).expand(-1, -1, dv, -1)
-    vc = F.adaptive_avg_pool2d(value, (fh * ph, fw * pw)).reshape(B, heads, dv, P)
+    vc = pool(value, (fh * ph, fw * pw)).reshape(B, heads, dv, P)
     U = v.new_zeros(B, heads, dv, P).scatter_add_(3, idx, sig * v)
     weight = torch.ones_like(sig) if denominator == "count" else sig
     den = sig.new_zeros(B, heads, 1, P).scatter_add_(3, gidx.unsqueeze(2), weight)

@@ -125,6 +125,12 @@ if ! have timm 1.0.31; then
   "${PIP[@]}" install --no-deps "timm==1.0.31"
 fi
 
+if ! have onnx 1.23.2 || ! have onnxruntime 1.32.0 || ! have onnxscript 0.7.2; then
+  # ONNX export (tools/export_onnx.py: torch.onnx's exporter needs onnxscript; onnxruntime checks the file)
+  say "installing onnx 1.23.2, onnxscript 0.7.2, onnxruntime 1.32.0"
+  "${PIP[@]}" install "onnx==1.23.2" "onnxscript==0.7.2" "onnxruntime==1.32.0" "numpy<2"
+fi
+
 # editable install of this checkout (checked from outside it, so the source tree itself doesn't count)
 if ! (cd / && "$PY" -c "import os, sys, coc_kernels, coc_det
 sys.exit(os.path.dirname(os.path.dirname(os.path.abspath(coc_kernels.__file__))) != sys.argv[1])" "$ROOT") 2>/dev/null; then
@@ -133,11 +139,11 @@ sys.exit(os.path.dirname(os.path.dirname(os.path.abspath(coc_kernels.__file__)))
 fi
 
 (cd / && "$PY" - <<'PYEOF'
-import torch, torchvision, triton, mmengine, mmcv, mmdet, mmseg, mmcv.ops, pycocotools, numpy, timm
+import torch, torchvision, triton, mmengine, mmcv, mmdet, mmseg, mmcv.ops, pycocotools, numpy, timm, onnxruntime
 print(f"[setup] torch {torch.__version__}, torchvision {torchvision.__version__}, triton {triton.__version__}, "
       f"mmengine {mmengine.__version__}, mmcv {mmcv.__version__} (ops), mmdet {mmdet.__version__}, "
       f"mmseg {mmseg.__version__}, "
-      f"timm {timm.__version__}, numpy {numpy.__version__}")
+      f"timm {timm.__version__}, onnxruntime {onnxruntime.__version__}, numpy {numpy.__version__}")
 import coc_kernels, coc_det
 assert coc_det.HAS_MMDET and coc_det.HAS_MMSEG, "coc_det did not register with mmdet and mmseg"
 PYEOF

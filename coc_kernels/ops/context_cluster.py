@@ -481,7 +481,7 @@ def _bwd_pool_kernel(dxi_ptr, dx_ptr, c_ptr, pdc_ptr, pdab_ptr, scr_ptr, dalpha_
 # ----------------------------------------------------------------------------------------------------
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
-from ..reference import compute_dtype  # noqa: E402
+from ..reference import compute_dtype, torch_math  # noqa: E402
 
 #: programs a launch aims for: groups are split into chunks until G * NC reaches this (fixed, not read
 #: off the device, so that the chunking, and with it every result, is the same on every GPU)
@@ -802,7 +802,6 @@ def _grads(ctx, dy, backward_fn):
 def _differentiable_grads(ctx, dy, x, value, alpha, beta):
     """``backward(create_graph=True)`` (double backward, gradient penalties): the kernels' backward is not
     itself differentiable, so these gradients come from the reference math, with a graph."""
-    from ..functional import torch_math
     from ..reference import context_cluster_light
     heads, ph, pw, fh, fw, by_count = ctx.geom
     ins = (x, value, alpha, beta)
