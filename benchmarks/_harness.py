@@ -1,5 +1,6 @@
-"""What the backbone and the training benchmarks share: the implementations they compare (``MIXER[+FLAG...]``),
-how each is set up, and the timing and peak memory of a step."""
+"""What the benchmarks share: the stage shapes and inputs of the mixer at detection sizes (from
+``ARCH_SETTINGS``), the implementations they compare (``MIXER[+FLAG...]``) and how each is set up, one timer
+(:func:`time_steps`), the peak memory of a step, the per-kernel GPU times, and the baseline rows of a table."""
 from __future__ import annotations
 
 import statistics
@@ -8,12 +9,54 @@ import types
 
 import torch
 
+from coc_det.backbone import ARCH_SETTINGS, PROPOSAL_OF_CENTRES
+from coc_kernels import context_cluster
 from coc_kernels.functional import _pair
 from coc_kernels.reference import context_cluster_dense
 
 ON_GPU = torch.cuda.is_available()
-MIXERS = ("dense", "triton", "reference")
+MIXERS = ("dense", "triton", "light")
 FLAGS = ("compile", "graphs", "cp")
+
+
+# the model zoo's settings (one source of truth: coc_det.backbone)
+HEADS = {arch: s["heads"] for arch, s in ARCH_SETTINGS.items()}
+HEAD_DIMS = {arch: s["head_dim"] for arch, s in ARCH_SETTINGS.items()}
+FOLDS = {arch: list(s["folds"]) for arch, s in ARCH_SETTINGS.items()}
+CENTRES = PROPOSAL_OF_CENTRES
+
+
+def stage_shape(batch: int, stage: int, img=(800, 1344)):
+    s = 4 * 2 ** (stage - 1)
+    return batch, img[0] // s, img[1] // s
+
+
+def make_inputs(arch, stage, batch, dtype, device, img=(800, 1344)):
+    B, H, W = stage_shape(batch, stage, img)
+    C = HEADS[arch][stage - 1] * HEAD_DIMS[arch][stage - 1]
+    x = torch.randn(B, C, H, W, device=device, dtype=dtype, requires_grad=True)
+    v = torch.randn(B, C, H, W, device=device, dtype=dtype, requires_grad=True)
+    a = torch.ones(1, device=device, requires_grad=True)
+    b = torch.zeros(1, device=device, requires_grad=True)
+    return x, v, a, b
+
+
+_compiled = {}
+
+
+def mixer_runner(impl, heads, p, fold):
+    """``f(x, v, alpha, beta)`` of one mixer implementation (``dense+compile``: the dense form compiled)."""
+    kw = dict(heads=heads, proposal=p, fold=fold)
+    if impl == "dense+compile":
+        key = (heads, p, fold)
+        if key not in _compiled:
+            def dense(x, v, a, b):
+                return context_cluster_dense(x, v, a, b, heads=heads, proposal=(p, p), fold=(fold, fold))
+            # static shapes: with automatic dynamic shapes the second case recompiles into an inductor
+            # lowering error of adaptive_avg_pool2d (torch 2.11)
+            _compiled[key] = torch.compile(dense, dynamic=False)
+        return _compiled[key]
+    return lambda x, v, a, b: context_cluster(x, v, a, b, impl=impl, **kw)
 
 
 def parse_impl(impl: str):
@@ -99,3 +142,27 @@ def baseline_rows(rows: list, row: dict, group: str, time_key: str) -> list:
     has a time under ``time_key``, or None."""
     return [next((q for q in rows if q.get("impl") == impl and q[group] == row[group] and time_key in q), None)
             for impl in BASELINES]
+
+
+def kernel_times(arch, stage, centres, batch, dtype, img=(800, 1344)):
+    """GPU: ``[(kernel name, launches, ms), ...]`` per forward+backward step of the triton path, longest
+    first (torch.profiler, mean over 10 steps after 3 warm-up steps)."""
+    from torch.profiler import ProfilerActivity, profile as tprofile
+    heads, p, fold = HEADS[arch][stage - 1], CENTRES[centres], FOLDS[arch][stage - 1]
+    x, v, a, b = make_inputs(arch, stage, batch, dtype, "cuda", img)
+    dy = torch.randn_like(x)
+    f = mixer_runner("triton", heads, p, fold)
+
+    def step():
+        torch.autograd.grad(f(x, v, a, b), (x, v, a, b), dy)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with tprofile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            step()
+        torch.cuda.synchronize()
+    rows = [(e.key, e.count // 10, (getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)) / 1e4)
+            for e in prof.key_averages()]
+    return sorted((r for r in rows if r[2] > 0), key=lambda r: -r[2])

@@ -13,7 +13,7 @@ Implementations (``MIXER[+FLAG...]``):
 * ``triton``: the fused kernels; ``triton+compile``: the backbone's own switch ``compile=True`` (one graph,
   the fused op opaque, inductor fusing GroupNorm / layer scale / residuals / MLP); ``+graphs`` adds CUDA
   graphs (``mode="reduce-overhead"``); ``+cp``: ``with_cp=True`` (activation checkpointing);
-* ``reference``: the memory-light torch path.
+* ``light``: the memory-light torch path.
 
 Time: median of CUDA-event timings after warm-up; the first call's time (compilation included) is
 reported on its own. Memory: peak allocated above the model and input during one step. On a CPU it runs
@@ -100,7 +100,7 @@ def main(argv=None):
     p.add_argument("--variants", nargs="+", default=["small-25", "medium-49"])
     p.add_argument("--impls", nargs="+",
                    default=["dense", "dense+compile", "triton", "triton+compile", "triton+compile+graphs",
-                            "triton+cp"] if ON_GPU else ["dense", "reference"],
+                            "triton+cp"] if ON_GPU else ["dense", "light"],
                    help="MIXER[+compile][+graphs][+cp], see above")
     p.add_argument("--batch", type=int, default=2 if ON_GPU else 1)
     p.add_argument("--size", nargs=2, type=int, default=[800, 1344])

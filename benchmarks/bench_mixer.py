@@ -2,7 +2,7 @@
 """Speed and memory of the Context Cluster mixer (the op between the 1x1 convs) at detection shapes.
 
 Implementations: ``dense`` (the original's formulation, the baseline every ratio refers to),
-``dense+compile`` (torch.compile of it: what a user would try first), ``reference`` (memory-light torch)
+``dense+compile`` (torch.compile of it: what a user would try first), ``light`` (memory-light torch)
 and ``triton`` (fused kernels). For each (arch, stage, centres): median time of forward, backward and
 forward+backward, and the peak memory allocated above the inputs during forward+backward.
 
@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -29,84 +28,25 @@ if not ON_GPU:  # the Triton smoke run needs the interpreter, set before triton 
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks._harness import (CENTRES, FOLDS, HEADS, kernel_times, make_inputs, mixer_runner,  # noqa: E402
+                                 time_steps)
 from benchmarks._report import report  # noqa: E402
-from coc_det.backbone import ARCH_SETTINGS, PROPOSAL_OF_CENTRES  # noqa: E402
 from coc_kernels import context_cluster  # noqa: E402
 from coc_kernels.reference import context_cluster_dense  # noqa: E402
 
-# the model zoo's settings (one source of truth: coc_det.backbone)
-HEADS = {arch: s["heads"] for arch, s in ARCH_SETTINGS.items()}
-HEAD_DIMS = {arch: s["head_dim"] for arch, s in ARCH_SETTINGS.items()}
-FOLDS = {arch: list(s["folds"]) for arch, s in ARCH_SETTINGS.items()}
-CENTRES = PROPOSAL_OF_CENTRES
-
-
-def stage_shape(batch: int, stage: int, img=(800, 1344)):
-    s = 4 * 2 ** (stage - 1)
-    return batch, img[0] // s, img[1] // s
-
-
-def make_inputs(arch, stage, batch, dtype, device, img=(800, 1344)):
-    B, H, W = stage_shape(batch, stage, img)
-    C = HEADS[arch][stage - 1] * HEAD_DIMS[arch][stage - 1]
-    x = torch.randn(B, C, H, W, device=device, dtype=dtype, requires_grad=True)
-    v = torch.randn(B, C, H, W, device=device, dtype=dtype, requires_grad=True)
-    a = torch.ones(1, device=device, requires_grad=True)
-    b = torch.zeros(1, device=device, requires_grad=True)
-    return x, v, a, b
-
-
-_compiled = {}
-
-
-def runner(impl, heads, p, fold):
-    kw = dict(heads=heads, proposal=p, fold=fold)
-    if impl == "dense+compile":
-        key = (heads, p, fold)
-        if key not in _compiled:
-            def dense(x, v, a, b):
-                return context_cluster_dense(x, v, a, b, heads=heads, proposal=(p, p), fold=(fold, fold))
-            # static shapes: with automatic dynamic shapes the second case recompiles into an inductor
-            # lowering error of adaptive_avg_pool2d (torch 2.11)
-            _compiled[key] = torch.compile(dense, dynamic=False)
-        return _compiled[key]
-    return lambda x, v, a, b: context_cluster(x, v, a, b, impl=impl, **kw)
-
-
-def _sync():
-    if ON_GPU:
-        torch.cuda.synchronize()
-
-
-def _time(fn, reps, warmup):
-    for _ in range(warmup):
-        fn()
-    _sync()
-    out = []
-    for _ in range(reps):
-        if ON_GPU:
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            torch.cuda.synchronize()
-            out.append(s.elapsed_time(e))
-        else:
-            t = time.perf_counter()
-            fn()
-            out.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(out)
+def _median_ms(fn, reps, warmup):
+    return time_steps(fn, warmup, reps)[1]
 
 
 def measure(impl, arch, stage, centres, batch, dtype, reps, warmup, forward_only, img=(800, 1344)):
     device = "cuda" if ON_GPU else "cpu"
     heads, p, fold = HEADS[arch][stage - 1], CENTRES[centres], FOLDS[arch][stage - 1]
     x, v, a, b = make_inputs(arch, stage, batch, dtype, device, img)
-    f = runner(impl, heads, p, fold)
+    f = mixer_runner(impl, heads, p, fold)
     res = dict(impl=impl, arch=arch, stage=stage, centres=centres, batch=batch, dtype=str(dtype).split(".")[-1],
                shape=list(x.shape))
     with torch.no_grad():
-        res["fwd_ms"] = _time(lambda: f(x, v, a, b), reps, warmup)
+        res["fwd_ms"] = _median_ms(lambda: f(x, v, a, b), reps, warmup)
     if forward_only:
         return res
     dy = torch.randn_like(x)
@@ -120,9 +60,9 @@ def measure(impl, arch, stage, centres, batch, dtype, reps, warmup, forward_only
     def bwd():
         torch.autograd.grad(y, (x, v, a, b), dy, retain_graph=True)
 
-    res["bwd_ms"] = _time(bwd, reps, warmup)
+    res["bwd_ms"] = _median_ms(bwd, reps, warmup)
     del y
-    res["fwd_bwd_ms"] = _time(fwd_bwd, reps, warmup)
+    res["fwd_bwd_ms"] = _median_ms(fwd_bwd, reps, warmup)
     if ON_GPU:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -165,7 +105,7 @@ def main(argv=None):
     p.add_argument("--stages", nargs="+", type=int, default=[1, 2, 3, 4] if ON_GPU else [1])
     p.add_argument("--batch", type=int, default=2 if ON_GPU else 1)
     p.add_argument("--impls", nargs="+",
-                   default=["dense", "dense+compile", "reference", "triton"] if ON_GPU else ["dense", "reference"])
+                   default=["dense", "dense+compile", "light", "triton"] if ON_GPU else ["dense", "light"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--reps", type=int, default=20 if ON_GPU else 3)
     p.add_argument("--warmup", type=int, default=5 if ON_GPU else 1)
@@ -206,30 +146,6 @@ def main(argv=None):
                     profile(arch, stage, centres, args.batch, dtype, tuple(args.size))
     if args.plot:
         plot(rows, args.plot, f"CoC mixer, {dev}, batch {args.batch}, {args.size[0]}x{args.size[1]}")
-
-
-def kernel_times(arch, stage, centres, batch, dtype, img=(800, 1344)):
-    """GPU: ``[(kernel name, launches, ms), ...]`` per forward+backward step of the triton path, longest
-    first (torch.profiler, mean over 10 steps after 3 warm-up steps)."""
-    from torch.profiler import ProfilerActivity, profile as tprofile
-    heads, p, fold = HEADS[arch][stage - 1], CENTRES[centres], FOLDS[arch][stage - 1]
-    x, v, a, b = make_inputs(arch, stage, batch, dtype, "cuda", img)
-    dy = torch.randn_like(x)
-    f = runner("triton", heads, p, fold)
-
-    def step():
-        torch.autograd.grad(f(x, v, a, b), (x, v, a, b), dy)
-
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize()
-    with tprofile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(10):
-            step()
-        torch.cuda.synchronize()
-    rows = [(e.key, e.count // 10, (getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)) / 1e4)
-            for e in prof.key_averages()]
-    return sorted((r for r in rows if r[2] > 0), key=lambda r: -r[2])
 
 
 def profile(arch, stage, centres, batch, dtype, img):

@@ -11,7 +11,7 @@ The detector is mmdet's, built from the config (COCO's 80 classes); the batch is
 ``model.train_step`` through the config's optimizer wrapper (AdamW; ``--amp``: mmengine's AmpOptimWrapper in
 bf16). Implementations: ``dense`` = the original mixer (dense formulation, eager), ``dense+compile`` = that
 backbone under ``torch.compile`` with torch's defaults (the user's alternative), ``triton`` = the fused
-mixer, ``triton+compile`` = the backbone's ``compile=True`` switch; ``reference`` = the memory-light torch
+mixer, ``triton+compile`` = the backbone's ``compile=True`` switch; ``light`` = the memory-light torch
 path; ``+graphs`` and ``+cp`` as in ``bench_backbone.py`` (CUDA graphs, activation checkpointing). Reported: median ms per iteration after warm-up, the first iteration (compilation included), peak
 memory, and inference images/s at batch 1 (``model.test_step``, test mode).
 """
@@ -56,7 +56,7 @@ def build_detector(config: str, impl: str, device: str, amp: bool, backend: str,
     options = compile_options(flags, backend)
     cfg.model.backbone.init_cfg = None
     cfg.model.backbone.with_cp = "cp" in flags
-    cfg.model.backbone.mixer_impl = "reference" if mixer == "dense" else mixer  # dense: patched below
+    cfg.model.backbone.mixer_impl = "light" if mixer == "dense" else mixer  # dense: patched below
     if options is not None and mixer != "dense":
         cfg.model.backbone.compile = dict(COMPILE_DEFAULTS, **options)
     model = MODELS.build(cfg.model).to(device)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One-shot GPU check for a machine with only torch + triton (no mmcv/mmdet/mmengine):
-#   1. the kernel tests, compiled on the GPU (outputs poisoned with NaN); this is where the tests marked
-#      only_compiled_can_fail (tie rule, determinism) can fail: the CPU's Triton interpreter cannot fail them,
+#   1. every test that needs only torch + triton (tests/ops: the op, kernels, edge cases, compile gate;
+#      tests/models: backbone, public-model fidelity, compiled backbone), compiled on the GPU (outputs poisoned
+#      with NaN); this is where the tests marked only_compiled_can_fail (tie rule, determinism) can fail: the
+#      CPU's Triton interpreter cannot fail them,
 #   2. fused vs dense correctness at the real detection shapes (forward + gradients, fp32 and bf16),
 #   3. the mixer benchmark (every stage and centre count, fp32; bf16; torch.compile baseline at stage 1)
 #      and the per-kernel time of the fused path at stage 1,
@@ -25,7 +27,7 @@ status=0
   | tee "$OUT/env.txt"
 T0=$SECONDS
 run() { echo "== [$((SECONDS - T0)) s] $*"; local t=$SECONDS; "$@" || status=1; echo "   ($((SECONDS - t)) s)"; }
-run $PY -m pytest -q -x -p no:cacheprovider tests/test_context_cluster.py
+run $PY -m pytest -q -p no:cacheprovider tests/ops tests/models
 run $PY benchmarks/check_correctness.py --md "$OUT/correctness.md"
 run $PY benchmarks/bench_mixer.py --impls dense triton --json "$OUT/mixer.json" --md "$OUT/mixer.md"
 run $PY benchmarks/bench_mixer.py --arch small --dtype bfloat16 --impls dense triton --json "$OUT/mixer_bf16.json" \

@@ -112,12 +112,11 @@ def main(argv=None):
     p.add_argument("--override", help='JSON overrides of the launch configs, e.g. \'{"bwd_main": {"num_warps": 8}}\' '
                                       "(tuning: see which configurations compile without spills)")
     args = p.parse_args(argv)
-    if args.override:
-        import json
-        from coc_kernels.ops import context_cluster as ops
-        ops.CONFIG_OVERRIDES.update(json.loads(args.override))
+    import json
+    from coc_kernels.ops import context_cluster as ops
     t0 = time.time()
-    specs = record(args.arch, args.centres, [getattr(torch, d) for d in args.dtype])
+    with ops.launch_policy(config_overrides=json.loads(args.override) if args.override else {}):
+        specs = record(args.arch, args.centres, [getattr(torch, d) for d in args.dtype])
     n_cases = len({c for cases in specs.values() for c in cases})
     print(f"recorded {sum(map(len, specs.values()))} launches over {n_cases} cases: {len(specs)} distinct "
           f"specialisations ({time.time() - t0:.1f} s)", flush=True)

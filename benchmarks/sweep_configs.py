@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """GPU: per-kernel time of the fused path under alternative launch configurations (tuning aid).
 
-For each candidate (overrides of ``launch_config`` per kernel, or of the chunking target) and each case,
+For each candidate (overrides of ``kernel_config`` per kernel, or of the chunking target) and each case,
 the CUDA time of every kernel of one forward+backward (torch.profiler, mean of 10 steps). The defaults
 in ``coc_kernels/ops/context_cluster.py`` are chosen from this table; each must then pass the compile gate
 (``benchmarks/kernel_resources.py``: no spills).
@@ -17,7 +17,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.bench_mixer import kernel_times  # noqa: E402
+from benchmarks._harness import kernel_times  # noqa: E402
 from coc_kernels.ops import context_cluster as ops  # noqa: E402
 
 KERNELS = ["pool", "assign", "dispatch", "bwd_do", "bwd_main", "bwd_pool"]
@@ -50,22 +50,16 @@ def main(argv=None):
     for name, cand in CANDIDATES.items():
         if args.only and name not in args.only:
             continue
-        ops.CONFIG_OVERRIDES.clear()
-        target = ops.TARGET_PROGRAMS
-        if isinstance(cand, str):
-            ops.TARGET_PROGRAMS = int(cand[1:])
-        else:
-            ops.CONFIG_OVERRIDES.update(cand)
+        change = dict(target_programs=int(cand[1:])) if isinstance(cand, str) else dict(config_overrides=cand)
         for arch, stage, centres, dtype in CASES:
             try:
-                t = times_by_kernel(arch, stage, centres, dtype)
+                with ops.launch_policy(**change):
+                    t = times_by_kernel(arch, stage, centres, dtype)
                 cells = [f"{t.get(k, float('nan')):.4f}" for k in KERNELS] + [f"{sum(t.values()):.4f}"]
             except Exception as e:  # a config that does not compile is a result
                 cells = [f"error: {str(e).splitlines()[0][:60]}"] + [""] * len(KERNELS)
             lines.append(f"| {name} | {arch} s{stage} {centres}c {str(dtype)[6:]} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
-        ops.TARGET_PROGRAMS = target
-    ops.CONFIG_OVERRIDES.clear()
     md = "\n".join(lines)
     print("\n" + md)
     if args.md:

@@ -19,7 +19,7 @@ from typing import Dict, Sequence, Union
 import torch
 import torch.nn as nn
 
-from coc_kernels import DEFAULT_DENOMINATOR, DENOMINATORS, IMPLS, context_cluster
+from coc_kernels import DEFAULT_DENOMINATOR, DENOMINATORS, IMPL_ALIASES, IMPLS, context_cluster
 
 try:  # mmengine's BaseModule when available (init_cfg handling, logging of initialisation)
     from mmengine.model import BaseModule
@@ -202,7 +202,8 @@ class ContextCluster(BaseModule):
         out_indices: which stages to return (0..3).
         drop_path_rate: stochastic depth, increasing linearly over all blocks.
         layer_scale_init_value: initial layer scale.
-        mixer_impl: ``'auto'`` | ``'triton'`` | ``'reference'`` | ``'dense'`` (see ``coc_kernels``).
+        mixer_impl: ``'auto'`` | ``'triton'`` | ``'light'`` | ``'dense'`` (see ``coc_kernels``; ``'reference'``
+            is accepted as the earlier name of ``'light'``).
         denominator: aggregate normaliser, ``'similarity'`` (paper Eq. 1, today's public code and ImageNet
             checkpoints) or ``'count'`` (the detectors/segmentors trained before 2023-05-31).
         frozen_stages: -1 freezes nothing, 0 the stem, k the stem, the first k stages and their output norms
@@ -248,6 +249,7 @@ class ContextCluster(BaseModule):
             raise ValueError(f"out_indices {out_indices} out of range for {n} stages")
         if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= n:
             raise ValueError(f"frozen_stages must be -1 (nothing) .. {n} (all stages), got {frozen_stages!r}")
+        mixer_impl = IMPL_ALIASES.get(mixer_impl, mixer_impl)
         if mixer_impl not in IMPLS:
             raise ValueError(f"mixer_impl must be one of {IMPLS}, got {mixer_impl!r}")
         if denominator not in DENOMINATORS:

@@ -9,17 +9,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .reference import (DEFAULT_DENOMINATOR, DENOMINATORS, cluster_assignment_dense, cluster_assignment_reference,
+from .reference import (DEFAULT_DENOMINATOR, DENOMINATORS, cluster_assignment_dense, cluster_assignment_light,
                         compute_dtype, context_cluster_dense, context_cluster_export, context_cluster_light,
-                        torch_math)
+                        group_map, torch_math)
 
 IntPair = Union[int, Sequence[int]]
-IMPLS = ("auto", "triton", "reference", "dense")
+IMPLS = ("auto", "triton", "light", "dense")
+#: earlier names of the implementations, still accepted: ``"reference"`` was the memory-light torch path
+IMPL_ALIASES = {"reference": "light"}
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 #: the most centres per region the fused kernels take: their centre tiles are ``BLOCK_M = 64`` wide at most,
-#: the largest width the compile gate checks (49 centres); more centres need ``impl='reference'``
+#: the largest width the compile gate checks (49 centres); more centres need ``impl='light'``
 MAX_FUSED_CENTRES = 64
 
 
@@ -120,14 +122,15 @@ def check_inputs(x: Tensor, value: Tensor | None, alpha: Tensor, beta: Tensor, h
 def resolve_impl(impl: str, x: Tensor, centres: int | None = None) -> str:
     """The implementation ``impl`` means for input x with ``centres`` per region (``'auto'`` resolved);
     raises where it cannot run."""
+    impl = IMPL_ALIASES.get(impl, impl)
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     fits = centres is None or centres <= MAX_FUSED_CENTRES
     if impl == "auto":
-        return "triton" if x.is_cuda and x.dtype != torch.float64 and fits and triton_available() else "reference"
+        return "triton" if x.is_cuda and x.dtype != torch.float64 and fits and triton_available() else "light"
     if impl == "triton" and not fits:
         raise ValueError(f"impl='triton' takes at most {MAX_FUSED_CENTRES} centres per region, got {centres}; "
-                         "use impl='reference' (or 'auto', which picks it) for more")
+                         "use impl='light' (or 'auto', which picks it) for more")
     if impl == "triton":
         if not triton_available():
             raise RuntimeError("impl='triton' needs triton, which does not import here")
@@ -135,7 +138,8 @@ def resolve_impl(impl: str, x: Tensor, centres: int | None = None) -> str:
             raise RuntimeError(f"impl='triton' got {x.device.type} tensors: the Triton kernels run on CUDA "
                                "devices, or on the CPU only under TRITON_INTERPRET=1 (set before importing triton)")
         if x.dtype == torch.float64 and x.is_cuda:
-            raise TypeError("impl='triton' takes float64 only under TRITON_INTERPRET=1 (tests); on CUDA use fp32/fp16/bf16, or impl='reference' for float64")
+            raise TypeError("impl='triton' takes float64 only under TRITON_INTERPRET=1 (tests); on CUDA use "
+                            "fp32/fp16/bf16, or impl='light' for float64")
     return impl
 
 
@@ -167,8 +171,9 @@ def context_cluster(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, *, he
         proposal: centres per region, int or ``(ph, pw)`` (``M = ph*pw``).
         fold: regions per axis, int or ``(fh, fw)``; H and W must divide by it.
         impl: ``"triton"`` (fused kernels, at most :data:`MAX_FUSED_CENTRES` centres per region),
-            ``"reference"`` (memory-light torch), ``"dense"`` (the original's dense formulation), ``"auto"``
-            (triton for CUDA tensors of fp32/fp16/bf16 when triton imports and the centres fit, else reference).
+            ``"light"`` (memory-light torch; ``"reference"`` is its earlier name), ``"dense"`` (the original's
+            dense formulation, the oracle), ``"auto"`` (triton for CUDA tensors of fp32/fp16/bf16 when triton
+            imports and the centres fit, else light).
         denominator: ``"similarity"`` (paper Eq. 1, the public code and ImageNet checkpoints today) or
             ``"count"`` (the code before 2023-05-31: the paper's COCO / ADE20K models).
 
@@ -195,7 +200,7 @@ def context_cluster(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, *, he
         return _empty_result(x, value, alpha, beta)
     if impl == "dense":
         return torch_math(context_cluster_dense, x, value, alpha, beta, **kw)
-    if impl == "reference":
+    if impl == "light":
         return torch_math(context_cluster_light, x, value, alpha, beta, **kw)
     from .ops.context_cluster import ClusterFunction, cluster_fwd
     args = (x, value, alpha, beta, heads, proposal[0], proposal[1], fold[0], fold[1], denominator == "count")
@@ -212,7 +217,7 @@ def cluster_assignment(x: Tensor, alpha: Tensor, beta: Tensor, *, heads: int, pr
 
     Centre ``m = i*pw + j`` is the (i, j)-th adaptive-pool window of the pixel's region. Runs only the
     pooling and the assignment (no aggregate/dispatch), without autograd. ``impl='dense'`` takes the argmax
-    of the original's dense ``[G, M, N]`` similarity (the oracle), ``'reference'`` the light path's.
+    of the original's dense ``[G, M, N]`` similarity (the oracle), ``'light'`` the light path's.
     """
     heads, proposal, fold = check_inputs(x, None, alpha, beta, heads, proposal, fold)
     impl = resolve_impl(impl, x, proposal[0] * proposal[1])
@@ -220,18 +225,17 @@ def cluster_assignment(x: Tensor, alpha: Tensor, beta: Tensor, *, heads: int, pr
     B, _, H, W = x.shape
     if x.numel() == 0:
         return torch.empty(B, heads, H, W, dtype=torch.int64, device=x.device)
-    if impl in ("reference", "dense"):
+    if impl in ("light", "dense"):
         acc = compute_dtype(x.dtype)
-        fn = cluster_assignment_dense if impl == "dense" else cluster_assignment_reference
+        fn = cluster_assignment_dense if impl == "dense" else cluster_assignment_light
         with torch.autocast(x.device.type, enabled=False), torch.no_grad():
             return fn(x.to(acc), alpha.to(acc), beta.to(acc), heads=heads, proposal=proposal, fold=fold)
     from .ops.context_cluster import assignment
     (ph, pw), (fh, fw) = proposal, fold
     with torch.no_grad():
         a, _ = assignment(x, alpha, beta, heads, ph, pw, fh, fw)
-    rh, rw = H // fh, W // fw
-    return a.long().reshape(B, heads, fh, fw, rh, rw).permute(0, 1, 2, 4, 3, 5).reshape(B, heads, H, W)
+    return group_map(a.long(), B, heads, (fh, fw), (H // fh, W // fw))
 
 
-__all__ = ["context_cluster", "cluster_assignment", "torch_math", "check_inputs", "resolve_impl", "triton_available", "IMPLS",
-           "MAX_FUSED_CENTRES"]
+__all__ = ["context_cluster", "cluster_assignment", "torch_math", "check_inputs", "resolve_impl", "triton_available",
+           "IMPLS", "IMPL_ALIASES", "MAX_FUSED_CENTRES"]

@@ -54,7 +54,10 @@ def torch_math(fn, x: torch.Tensor, value: torch.Tensor, alpha: torch.Tensor, be
 
 
 def to_groups(t: torch.Tensor, heads: int, fold: Tuple[int, int]) -> torch.Tensor:
-    """``[B, heads*c, H, W] -> [G, c, rh, rw]`` with ``G = B*heads*fh*fw`` (group order b, head, i, j)."""
+    """``[B, heads*c, H, W] -> [G, c, rh, rw]`` with ``G = B*heads*fh*fw``.
+
+    The group order, everywhere in this package (kernels included: ``_group_offset``): image, head, region
+    row i, region column j, i.e. ``g = ((b*heads + h)*fh + i)*fw + j``; a group's points row-major."""
     B, C, H, W = t.shape
     fh, fw = fold
     c = C // heads
@@ -105,7 +108,12 @@ def cluster_assignment_dense(x, alpha, beta, *, heads: int, proposal, fold) -> t
     xg = to_groups(x, heads, fold)
     G, _, rh, rw = xg.shape
     idx = _dense_similarity(xg, alpha, beta, proposal).max(dim=1).indices  # [G, N]
-    return from_groups(idx.reshape(G, 1, rh, rw), B, heads, fold)
+    return group_map(idx, B, heads, fold, (rh, rw))
+
+
+def group_map(t: torch.Tensor, B: int, heads: int, fold: Tuple[int, int], region: Tuple[int, int]) -> torch.Tensor:
+    """One value per point in group order, ``[G, N] -> [B, heads, H, W]`` (an assignment or sigma map)."""
+    return from_groups(t.reshape(t.shape[0], 1, *region), B, heads, fold)
 
 
 def _points(t: torch.Tensor, heads: int, fold: Tuple[int, int]) -> torch.Tensor:
@@ -168,12 +176,12 @@ def _pixel_centre_index(a: torch.Tensor, B: int, heads: int, H: int, W: int, pro
     """Group-order assignment ``a [G, N]`` -> ``[B, heads, H*W]`` index into the pooled grid
     ``(fh*ph) x (fw*pw)`` (row-major), i.e. the pixel's centre in the whole-map pooling."""
     (ph, pw), (fh, fw) = proposal, fold
-    rh, rw = H // fh, W // fw
-    a = a.reshape(B, heads, fh, fw, rh, rw)
-    i = torch.arange(fh, device=a.device).view(1, 1, fh, 1, 1, 1)
-    j = torch.arange(fw, device=a.device).view(1, 1, 1, fw, 1, 1)
+    G, N = a.shape
+    a = a.reshape(B, heads, fh, fw, N)
+    i = torch.arange(fh, device=a.device).view(fh, 1, 1)
+    j = torch.arange(fw, device=a.device).view(1, fw, 1)
     g = (i * ph + a // pw) * (fw * pw) + j * pw + a % pw
-    return g.permute(0, 1, 2, 4, 3, 5).reshape(B, heads, H * W)
+    return group_map(g.reshape(G, N), B, heads, fold, (H // fh, W // fw)).reshape(B, heads, H * W)
 
 
 CHUNK_ELEMS = 1 << 20  # similarity entries per chunk of the light path (4 MB in fp32: stays in cache)
@@ -221,7 +229,7 @@ def _light(x, value, alpha, beta, heads, proposal, fold, denominator, pool=F.ada
     P = fh * ph * fw * pw
     a, sigma = assign_light(x, alpha, beta, heads=heads, proposal=proposal, fold=fold, pool=pool)  # [G, N]
     gidx = _pixel_centre_index(a, B, heads, H, W, proposal, fold)  # [B, heads, HW]
-    sig = sigma.reshape(B, heads, fh, fw, H // fh, W // fw).permute(0, 1, 2, 4, 3, 5).reshape(B, heads, 1, H * W)
+    sig = group_map(sigma, B, heads, fold, (H // fh, W // fw)).reshape(B, heads, 1, H * W)
     dv = value.shape[1] // heads
     v = value.reshape(B, heads, dv, H * W)
     idx = gidx.unsqueeze(2).expand(-1, -1, dv, -1)
@@ -238,12 +246,9 @@ def _light(x, value, alpha, beta, heads, proposal, fold, denominator, pool=F.ada
     return (torch.gather(o, 3, idx) * sig).reshape(B, heads * dv, H, W)
 
 
-def cluster_assignment_reference(x, alpha, beta, *, heads: int, proposal, fold) -> torch.Tensor:
+def cluster_assignment_light(x, alpha, beta, *, heads: int, proposal, fold) -> torch.Tensor:
     """Centre index of every pixel and head: ``[B, heads, H, W]`` int64 (index m = i*pw + j)."""
     B, _, H, W = x.shape
     with torch.no_grad():
         a, _ = assign_light(x, alpha, beta, heads=heads, proposal=proposal, fold=fold)
-    fh, fw = fold
-    rh, rw = H // fh, W // fw
-    a = a.reshape(B, heads, fh, fw, rh, rw).permute(0, 1, 2, 4, 3, 5)
-    return a.reshape(B, heads, H, W)
+    return group_map(a, B, heads, fold, (H // fold[0], W // fold[1]))

@@ -1,7 +1,13 @@
 """Test set-up. Without CUDA the Triton kernels run under the interpreter on the CPU (set before triton is
 imported); with CUDA they run compiled on the GPU, and the kernel tests put their tensors there (``DEVICE``).
-Every buffer the op allocates is filled with NaN first, so an element that no kernel writes fails a test."""
+Every buffer the op allocates is filled with NaN first, so an element that no kernel writes fails a test.
+
+Layout, by what a test needs: ``ops/`` torch + triton (the op, its kernels, the compile gate), ``models/`` torch +
+triton (timm where installed: skipped otherwise), ``integration/`` mmdet, mmseg, mmengine, timm, onnx, the tools
+and benchmarks. ``benchmarks/gpu_check.sh`` runs ``ops/`` and ``models/`` compiled on a GPU. Helpers shared by
+all (this file, ``original_coc.py``, ``data/``) stay here; this folder is on ``sys.path`` for them."""
 import os
+import os.path as osp
 
 import torch
 
@@ -11,6 +17,8 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+#: the repository root
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 #: Marks tests whose Triton cases the interpreter cannot fail: its ``tl.argmax`` takes the first maximum
 #: whatever ``tie_break_left`` says, and it runs programs one after another (bitwise deterministic whatever
@@ -40,9 +48,11 @@ def _seed():
 
 
 @pytest.fixture(autouse=True)
-def _poison_outputs(monkeypatch):
+def _poison_outputs():
     try:
         from coc_kernels.ops import context_cluster as ops
     except ImportError:  # pragma: no cover - no triton
+        yield
         return
-    monkeypatch.setattr(ops, "POISON", True)
+    with ops.launch_policy(poison=True):
+        yield

@@ -24,9 +24,9 @@ import time
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 K, R, F_, B, T = ("coc_kernels/ops/context_cluster.py", "coc_kernels/reference.py", "coc_kernels/functional.py",
-                  "coc_det/backbone.py", "tests/test_context_cluster.py")
-MATCH = "tests/test_context_cluster.py::test_matches_dense"
-ORACLE = "tests/test_original_model.py"
+                  "coc_det/backbone.py", "tests/ops/test_context_cluster.py")
+MATCH = "tests/ops/test_context_cluster.py::test_matches_dense"
+ORACLE = "tests/models/test_original_model.py"
 
 #: (name, file, text, replacement, pytest arguments, needs a GPU)
 MUTANTS = [
@@ -41,7 +41,7 @@ MUTANTS = [
     ("classifier without its final norm", "coc_det/classifier.py", "return self.norm(self.forward_stages(x)[-1])",
      "return self.forward_stages(x)[-1]", [ORACLE, "-k", "classifier and tiny"], False),
     ("assignment hook on the wrong fold", B, "proposal=mod.proposal, fold=mod.fold,",
-     "proposal=mod.proposal, fold=mod.proposal,", ["tests/test_pictures.py", "-k", "record"], False),
+     "proposal=mod.proposal, fold=mod.proposal,", ["tests/integration/test_pictures.py", "-k", "record"], False),
     # the memory-light torch path
     ("light: denominator + 2", R, "o = (U + vc) / (den + 1.0)", "o = (U + vc) / (den + 2.0)",
      [MATCH, "-k", "reference and regions_5x7"], False),
@@ -75,10 +75,10 @@ MUTANTS = [
      "tl.argmax(s, axis=0, tie_break_left=False)", [T, "-k", "ties_first_index or identical_points"], True),
     # tools and loading
     ("tools/test.py: mmseg 0.x checkpoints not switched to count", "tools/test.py", '("mmseg", "0.")',
-     '("mmseg", "9.")', ["tests/test_tools.py", "-k", "count_denominator"], False),
+     '("mmseg", "9.")', ["tests/integration/test_tools.py", "-k", "count_denominator"], False),
     ("import allowlists getattr", "coc_det/__init__.py", '"""\nfrom .backbone import',
      '"""\nimport torch as _t\n_t.serialization.add_safe_globals([getattr])\nfrom .backbone import',
-     ["tests/test_checkpoint.py", "-k", "allowlists_nothing or imported_coc_det"], False),
+     ["tests/integration/test_checkpoint.py", "-k", "allowlists_nothing or imported_coc_det"], False),
 ]
 
 

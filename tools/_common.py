@@ -124,7 +124,7 @@ def apply_legacy_train_args(cfg, args) -> None:
 def add_common_args(parser):
     parser.add_argument("--work-dir", help="folder for logs and checkpoints (default: work_dirs/<config name>)")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction,
-                        help="override config entries, key=value (e.g. model.backbone.mixer_impl=reference)")
+                        help="override config entries, key=value (e.g. model.backbone.mixer_impl=light)")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
                         help="job launcher (dist_*.sh pass 'pytorch', slurm_*.sh 'slurm')")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0)

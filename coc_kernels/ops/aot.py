@@ -48,7 +48,11 @@ def spec_of(launch) -> Spec:
     names = list(fn.arg_names)
     dont = {p.num for p in fn.params if p.do_not_specialize}
     sig, aligned = [], []
-    for i, (name, v) in enumerate(zip(names, launch.args)):
+    runtime = [n for n in names if n in launch.args]
+    if names[:len(runtime)] != runtime:
+        raise ValueError(f"{fn.__name__}: runtime parameters must precede the constexprs")
+    for i, name in enumerate(runtime):
+        v = launch.args[name]
         if isinstance(v, torch.Tensor):
             sig.append((name, "*" + _PTR[v.dtype]))
             if v.data_ptr() % 16 == 0:

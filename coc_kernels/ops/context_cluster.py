@@ -34,10 +34,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+from typing import Mapping
 
+import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
+from ..reference import compute_dtype, context_cluster_light, torch_math
 
 
 def _kernel(fn):
@@ -479,22 +483,64 @@ def _bwd_pool_kernel(dxi_ptr, dx_ptr, c_ptr, pdc_ptr, pdab_ptr, scr_ptr, dalpha_
 # ----------------------------------------------------------------------------------------------------
 # host side: launch configuration, launch recording, the custom ops and their autograd
 # ----------------------------------------------------------------------------------------------------
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-from ..reference import compute_dtype, torch_math  # noqa: E402
-
-#: programs a launch aims for: groups are split into chunks until G * NC reaches this (fixed, not read
-#: off the device, so that the chunking, and with it every result, is the same on every GPU)
-TARGET_PROGRAMS = int(os.environ.get("COC_TARGET_PROGRAMS", 1024))
 #: at most this many chunks per group (each program re-reads the NC partials of its group)
 MAX_CHUNKS = 16
-#: the (dalpha, dbeta) partials (one per group and chunk) are summed this many at a time, in a fixed order
-PARTIAL_BLOCK = 256
-#: ``tl.dot`` precision: "ieee" (exact fp32 FMAs; the assignment must agree with the fp32 reference)
-PREC = os.environ.get("COC_DOT_PRECISION", "ieee")
-#: when true (tests), every buffer the op allocates is filled with NaN (int: -2**31) first, so an element
-#: that no kernel writes shows up
-POISON = False
+#: points per chunk are a multiple of this (every kernel's BLOCK_N divides it)
+CHUNK_UNIT = 128
+DOT_PRECISIONS = ("ieee", "tf32", "tf32x3")
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchPolicy:
+    """How the op launches its kernels. Nothing here is read off the device, so the chunking, and with it
+    every result, is the same on every GPU. The one in force is :func:`policy`; change it for a block with
+    :func:`launch_policy` (tests, tuning sweeps, the compile gate)."""
+
+    #: programs a launch aims for: groups are split into chunks until G * NC reaches this
+    target_programs: int = 1024
+    #: the (dalpha, dbeta) partials (one per group and chunk) are summed this many at a time, in a fixed order
+    partial_block: int = 256
+    #: ``tl.dot`` precision: "ieee" (exact fp32 FMAs; the assignment must agree with the fp32 reference)
+    precision: str = "ieee"
+    #: fill every buffer the op allocates with NaN (int: -2**31) first, so an element no kernel writes shows
+    poison: bool = False
+    #: per-kernel overrides of :func:`kernel_config`, e.g. ``{"assign": {"BLOCK_N": 32}}``; ``"*"``: every kernel
+    config_overrides: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.target_programs, int) or self.target_programs < 1:
+            raise ValueError(f"target_programs must be a positive int, got {self.target_programs!r}")
+        if not isinstance(self.partial_block, int) or self.partial_block < 1 or self.partial_block & (
+                self.partial_block - 1):
+            raise ValueError(f"partial_block must be a power of two, got {self.partial_block!r}")
+        if self.precision not in DOT_PRECISIONS:
+            raise ValueError(f"precision must be one of {DOT_PRECISIONS}, got {self.precision!r}")
+
+    @classmethod
+    def from_env(cls) -> "LaunchPolicy":
+        """The defaults, with ``COC_TARGET_PROGRAMS`` and ``COC_DOT_PRECISION`` where set."""
+        return cls(target_programs=int(os.environ.get("COC_TARGET_PROGRAMS", 1024)),
+                   precision=os.environ.get("COC_DOT_PRECISION", "ieee"))
+
+
+_POLICY = [LaunchPolicy.from_env()]
+
+
+def policy() -> LaunchPolicy:
+    """The launch policy in force."""
+    return _POLICY[0]
+
+
+@contextlib.contextmanager
+def launch_policy(**changes):
+    """Run the block under the current policy with ``changes`` (fields of :class:`LaunchPolicy`); the previous
+    policy is back afterwards, also on an error."""
+    prev = _POLICY[0]
+    _POLICY[0] = dataclasses.replace(prev, **changes)
+    try:
+        yield _POLICY[0]
+    finally:
+        _POLICY[0] = prev
 
 
 def _pow2(n: int) -> int:
@@ -506,16 +552,7 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-#: per-kernel overrides of :func:`launch_config` (tuning sweeps: ``benchmarks/sweep_configs.py``), e.g.
-#: ``{"assign": {"BLOCK_N": 32}}``; ``"*"`` applies to every kernel
-CONFIG_OVERRIDES: dict = {}
-
-
-#: points per chunk are a multiple of this (every kernel's BLOCK_N divides it)
-CHUNK_UNIT = 128
-
-
-def launch_config(kernel: str, M: int, D: int, DV: int) -> dict:
+def kernel_config(kernel: str, M: int, D: int, DV: int) -> dict:
     """``BLOCK_N`` (points per tile), warps and stages of one kernel for M centres and D / DV channels.
 
     Chosen per kernel so that none spills registers at sm_80 / sm_90 with fp32, fp16 or bf16 inputs
@@ -538,8 +575,9 @@ def launch_config(kernel: str, M: int, D: int, DV: int) -> dict:
     else:  # bwd_do: one dot (4 warps spill at 64 centres)
         cfg = dict(BLOCK_N=64, num_warps=8 if bm >= 64 else 4)
     cfg["num_stages"] = 1
-    cfg.update(CONFIG_OVERRIDES.get("*", {}))
-    cfg.update(CONFIG_OVERRIDES.get(kernel, {}))
+    overrides = policy().config_overrides
+    cfg.update(overrides.get("*", {}))
+    cfg.update(overrides.get(kernel, {}))
     if CHUNK_UNIT % cfg["BLOCK_N"]:
         raise ValueError(f"BLOCK_N {cfg['BLOCK_N']} of {kernel} does not divide CHUNK_UNIT {CHUNK_UNIT}")
     return cfg
@@ -548,24 +586,27 @@ def launch_config(kernel: str, M: int, D: int, DV: int) -> dict:
 def chunking(G: int, N: int):
     """``(NC, points per chunk)``: chunks per group; a chunk is a multiple of CHUNK_UNIT points."""
     units = max(1, _cdiv(N, CHUNK_UNIT))
-    nc = max(1, min(units, MAX_CHUNKS, _cdiv(TARGET_PROGRAMS, max(G, 1))))
+    nc = max(1, min(units, MAX_CHUNKS, _cdiv(policy().target_programs, max(G, 1))))
     per = _cdiv(units, nc)
     return _cdiv(units, per), per * CHUNK_UNIT
 
 
 @dataclasses.dataclass
 class Launch:
-    """One kernel launch as the op made it (what the compile gate compiles)."""
+    """One kernel launch as the op made it (what the compile gate compiles): ``args`` the runtime arguments
+    (pointers, sizes, strides) and ``constexprs`` the compile-time ones, both by parameter name."""
     kernel: object
     grid: tuple
-    args: tuple
+    args: dict
     constexprs: dict
     num_warps: int
     num_stages: int
 
 
-_RECORDERS: list = []
-_DRY_RUN = [False]
+class _Recording:
+    """Who is listening to launches (:func:`record_launches`), and whether they only listen (dry run)."""
+    recorders: list = []
+    dry_run: bool = False
 
 
 @contextlib.contextmanager
@@ -573,32 +614,53 @@ def record_launches(execute: bool = True):
     """Collect every kernel launch the op makes inside the block; ``execute=False`` records without
     running anything (and lets the op take CPU tensors without the interpreter), for the compile gate."""
     rec: list = []
-    _RECORDERS.append(rec)
-    prev = _DRY_RUN[0]
-    _DRY_RUN[0] = not execute
+    _Recording.recorders.append(rec)
+    prev = _Recording.dry_run
+    _Recording.dry_run = not execute
     try:
         yield rec
     finally:
-        _RECORDERS.remove(rec)
-        _DRY_RUN[0] = prev
+        _Recording.recorders.remove(rec)
+        _Recording.dry_run = prev
 
 
 def dry_run() -> bool:
-    return _DRY_RUN[0]
+    """True inside ``record_launches(execute=False)``."""
+    return _Recording.dry_run
 
 
-def _launch(kernel, grid, args, constexprs, cfg):
-    launch = Launch(kernel, tuple(grid), tuple(args), dict(constexprs), cfg["num_warps"], cfg["num_stages"])
-    for rec in _RECORDERS:
+_PARAMS: dict = {}
+
+
+def kernel_params(kernel) -> tuple[tuple, tuple]:
+    """``(runtime parameter names, constexpr parameter names)`` of a kernel, in its signature's order."""
+    if kernel not in _PARAMS:
+        import inspect
+        params = inspect.signature(kernel.fn).parameters.items()
+        const = tuple(n for n, p in params if "constexpr" in str(p.annotation))
+        _PARAMS[kernel] = tuple(n for n, _ in params if n not in const), const
+    return _PARAMS[kernel]
+
+
+def _launch(kernel, grid, args: dict, constexprs: dict, cfg):
+    """Launch ``kernel`` on ``grid`` with every argument by name (a missing or unknown name is an error here,
+    not a silently shifted argument list)."""
+    runtime, const = kernel_params(kernel)
+    if set(args) != set(runtime) or set(constexprs) != set(const):
+        raise TypeError(f"{kernel.fn.__name__}: launch arguments do not match its parameters: missing "
+                        f"{sorted(set(runtime) - set(args)) + sorted(set(const) - set(constexprs))}, unknown "
+                        f"{sorted(set(args) - set(runtime)) + sorted(set(constexprs) - set(const))}")
+    launch = Launch(kernel, tuple(grid), dict(args), dict(constexprs), cfg["num_warps"], cfg["num_stages"])
+    for rec in _Recording.recorders:
         rec.append(launch)
-    if _DRY_RUN[0] or grid[0] * grid[1] == 0:
+    if _Recording.dry_run or grid[0] * grid[1] == 0:
         return
-    kernel[grid](*args, **constexprs, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    kernel[grid](**args, **constexprs, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
 
 
 def _empty(shape, dtype, device):
     t = torch.empty(shape, dtype=dtype, device=device)
-    if POISON and not _DRY_RUN[0]:
+    if policy().poison and not _Recording.dry_run:
         t.fill_(float("nan") if t.is_floating_point() else -2 ** 31)
     return t
 
@@ -632,27 +694,33 @@ class _Geom:
         # windows a point can lie in, per axis (pooling adjoint gathers)
         self.KH, self.KW = 1 + _cdiv(ph, max(self.rh, 1)), 1 + _cdiv(pw, max(self.rw, 1))
 
-    def launch(self, name: str):
+    def tiles(self, name: str):
         """(config, TPP, constexpr block sizes) of one kernel."""
-        cfg = launch_config(name, self.M, self.D, self.DV)
+        cfg = kernel_config(name, self.M, self.D, self.DV)
         return cfg, self.chunk // cfg["BLOCK_N"], dict(BLOCK_M=self.BM, BLOCK_N=cfg["BLOCK_N"])
 
-    def region(self):
-        return (self.heads, self.fh, self.fw, self.rh, self.rw)
+    def region(self) -> dict:
+        """The group geometry every kernel takes (see ``_group_offset``)."""
+        return dict(heads=self.heads, fh=self.fh, fw=self.fw, rh=self.rh, rw=self.rw)
+
+    def sizes(self, tpp: int, *names: str) -> dict:
+        """``M, N, NC, TPP`` and the named ones of ``ph, pw, D, DV``."""
+        return dict(M=self.M, N=self.N, NC=self.NC, TPP=tpp, **{n: getattr(self, n) for n in names})
 
 
-def _s(t: Tensor):
-    return tuple(t.stride())
+def _strides(prefix: str, t: Tensor) -> dict:
+    """``{prefix}b, {prefix}c, {prefix}h, {prefix}w``: the strides of a ``[B, C, H, W]`` tensor."""
+    return {prefix + k: s for k, s in zip("bchw", t.stride())}
 
 
 def _centres_and_assign(x: Tensor, value, alpha: Tensor, beta: Tensor, q: _Geom, by_count: bool):
     """Launches 1 and 2 of the forward (value None: assignment only). Returns c, a, sigma, puv, pden."""
     dev = x.device
     pc = _empty((q.G, q.NC, q.M, q.D), q.acc, dev)
-    cfg, tpp, blocks = q.launch("pool")
+    cfg, tpp, blocks = q.tiles("pool")
     _launch(_pool_kernel, q.grid,
-            (x, pc, *_s(x), *q.region(), q.ph, q.pw, q.M, q.N, q.D, q.NC, tpp),
-            dict(**blocks, BLOCK_D=_pow2(q.D), DT=q.dt, PREC=PREC), cfg)
+            dict(x_ptr=x, pc_ptr=pc, **_strides("sx", x), **q.region(), **q.sizes(tpp, "ph", "pw", "D")),
+            dict(**blocks, BLOCK_D=_pow2(q.D), DT=q.dt, PREC=policy().precision), cfg)
     c = _empty((q.G, q.M, q.D), q.acc, dev)
     a = _empty((q.G, q.N), torch.int32, dev)
     sigma = _empty((q.G, q.N), q.acc, dev)
@@ -660,12 +728,13 @@ def _centres_and_assign(x: Tensor, value, alpha: Tensor, beta: Tensor, q: _Geom,
     puv = _empty((q.G, q.NC, q.M, q.DV), q.acc, dev) if agg else pc
     pden = _empty((q.G, q.NC, q.M), q.acc, dev) if agg else pc
     v = value if agg else x
-    cfg, tpp, blocks = q.launch("assign" if agg else "assign_only")
+    cfg, tpp, blocks = q.tiles("assign" if agg else "assign_only")
     _launch(_assign_kernel, q.grid,
-            (x, v, pc, c, a, sigma, puv, pden, alpha, beta, *_s(x), *_s(v), *q.region(), q.ph, q.pw,
-             q.M, q.N, q.D, q.DV, q.NC, tpp),
+            dict(x_ptr=x, v_ptr=v, pc_ptr=pc, c_ptr=c, a_ptr=a, sig_ptr=sigma, puv_ptr=puv, pden_ptr=pden,
+                 alpha_ptr=alpha, beta_ptr=beta, **_strides("sx", x), **_strides("sv", v), **q.region(),
+                 **q.sizes(tpp, "ph", "pw", "D", "DV")),
             dict(AGG=agg, BY_COUNT=by_count, **blocks, BLOCK_D=_pow2(q.D), BLOCK_DV=_pow2(q.DV), DT=q.dt,
-                 PREC=PREC), cfg)
+                 PREC=policy().precision), cfg)
     return c, a, sigma, puv, pden
 
 
@@ -687,9 +756,10 @@ def fused_forward(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, heads: 
     den = _empty((q.G, q.M), q.acc, dev)
     scr = _empty((q.G, q.NC, q.M, q.DV), q.acc, dev)
     y = _empty((q.B, heads * q.DV, q.H, q.W), value.dtype, dev)
-    cfg, tpp, blocks = q.launch("dispatch")
+    cfg, tpp, blocks = q.tiles("dispatch")
     _launch(_dispatch_kernel, q.grid,
-            (a, sigma, puv, pden, o, den, scr, y, alpha, beta, *_s(y), *q.region(), q.M, q.N, q.DV, q.NC, tpp),
+            dict(a_ptr=a, sig_ptr=sigma, puv_ptr=puv, pden_ptr=pden, o_ptr=o, den_ptr=den, scr_ptr=scr, y_ptr=y,
+                 alpha_ptr=alpha, beta_ptr=beta, **_strides("sy", y), **q.region(), **q.sizes(tpp, "DV")),
             dict(**blocks, BLOCK_DV=_pow2(q.DV), DT=q.dt), cfg)
     return y, a, sigma, c, o, den
 
@@ -701,29 +771,32 @@ def fused_backward(dy: Tensor, x: Tensor, value: Tensor, alpha: Tensor, a: Tenso
     q = _Geom(x, value, heads, ph, pw, fh, fw)
     dev = x.device
     pdo = _empty((q.G, q.NC, q.M, q.DV), q.acc, dev)
-    cfg, tpp, blocks = q.launch("bwd_do")
+    cfg, tpp, blocks = q.tiles("bwd_do")
     _launch(_bwd_do_kernel, q.grid,
-            (dy, a, sigma, pdo, *_s(dy), *q.region(), q.M, q.N, q.DV, q.NC, tpp),
-            dict(**blocks, BLOCK_DV=_pow2(q.DV), DT=q.dt, PREC=PREC), cfg)
+            dict(dy_ptr=dy, a_ptr=a, sig_ptr=sigma, pdo_ptr=pdo, **_strides("sd", dy), **q.region(),
+                 **q.sizes(tpp, "DV")),
+            dict(**blocks, BLOCK_DV=_pow2(q.DV), DT=q.dt, PREC=policy().precision), cfg)
     scr = _empty((q.G, q.NC, q.M * (q.DV + q.D + 1)), q.acc, dev)
     dxi = _empty(x.shape, q.acc, dev)  # direct part, completed by the last launch (in place when x is fp32)
     dv = _empty(value.shape, value.dtype, dev)
     pdc = _empty((q.G, q.NC, q.M, q.D), q.acc, dev)
     pdab = _empty((q.G, q.NC, 2), q.acc, dev)
-    cfg, tpp, blocks = q.launch("bwd_main")
+    cfg, tpp, blocks = q.tiles("bwd_main")
     _launch(_bwd_main_kernel, q.grid,
-            (x, value, dy, a, sigma, c, o, den, alpha, pdo, scr, dxi, dv, pdc, pdab,
-             *_s(x), *_s(value), *_s(dy), *q.region(), q.ph, q.pw, q.M, q.N, q.D, q.DV, q.NC, tpp),
+            dict(x_ptr=x, v_ptr=value, dy_ptr=dy, a_ptr=a, sig_ptr=sigma, c_ptr=c, o_ptr=o, den_ptr=den,
+                 alpha_ptr=alpha, pdo_ptr=pdo, scr_ptr=scr, dx_ptr=dxi, dv_ptr=dv, pdc_ptr=pdc, pdab_ptr=pdab,
+                 **_strides("sx", x), **_strides("sv", value), **_strides("sd", dy), **q.region(),
+                 **q.sizes(tpp, "ph", "pw", "D", "DV")),
             dict(BY_COUNT=by_count, **blocks, BLOCK_D=_pow2(q.D), BLOCK_DV=_pow2(q.DV), KH=q.KH, KW=q.KW, DT=q.dt,
-                 PREC=PREC), cfg)
+                 PREC=policy().precision), cfg)
     dx = dxi if x.dtype == q.acc else _empty(x.shape, x.dtype, dev)
     dalpha = _empty(alpha.shape, alpha.dtype, dev)
     dbeta = _empty(alpha.shape, alpha.dtype, dev)
-    cfg, tpp, blocks = q.launch("bwd_pool")
+    cfg, tpp, blocks = q.tiles("bwd_pool")
     _launch(_bwd_pool_kernel, q.grid,
-            (dxi, dx, c, pdc, pdab, scr, dalpha, dbeta, *q.region(), q.ph, q.pw, q.M, q.N, q.D, q.NC, tpp,
-             q.G * q.NC),
-            dict(**blocks, BLOCK_D=_pow2(q.D), BLOCK_P=PARTIAL_BLOCK, KH=q.KH, KW=q.KW, DT=q.dt), cfg)
+            dict(dxi_ptr=dxi, dx_ptr=dx, c_ptr=c, pdc_ptr=pdc, pdab_ptr=pdab, scr_ptr=scr, dalpha_ptr=dalpha,
+                 dbeta_ptr=dbeta, **q.region(), **q.sizes(tpp, "ph", "pw", "D"), NPART=q.G * q.NC),
+            dict(**blocks, BLOCK_D=_pow2(q.D), BLOCK_P=policy().partial_block, KH=q.KH, KW=q.KW, DT=q.dt), cfg)
     if q.G * q.NC == 0:  # empty input: no program ran
         dalpha.zero_()
         dbeta.zero_()
@@ -802,7 +875,6 @@ def _grads(ctx, dy, backward_fn):
 def _differentiable_grads(ctx, dy, x, value, alpha, beta):
     """``backward(create_graph=True)`` (double backward, gradient penalties): the kernels' backward is not
     itself differentiable, so these gradients come from the reference math, with a graph."""
-    from ..reference import context_cluster_light
     heads, ph, pw, fh, fw, by_count = ctx.geom
     ins = (x, value, alpha, beta)
     y = torch_math(context_cluster_light, *ins, heads=heads, proposal=(ph, pw), fold=(fh, fw),

@@ -22,7 +22,7 @@ model = dict(
         drop_path_rate=0.0,
         # the fused Triton kernels: these are GPU recipes. Without CUDA this raises a clear error instead of
         # silently running a slower path; 'auto' (Triton on CUDA, memory-light torch on the CPU) or
-        # 'reference' choose otherwise (--cfg-options model.backbone.mixer_impl=auto)
+        # 'light' choose otherwise (--cfg-options model.backbone.mixer_impl=auto)
         mixer_impl='triton',
         # the paper's Eq. 1, as today's public code and ImageNet checkpoints; tools/test.py switches to 'count'
         # by itself for detectors trained by the original mmdet 2.x code (see README)

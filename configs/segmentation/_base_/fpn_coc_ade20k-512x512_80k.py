@@ -26,7 +26,7 @@ model = dict(
         proposal=2,
         out_indices=(0, 1, 2, 3),
         drop_path_rate=0.0,
-        mixer_impl='triton',  # the fused kernels (GPU recipe); 'auto' or 'reference' elsewhere
+        mixer_impl='triton',  # the fused kernels (GPU recipe); 'auto' or 'light' elsewhere
         denominator='similarity',  # today's public ImageNet checkpoints; the paper's ADE20K models used 'count'
         # True: torch.compile the whole backbone as one graph (inductor fuses GroupNorm, layer scale, residuals,
         # MLP; image sizes symbolic, so varying padded sizes do not recompile). See README "Compiled backbone".

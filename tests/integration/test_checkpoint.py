@@ -16,7 +16,7 @@ import torch
 from coc_det import ContextCluster
 from coc_det.checkpoint import CheckpointError, read_checkpoint
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT  # noqa: E402
 EXPLOIT_KEY = "patch_embed.proj.weight"
 TINY = dict(layers=[1, 1, 1, 1], embed_dims=[8, 16, 16, 16], mlp_ratios=[2] * 4, heads=[1] * 4, head_dim=[8] * 4)
 

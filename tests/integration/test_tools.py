@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from conftest import ROOT  # noqa: E402
 TOOLS = osp.join(ROOT, "tools")
 DEMO = osp.join(ROOT, "configs", "demo", "mask-rcnn_coc-demo_fpn_shapes.py")
 IMAGE = osp.join(ROOT, "tests", "data", "shapes.png")

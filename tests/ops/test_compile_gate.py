@@ -9,7 +9,7 @@ import sys
 from coc_det.backbone import ARCH_SETTINGS, PROPOSAL_OF_CENTRES
 from coc_kernels import DENOMINATORS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT  # noqa: E402
 
 
 def test_every_launch_compiles_for_sm80_sm90_without_spills(tmp_path):

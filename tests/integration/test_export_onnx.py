@@ -12,7 +12,7 @@ from coc_det import ContextCluster
 from coc_kernels import context_cluster
 from coc_kernels.reference import adaptive_avg_pool_matmul, context_cluster_dense, context_cluster_export
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from conftest import ROOT  # noqa: E402
 sys.path.insert(0, osp.join(ROOT, "tools"))
 
 onnx = pytest.importorskip("onnx")

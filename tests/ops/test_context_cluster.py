@@ -58,7 +58,7 @@ CASES.update({k: v[:-1] for k, v in SHAPE_CASES.items()})
 @pytest.mark.parametrize("case,denominator", [(c, d) for c in CASES if c not in SHAPE_CASES
                                               for d in ("count", "similarity")] +
                          [(c, v[-1]) for c, v in SHAPE_CASES.items()])
-@pytest.mark.parametrize("impl", ["triton", "reference"])
+@pytest.mark.parametrize("impl", ["triton", "light"])
 def test_matches_dense(impl, case, denominator):
     B, h, d, dv, H, W, prop, fold, alpha, beta = CASES[case]
     x, v, a, b = make(B, h, d, dv, H, W, alpha, beta)
@@ -92,7 +92,7 @@ def test_dense_is_the_original_formulation(denominator):
     torch.testing.assert_close(got, out, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("impl", ["triton", "reference"])
+@pytest.mark.parametrize("impl", ["triton", "light"])
 def test_zero_norm_points_and_group(impl):
     """Zero feature vectors (F.normalize's clamped branch) inside a group and a whole all-zero group."""
     x, v, a, b = make(1, 2, 16, 16, 8, 8)
@@ -103,7 +103,7 @@ def test_zero_norm_points_and_group(impl):
 
 
 @only_compiled_can_fail
-@pytest.mark.parametrize("impl", ["triton", "reference", "dense"])
+@pytest.mark.parametrize("impl", ["triton", "light", "dense"])
 def test_ties_first_index_after_sigmoid(impl):
     """Large alpha saturates the sigmoid: distinct cosines give s == 1.0 and the first centre wins.
 
@@ -122,7 +122,7 @@ def test_ties_first_index_after_sigmoid(impl):
 
 
 @only_compiled_can_fail
-@pytest.mark.parametrize("impl", ["triton", "reference", "dense"])
+@pytest.mark.parametrize("impl", ["triton", "light", "dense"])
 def test_identical_points_all_tie(impl):
     """All points of a region equal: every centre equals them, all s tie, everything goes to centre 0."""
     x, v, a, b = make(1, 1, 16, 16, 4, 6)
@@ -199,14 +199,14 @@ def test_gradcheck_float64_overlapping_windows():
     assert torch.autograd.gradcheck(f, ins, eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
 
 
-def test_dalpha_dbeta_sum_every_block_of_partials(monkeypatch):
-    """Over 40 (group, chunk) partials summed 16 at a time (PARTIAL_BLOCK, 256 in use: 289+ groups would take a
+def test_dalpha_dbeta_sum_every_block_of_partials():
+    """Over 40 (group, chunk) partials summed 16 at a time (partial_block, 256 in use: 289+ groups would take a
     minute in the interpreter): dalpha/dbeta equal dense, so no block of partials is dropped."""
-    monkeypatch.setattr(ops, "PARTIAL_BLOCK", 16)
     x, v, a, b = make(1, 2, 8, 8, 8, 10, alpha=1.0, beta=0.2)
-    q = ops._Geom(x, v, 2, 2, 2, 4, 5)
-    assert q.G * q.NC == 40
-    assert_matches_dense("triton", x, v, a, b, heads=2, proposal=2, fold=(4, 5))
+    with ops.launch_policy(partial_block=16):
+        q = ops._Geom(x, v, 2, 2, 2, 4, 5)
+        assert q.G * q.NC == 40
+        assert_matches_dense("triton", x, v, a, b, heads=2, proposal=2, fold=(4, 5))
 
 
 @only_compiled_can_fail
@@ -257,14 +257,14 @@ def test_saved_state_against_torch(by_count):
 
 
 @pytest.mark.parametrize("target", [1, 4, 10 ** 6], ids=["one_chunk", "some_chunks", "max_chunks"])
-def test_chunked_groups(monkeypatch, target):
+def test_chunked_groups(target):
     """A group's points split over several programs (few groups) gives the dense result: the per-chunk
     partials and their fixed-order sums (centres, aggregates, do, d c_hat, dalpha/dbeta) are complete."""
-    monkeypatch.setattr(ops, "TARGET_PROGRAMS", target)
     x, v, a, b = make(1, 2, 16, 16, 20, 26, alpha=1.3, beta=-0.2)  # 2 groups of N = 520 points
-    q = ops._Geom(x, v, 2, 3, 2, 1, 1)
-    assert q.NC == {1: 1, 4: 2, 10 ** 6: 5}[target]
-    assert_matches_dense("triton", x, v, a, b, heads=2, proposal=(3, 2), fold=1, denominator="similarity")
+    with ops.launch_policy(target_programs=target):
+        q = ops._Geom(x, v, 2, 3, 2, 1, 1)
+        assert q.NC == {1: 1, 4: 2, 10 ** 6: 5}[target]
+        assert_matches_dense("triton", x, v, a, b, heads=2, proposal=(3, 2), fold=1, denominator="similarity")
 
 
 def test_launches_are_recorded_without_running():
@@ -280,6 +280,44 @@ def test_launches_are_recorded_without_running():
     assert all(launch.grid == (2 * 2 * 2, 1) for launch in rec)
 
 
+def test_every_launch_names_its_arguments():
+    """Kernels are launched by parameter name: the recorded launches give every runtime parameter and every
+    constexpr of their kernel, by name (geometry from an independent source: the recorded tensors and sizes),
+    and a launch that leaves one out or adds one is refused before anything runs."""
+    x, v, a, b = make(1, 2, 16, 16, 8, 12, device="cpu")
+    with ops.record_launches(execute=False) as rec:
+        context_cluster(x, v, a, b, heads=2, proposal=(2, 3), fold=(2, 3), impl="triton")
+    for launch in rec:
+        runtime, const = ops.kernel_params(launch.kernel)
+        assert set(launch.args) == set(runtime) and set(launch.constexprs) == set(const)
+        region = {k: launch.args[k] for k in ("heads", "fh", "fw", "rh", "rw")}
+        assert region == dict(heads=2, fh=2, fw=3, rh=4, rw=4), launch.kernel.__name__
+        if "ph" in launch.args:
+            assert (launch.args["ph"], launch.args["pw"], launch.args["M"]) == (2, 3, 6)
+        if "sxh" in launch.args:
+            assert (launch.args["sxh"], launch.args["sxw"]) == x.stride()[2:]
+    pool = rec[0]
+    with ops.record_launches(execute=False):
+        with pytest.raises(TypeError, match=r"missing \['pw'\].*unknown \['pww'\]"):
+            args = {("pww" if k == "pw" else k): val for k, val in pool.args.items()}
+            ops._launch(pool.kernel, pool.grid, args, pool.constexprs, dict(num_warps=4, num_stages=1))
+
+
+def test_launch_policy_is_scoped_and_checked():
+    """launch_policy changes the policy for its block only, also when the block raises; bad values are refused."""
+    before = ops.policy()
+    with pytest.raises(RuntimeError, match="inside"):
+        with ops.launch_policy(target_programs=5, partial_block=16):
+            assert ops.policy().partial_block == 16 and ops.chunking(1, 10 * ops.CHUNK_UNIT)[0] == 5
+            raise RuntimeError("inside")
+    assert ops.policy() is before and ops.chunking(1, 10 * ops.CHUNK_UNIT)[0] == 10
+    for bad in (dict(partial_block=12), dict(target_programs=0), dict(precision="tf16")):
+        with pytest.raises(ValueError):
+            with ops.launch_policy(**bad):
+                pass
+    assert ops.policy() is before
+
+
 def test_nonfinite_alpha_makes_output_nan_on_the_fused_path(monkeypatch):
     """On CUDA the op does not sync to look at alpha/beta: the kernels turn the output into NaN instead."""
     import coc_kernels.functional as fn
@@ -292,7 +330,7 @@ def test_nonfinite_alpha_makes_output_nan_on_the_fused_path(monkeypatch):
         assert torch.isnan(y).all()
 
 
-@pytest.mark.parametrize("impl", ["triton", "reference", "dense"])
+@pytest.mark.parametrize("impl", ["triton", "light", "dense"])
 def test_cluster_assignment_layout(impl):
     """Maps are [B, heads, H, W] and agree with the dense path's argmax, pixel by pixel."""
     x, _, a, b = make(2, 2, 16, 16, 8, 12, alpha=1.0)
@@ -380,8 +418,8 @@ def test_triton_on_cpu_needs_interpreter(monkeypatch):
         context_cluster(d["x"], d["value"], d["alpha"], d["beta"], heads=2, proposal=2, fold=2, impl="triton")
 
 
-def test_auto_on_cpu_is_reference():
+def test_auto_on_cpu_is_light():
     d = _good()
     y = context_cluster(d["x"], d["value"], d["alpha"], d["beta"], heads=2, proposal=2, fold=2)
-    ref = context_cluster(d["x"], d["value"], d["alpha"], d["beta"], heads=2, proposal=2, fold=2, impl="reference")
+    ref = context_cluster(d["x"], d["value"], d["alpha"], d["beta"], heads=2, proposal=2, fold=2, impl="light")
     assert torch.equal(y, ref)

@@ -16,7 +16,7 @@ import coc_det  # noqa: F401  (registers the backbone)
 from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from conftest import ROOT  # noqa: E402
 CONFIGS = sorted(glob.glob(osp.join(ROOT, "configs", "mask-rcnn_coc-*_fpn_1x_coco.py")))
 DEMO = osp.join(ROOT, "configs", "demo", "mask-rcnn_coc-demo_fpn_shapes.py")
 register_all_modules()
@@ -55,7 +55,7 @@ def test_mask_rcnn_coc_training_step():
     cfg = Config.fromfile(osp.join(ROOT, "configs", "mask-rcnn_coc-small-25_fpn_1x_coco.py"))
     # the memory-light torch mixer: the fused one runs the interpreter on the CPU (minutes for this model);
     # it goes through mmdet and DDP in test_dist_train_fused_mixer_two_processes
-    cfg.model.backbone.mixer_impl = "reference"
+    cfg.model.backbone.mixer_impl = "light"
     model = MODELS.build(cfg.model)
     model.init_weights()  # Pretrained with checkpoint=None: random init, logged
     model.train()

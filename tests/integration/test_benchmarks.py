@@ -7,7 +7,7 @@ import sys
 import pytest
 from PIL import Image
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from conftest import ROOT  # noqa: E402
 sys.path.insert(0, ROOT)
 
 
@@ -46,14 +46,14 @@ def test_backbone_benchmark_writes_tables(tmp_path):
     bench_backbone.main(["--size", "64", "64", "--variants", "small-4", "--reps", "1", "--warmup", "0",
                          "--json", str(tmp_path / "b.json"), "--md", str(tmp_path / "b.md")])
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
-    assert [r["impl"] for r in rows] == ["dense", "reference"] and all(r["ms"] > 0 for r in rows)
-    assert "| small-4 | reference |" in (tmp_path / "b.md").read_text()
+    assert [r["impl"] for r in rows] == ["dense", "light"] and all(r["ms"] > 0 for r in rows)
+    assert "| small-4 | light |" in (tmp_path / "b.md").read_text()
 
 
 def test_benchmark_chart(tmp_path):
     from benchmarks import bench_mixer
     out = tmp_path / "chart.png"
-    bench_mixer.main(["--size", "64", "96", "--centres", "4", "--stages", "1", "2", "--impls", "dense", "reference",
+    bench_mixer.main(["--size", "64", "96", "--centres", "4", "--stages", "1", "2", "--impls", "dense", "light",
                       "--reps", "1", "--warmup", "0", "--plot", str(out), "--json", str(tmp_path / "r.json")])
     img = Image.open(out)
     assert img.size[0] >= 600 and img.size[1] >= 300
@@ -63,12 +63,12 @@ def test_mixer_benchmark_md_holds_its_table(tmp_path):
     """The report writer keeps the table, not only its title (the H100 file of 2026-11-26 lost two)."""
     from benchmarks import bench_mixer
     md = tmp_path / "m.md"
-    bench_mixer.main(["--size", "64", "96", "--centres", "4", "--stages", "1", "2", "--impls", "dense", "reference",
+    bench_mixer.main(["--size", "64", "96", "--centres", "4", "--stages", "1", "2", "--impls", "dense", "light",
                       "--reps", "1", "--warmup", "0", "--md", str(md)])
     lines = md.read_text().splitlines()
     assert lines[0].startswith("Mixer benchmark on")
     rows = [line for line in lines if line.startswith("| small |")]
-    assert len(rows) == 4 and {r.split("|")[4].strip() for r in rows} == {"dense", "reference"}
+    assert len(rows) == 4 and {r.split("|")[4].strip() for r in rows} == {"dense", "light"}
 
 
 TINY_ARCH = dict(layers=[1, 1, 1, 1], embed_dims=[16, 16, 16, 16], mlp_ratios=[2] * 4, heads=[1] * 4, head_dim=[8] * 4)
@@ -81,10 +81,10 @@ def test_backbone_benchmark_compiled_variants_side_by_side(tmp_path):
     with pytest.raises(ValueError, match=r"implementation 'triton\+fast'"):
         bench_backbone.parse_impl("triton+fast")
     bench_backbone.main(["--size", "32", "32", "--variants", "small-4", "--reps", "1", "--warmup", "0",
-                         "--impls", "dense", "dense+compile", "reference", "--backend", "aot_eager",
+                         "--impls", "dense", "dense+compile", "light", "--backend", "aot_eager",
                          "--json", str(tmp_path / "b.json"), "--md", str(tmp_path / "b.md")])
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
-    assert [r["impl"] for r in rows] == ["dense", "dense+compile", "reference"]
+    assert [r["impl"] for r in rows] == ["dense", "dense+compile", "light"]
     assert all(r["ms"] > 0 and r["first_call_ms"] > 0 for r in rows)
     md = (tmp_path / "b.md").read_text()
     assert "| small-4 | dense+compile |" in md and "x time |" in md

@@ -17,7 +17,7 @@ from coc_det.checkpoint import read_checkpoint
 from coc_det.classifier import create_classifier
 from original_coc import random_public_model
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from conftest import ROOT  # noqa: E402
 IMAGE = osp.join(ROOT, "tests", "data", "shapes.png")
 sys.path.insert(0, osp.join(ROOT, "tools"))
 

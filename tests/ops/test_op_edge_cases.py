@@ -7,7 +7,7 @@ import torch
 from coc_kernels import cluster_assignment, context_cluster
 from conftest import DEVICE
 
-IMPLS = ["dense", "reference", "triton"]
+IMPLS = ["dense", "light", "triton"]
 KW = dict(heads=2, proposal=2, fold=2)
 
 
@@ -38,8 +38,8 @@ def test_non_finite_inputs_propagate_alike_on_every_path(where, bad):
     for impl in IMPLS:
         assert torch.equal(ys[impl].isnan(), nan), impl
         torch.testing.assert_close(ys[impl][~nan], ys["dense"][~nan], rtol=1e-5, atol=1e-5)
-    maps = {i: cluster_assignment(x, a, b, impl=i, **KW) for i in ("reference", "triton")}
-    assert torch.equal(maps["triton"], maps["reference"])
+    maps = {i: cluster_assignment(x, a, b, impl=i, **KW) for i in ("light", "triton")}
+    assert torch.equal(maps["triton"], maps["light"])
     assert 0 <= int(maps["triton"].min()) and int(maps["triton"].max()) < 4
 
 
@@ -100,7 +100,7 @@ def _f(impl):
     return lambda x, v, a, b: context_cluster(x, v, a, b, impl=impl, **KW)
 
 
-@pytest.mark.parametrize("impl", ["reference", "triton"])
+@pytest.mark.parametrize("impl", ["light", "triton"])
 def test_forward_mode_and_func_transforms_match_dense(impl):
     """jvp (forward mode), torch.func.grad, vmap over vjp and double backward: never a zero tangent or a
     torch-internal error; the fused path computes them with the reference math."""
@@ -180,7 +180,7 @@ def test_empty_inputs_give_empty_outputs_with_gradients(impl, shape):
     y.sum().backward()
     for t in ins:
         assert t.grad is not None and t.grad.shape == t.shape and not t.grad.any()
-    m = cluster_assignment(x, a, b, impl="reference" if impl == "dense" else impl, **KW)
+    m = cluster_assignment(x, a, b, impl="light" if impl == "dense" else impl, **KW)
     assert m.shape == (shape[0], 2, shape[2], shape[3]) and m.dtype == torch.int64
 
 
@@ -226,7 +226,7 @@ def test_bad_geometry_arguments_are_named_on_every_path(kw, err, match):
         with pytest.raises(err, match=match):
             context_cluster(x, v, a, b, impl=impl, **dict(KW, **kw))
         with pytest.raises(err, match=match):
-            cluster_assignment(x, a, b, impl="reference" if impl == "dense" else impl, **dict(KW, **kw))
+            cluster_assignment(x, a, b, impl="light" if impl == "dense" else impl, **dict(KW, **kw))
 
 
 def test_numpy_integers_are_taken_as_ints():
@@ -249,13 +249,28 @@ def test_centres_at_the_fused_limit_and_past_it():
     want = context_cluster(x, v, a, b, impl="dense", proposal=8, **kw)
     torch.testing.assert_close(context_cluster(x, v, a, b, impl="triton", proposal=8, **kw), want)
     assert torch.equal(cluster_assignment(x, a, b, impl="triton", proposal=8, **kw),
-                       cluster_assignment(x, a, b, impl="reference", proposal=8, **kw))
+                       cluster_assignment(x, a, b, impl="light", proposal=8, **kw))
     for call in (lambda: context_cluster(x, v, a, b, impl="triton", proposal=(5, 13), **kw),
                  lambda: cluster_assignment(x, a, b, impl="triton", proposal=(5, 13), **kw)):
-        with pytest.raises(ValueError, match="at most 64 centres per region, got 65; use impl='reference'"):
+        with pytest.raises(ValueError, match="at most 64 centres per region, got 65; use impl='light'"):
             call()
     from types import SimpleNamespace
 
     from coc_kernels.functional import resolve_impl
     cuda_input = SimpleNamespace(is_cuda=True, dtype=torch.float32)  # what 'auto' looks at
-    assert resolve_impl("auto", cuda_input, 64) == "triton" and resolve_impl("auto", cuda_input, 65) == "reference"
+    assert resolve_impl("auto", cuda_input, 64) == "triton" and resolve_impl("auto", cuda_input, 65) == "light"
+
+
+def test_the_earlier_impl_name_reference_still_means_light():
+    """``impl="reference"`` (the memory-light path's name until 2026-11-27) is accepted everywhere: the op, the
+    assignment and the backbone, giving the light path's results; an unknown name is refused."""
+    from coc_det.backbone import ContextCluster
+    from coc_kernels.functional import resolve_impl
+    x, v, a, b = make(B=1, C=4, H=8, W=8, dtype=torch.float64)
+    kw = dict(heads=2, proposal=2, fold=2)
+    assert torch.equal(context_cluster(x, v, a, b, impl="reference", **kw), context_cluster(x, v, a, b, impl="light", **kw))
+    assert torch.equal(cluster_assignment(x, a, b, impl="reference", **kw), cluster_assignment(x, a, b, impl="light", **kw))
+    assert resolve_impl("reference", x) == "light"
+    assert {m.impl for m in ContextCluster("tiny", mixer_impl="reference").modules() if hasattr(m, "impl")} == {"light"}
+    with pytest.raises(ValueError, match="impl must be one of"):
+        context_cluster(x, v, a, b, impl="fused", **kw)

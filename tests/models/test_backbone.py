@@ -107,7 +107,7 @@ def test_mixer_paths_agree_inside_backbone():
             torch.nn.init.uniform_(p, 0.5, 1.5)
     x = torch.randn(1, 3, 64, 64)
     results = {}
-    for impl in ("dense", "reference", "triton"):
+    for impl in ("dense", "light", "triton"):
         for m in model.modules():
             if hasattr(m, "sim_alpha"):
                 m.impl = impl
@@ -115,7 +115,7 @@ def test_mixer_paths_agree_inside_backbone():
         outs = model(x)
         sum((o * torch.linspace(-1, 1, o.numel()).reshape(o.shape)).sum() for o in outs).backward()
         results[impl] = ([o.detach() for o in outs], {n: p.grad.clone() for n, p in model.named_parameters()})
-    for impl in ("reference", "triton"):
+    for impl in ("light", "triton"):
         for o, r in zip(results[impl][0], results["dense"][0]):
             torch.testing.assert_close(o, r, rtol=1e-4, atol=1e-5)
         for n, g in results[impl][1].items():
@@ -162,7 +162,7 @@ def test_mixer_implementation_logged_once_and_unrunnable_impl_fails_clearly(monk
     x = torch.randn(1, 3, 64, 64)
     model(x)
     model(x)
-    assert msgs == ["ContextCluster: mixer implementation 'auto' -> 'reference' on cpu"]
+    assert msgs == ["ContextCluster: mixer implementation 'auto' -> 'light' on cpu"]
     fused = ContextCluster(arch, mixer_impl="triton")
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # a CPU machine without the interpreter: no silent fallback
     with pytest.raises(RuntimeError, match="Triton kernels run on CUDA"):

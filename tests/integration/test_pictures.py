@@ -9,7 +9,7 @@ from PIL import Image
 from coc_det.backbone import ContextCluster, position_channels, record_assignments
 from original_coc import OriginalCluster
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from conftest import ROOT  # noqa: E402
 sys.path.insert(0, osp.join(ROOT, "tools"))
 sys.path.insert(0, ROOT)
 IMAGE = osp.join(ROOT, "tests", "data", "shapes.png")
