@@ -44,12 +44,12 @@ MUTANTS = [
      "proposal=mod.proposal, fold=mod.proposal,", ["tests/integration/test_pictures.py", "-k", "record"], False),
     # the memory-light torch path
     ("light: denominator + 2", R, "o = (U + vc) / (den + 1.0)", "o = (U + vc) / (den + 2.0)",
-     [MATCH, "-k", "reference and regions_5x7"], False),
+     [MATCH, "-k", "light and regions_5x7"], False),
     ("light: argmax before the sigmoid", R, ".add_(beta).sigmoid_()", ".add_(beta)",
-     [T, "-k", "ties_first_index and reference"], False),
+     [T, "-k", "ties_first_index and light"], False),
     ("light: last index on ties", R, "        s_max, a = s.max(dim=-1)",
      "        s_max, a = s.flip(-1).max(dim=-1)\n        a = s.shape[-1] - 1 - a",
-     [T, "-k", "identical_points and reference"], False),
+     [T, "-k", "identical_points and light"], False),
     # the fused kernels (interpreter)
     ("kernel: dispatch denominator + 2", K, "    o = uv / (den + 1.0)[:, None]", "    o = uv / (den + 2.0)[:, None]",
      [MATCH, "-k", "triton and regions_5x7"], False),
