@@ -26,6 +26,11 @@ FOLDS = {arch: list(s["folds"]) for arch, s in ARCH_SETTINGS.items()}
 CENTRES = PROPOSAL_OF_CENTRES
 
 
+def mixer_geometry(arch: str, stage: int, centres: int):
+    """``(heads, centres per region axis, fold)`` of a stage's mixer (stage 1-based, centres 4/25/49)."""
+    return HEADS[arch][stage - 1], CENTRES[centres], FOLDS[arch][stage - 1]
+
+
 def stage_shape(batch: int, stage: int, img=(800, 1344)):
     s = 4 * 2 ** (stage - 1)
     return batch, img[0] // s, img[1] // s
@@ -148,7 +153,7 @@ def kernel_times(arch, stage, centres, batch, dtype, img=(800, 1344)):
     """GPU: ``[(kernel name, launches, ms), ...]`` per forward+backward step of the triton path, longest
     first (torch.profiler, mean over 10 steps after 3 warm-up steps)."""
     from torch.profiler import ProfilerActivity, profile as tprofile
-    heads, p, fold = HEADS[arch][stage - 1], CENTRES[centres], FOLDS[arch][stage - 1]
+    heads, p, fold = mixer_geometry(arch, stage, centres)
     x, v, a, b = make_inputs(arch, stage, batch, dtype, "cuda", img)
     dy = torch.randn_like(x)
     f = mixer_runner("triton", heads, p, fold)

@@ -28,7 +28,7 @@ if not ON_GPU:  # the Triton smoke run needs the interpreter, set before triton 
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks._harness import (CENTRES, FOLDS, HEADS, kernel_times, make_inputs, mixer_runner,  # noqa: E402
+from benchmarks._harness import (kernel_times, make_inputs, mixer_geometry, mixer_runner,  # noqa: E402
                                  time_steps)
 from benchmarks._report import report  # noqa: E402
 from coc_kernels import context_cluster  # noqa: E402
@@ -40,7 +40,7 @@ def _median_ms(fn, reps, warmup):
 
 def measure(impl, arch, stage, centres, batch, dtype, reps, warmup, forward_only, img=(800, 1344)):
     device = "cuda" if ON_GPU else "cpu"
-    heads, p, fold = HEADS[arch][stage - 1], CENTRES[centres], FOLDS[arch][stage - 1]
+    heads, p, fold = mixer_geometry(arch, stage, centres)
     x, v, a, b = make_inputs(arch, stage, batch, dtype, device, img)
     f = mixer_runner(impl, heads, p, fold)
     res = dict(impl=impl, arch=arch, stage=stage, centres=centres, batch=batch, dtype=str(dtype).split(".")[-1],

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from coc_kernels import cluster_assignment, context_cluster  # noqa: E402
 from coc_kernels.reference import from_groups, to_groups  # noqa: E402
 from benchmarks._report import report  # noqa: E402
-from benchmarks._harness import CENTRES, FOLDS, HEADS, make_inputs  # noqa: E402
+from benchmarks._harness import make_inputs, mixer_geometry  # noqa: E402
 
 TOL = {"float32": 1e-4, "bfloat16": 2e-2}
 TIE = 1e-5  # largest similarity gap a disagreeing pixel may have in the float64 reference
@@ -59,7 +59,7 @@ def tie_gap(x, alpha, beta, heads, p, fold, a_fused, a_dense):
 
 
 def check(arch, stage, centres, batch, dtype, img=(800, 1344)):
-    heads, p, fold = HEADS[arch][stage - 1], CENTRES[centres], FOLDS[arch][stage - 1]
+    heads, p, fold = mixer_geometry(arch, stage, centres)
     x, v, a, b = make_inputs(arch, stage, batch, dtype, DEVICE, img)
     kw = dict(heads=heads, proposal=p, fold=fold)
     with torch.no_grad():

@@ -191,9 +191,7 @@ def context_cluster(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, *, he
         raise ValueError(f"denominator must be one of {DENOMINATORS}, got {denominator!r}")
     kw = dict(heads=heads, proposal=proposal, fold=fold, denominator=denominator)
     if torch.onnx.is_in_onnx_export():  # standard ops whatever impl says (see context_cluster_export)
-        acc = compute_dtype(x.dtype)  # (as torch_math, without an autocast region: a subgraph in the trace)
-        y = context_cluster_export(x.to(acc), value.to(acc), alpha.reshape(1).to(acc), beta.reshape(1).to(acc), **kw)
-        return y.to(value.dtype)
+        return torch_math(context_cluster_export, x, value, alpha.reshape(1), beta.reshape(1), **kw)
     impl = resolve_impl(impl, x, proposal[0] * proposal[1])
     alpha, beta = alpha.reshape(1), beta.reshape(1)  # any one-element shape, the same on every path
     if x.numel() == 0 or value.numel() == 0:

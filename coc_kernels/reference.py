@@ -25,6 +25,7 @@ ADE20K models were trained).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Tuple
 
 import torch
@@ -43,9 +44,11 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def torch_math(fn, x: torch.Tensor, value: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, **kw):
     """Run a torch path ``fn`` as the fused one computes: in fp32 (fp64 for fp64 inputs) whatever the input
-    precision or an enclosing autocast, alpha/beta cast to that precision, the output in value's dtype."""
+    precision or an enclosing autocast, alpha/beta cast to that precision, the output in value's dtype. (An
+    autocast-off region is entered only under autocast: a traced graph, e.g. an ONNX export, has none.)"""
     acc = compute_dtype(x.dtype)
-    with torch.autocast(x.device.type, enabled=False):
+    under_autocast = torch.is_autocast_enabled(x.device.type)
+    with torch.autocast(x.device.type, enabled=False) if under_autocast else contextlib.nullcontext():
         alpha, beta = alpha.to(acc), beta.to(acc)
         y = fn(x.to(acc), value.to(acc), alpha, beta, **kw)
         if x.is_cuda or torch.compiler.is_compiling():  # no host check of alpha/beta ran: NaN out if not finite
