@@ -11,6 +11,7 @@
 #      compiled, the fused op eager, compiled (the backbone's compile switch, with and without CUDA graphs)
 #      and with activation checkpointing,
 #   5. the Mask R-CNN training step (benchmarks/bench_train.py) where mmdet is installed.
+#   (with .gpu_old from benchmarks/prepare_gpu_check.sh: the earlier kernels' mixer times beside today's)
 # Tables land in OUT_DIR (default: bench_out); a summary is printed last. Measured on an H100 (2026-11-26):
 # about 4 minutes before the compiled backbone variants were added (not yet run with them: budget for
 # 2-3 more minutes of inductor compilation). Tuning aid, not part of the check: benchmarks/sweep_configs.py.
@@ -35,6 +36,16 @@ run $PY benchmarks/bench_mixer.py --arch small --dtype bfloat16 --impls dense tr
 run $PY benchmarks/bench_mixer.py --arch small --stages 1 --centres 25 49 --impls dense+compile triton \
     --json "$OUT/mixer_compile.json" --md "$OUT/mixer_compile.md" --profile
 run $PY benchmarks/bench_mixer.py --arch small --stages 4 --centres 49 --impls triton --profile --reps 5
+# the earlier kernels in the same run (benchmarks/prepare_gpu_check.sh puts them in .gpu_old, carried along):
+# the op and its per-kernel times at stage 1, then every stage, so old and new read side by side
+if [ -d .gpu_old/coc_kernels ]; then
+  echo "== earlier kernels: $(cat .gpu_old/COMMIT 2>/dev/null)" | tee "$OUT/mixer_old.md"
+  run env PYTHONPATH=.gpu_old $PY benchmarks/bench_mixer.py --arch small --stages 1 --centres 25 49 --impls triton \
+      --profile --md "$OUT/mixer_old_stage1.md"
+  run env PYTHONPATH=.gpu_old $PY benchmarks/bench_mixer.py --arch small --impls triton --md "$OUT/mixer_old.md"
+  run $PY benchmarks/bench_mixer.py --arch small --stages 1 --centres 25 49 --impls triton --profile \
+      --md "$OUT/mixer_new_stage1.md"
+fi
 # whole backbone, side by side: original eager / torch.compile of it / fused eager / fused + compile switch
 # (+ CUDA graphs) / fused + activation checkpointing; fp32 and bf16; compile time in its own column
 run $PY benchmarks/bench_backbone.py --variants small-25 medium-49 --reps 5 --json "$OUT/backbone_fp32.json" \

@@ -83,8 +83,10 @@ def _check_scalar(t: Tensor, name: str, like: Tensor):
     if t.device != like.device:
         raise ValueError(f"{name} is on {t.device} but x is on {like.device}")
     # A host-side look at the value, only where it costs no device sync: on CUDA the fused kernels make
-    # the output NaN instead when alpha or beta is not finite (so does the torch math on other paths).
-    if not t.is_cuda and not torch.compiler.is_compiling() and not bool(torch.isfinite(t.detach()).all()):
+    # the output NaN instead when alpha or beta is not finite (so does the torch math on other paths). Meta
+    # tensors have no value to look at (shape-only tracing, deferred initialisation).
+    if (t.device.type not in ("cuda", "meta") and not torch.compiler.is_compiling()
+            and not bool(torch.isfinite(t.detach()).all())):
         raise ValueError(f"{name} must be finite, got {t.detach().cpu().item()}")
 
 

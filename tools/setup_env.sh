@@ -2,7 +2,8 @@
 # Create (or update) the project's virtual environment with the real MMDetection stack:
 #   torch 2.14.1 + torchvision 0.29.1 (triton comes with torch), mmengine 0.10.x,
 #   mmcv 2.1.0 *with its compiled ops* (built once from the PyPI source, cached as a wheel),
-#   mmdet 3.3.0, pycocotools, numpy, pytest, matplotlib, and this package (editable).
+#   mmdet 3.3.0, pycocotools, numpy, pytest, matplotlib, and this package (editable);
+#   triton 3.6.0 in <venv>/triton-3.6 for the compile gate under the GPU machines' triton.
 #
 # Environment knobs:
 #   COC_VENV         where the venv lives            (default: <repo>/.venv)
@@ -129,6 +130,15 @@ if ! have onnx 1.23.2 || ! have onnxruntime 1.32.0 || ! have onnxscript 0.7.2; t
   # ONNX export (tools/export_onnx.py: torch.onnx's exporter needs onnxscript; onnxruntime checks the file)
   say "installing onnx 1.23.2, onnxscript 0.7.2, onnxruntime 1.32.0"
   "${PIP[@]}" install "onnx==1.23.2" "onnxscript==0.7.2" "onnxruntime==1.32.0" "numpy<2"
+fi
+
+# triton 3.6 (the GPU machines' version) beside the project's own, for the compile gate under it
+# (tests/ops/test_compile_gate.py); nothing imports it unless PYTHONPATH names the folder
+T36="$VENV/triton-3.6"
+if ! (cd / && PYTHONPATH="$T36" "$PY" -c 'import sys, triton; sys.exit(triton.__version__ != "3.6.0")') 2>/dev/null; then
+  say "installing triton 3.6.0 beside (for the compile gate under the GPU machines' triton)"
+  rm -rf "$T36"
+  "${PIP[@]}" install --no-deps --target "$T36" "triton==3.6.0"
 fi
 
 # editable install of this checkout (checked from outside it, so the source tree itself doesn't count)

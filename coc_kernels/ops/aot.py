@@ -36,7 +36,8 @@ class Spec:
     num_stages: int
 
     def label(self) -> str:
-        shown = {k: v for k, v in self.constexprs if k.startswith("BLOCK") or k in ("AGG", "BY_COUNT")}
+        shown = {k: v for k, v in self.constexprs if k.startswith("BLOCK") or k in ("AGG", "BY_COUNT", "BW", "VEC",
+                                                                                       "STAGES")}
         ptrs = sorted({t[1:] for _, t in self.signature if t.startswith("*") and t[1:] not in ("i32",)})
         return (" ".join(f"{k.replace('BLOCK_', 'B')}={int(v) if isinstance(v, bool) else v}"
                          for k, v in shown.items()) + f" w={self.num_warps} ptr={'/'.join(ptrs)}")
@@ -125,7 +126,27 @@ def compile_spec(spec: Spec, cc: int, resources: bool = True) -> dict:
                spill_stores=num(r"(\d+) bytes spill stores"), spill_loads=num(r"(\d+) bytes spill loads"))
     out["loop_converts"] = loop_converts(k.asm.get("ttgir", ""))
     out["programs_per_sm"] = programs_per_sm(out["regs"], spec.num_warps, out["shared"], cc)
+    file, lines = tile_helper_lines(spec.module)
+    if lines:
+        out["accesses"] = tile_accesses(k.asm.get("ttgir", ""), file, lines)
+        out.update(ptx_profile(k.asm["ptx"], lines))
     return out
+
+
+def tile_helper_lines(module: str):
+    """``(file, source lines)`` of the module's ``TILE_ACCESS_HELPERS`` (the functions that make every
+    ``[B, C, H, W]`` tile load and store), from the decorator to one line past the body: compilers differ by a
+    line in where they place the load of a ``return tl.load(...)``."""
+    import importlib
+    import inspect
+    helpers = getattr(importlib.import_module(module), "TILE_ACCESS_HELPERS", ())
+    lines, file = set(), None
+    for h in helpers:
+        fn = getattr(h, "fn", h)
+        file = inspect.getsourcefile(fn)
+        src, start = inspect.getsourcelines(fn)
+        lines |= set(range(start, start + len(src) + 1))
+    return file, lines
 
 
 #: per-multiprocessor limits of the GPUs the gate checks (CUDA occupancy calculator): 64K 32-bit registers,
@@ -160,3 +181,130 @@ def loop_converts(ttgir: str) -> int:
         while loop_depths and depth < loop_depths[-1]:
             loop_depths.pop()
     return n
+
+
+# ----------------------------------------------------------------------------------------------------
+# what the emitted code predicts about speed (TTGIR layouts, PTX of the main loop), without a GPU
+# ----------------------------------------------------------------------------------------------------
+_LOC_DEF = re.compile(r"^(#loc\d*) = loc\((.*)\)\s*$", re.M)
+_FILE_LINE = re.compile(r'"([^"]+)":(\d+):\d+')
+_LAYOUT_DEF = re.compile(r"^(#[\w]+) = #ttg\.blocked<\{(.*)\}>\s*$", re.M)
+_ACCESS_OPS = ("tt.load", "tt.store", "ttg.async_copy_global_to_local")
+
+
+def _layout_fields(body: str) -> dict:
+    out = {}
+    for key in ("sizePerThread", "threadsPerWarp", "warpsPerCTA", "order"):
+        m = re.search(key + r" = \[([\d, ]+)\]", body)
+        out[key] = [int(v) for v in m.group(1).split(",")] if m else []
+    return out
+
+
+def tile_accesses(ttgir: str, file: str, lines: set) -> list:
+    """Every global load / store / async copy of the TTGIR whose location chain passes through one of
+    ``lines`` of ``file`` (the tile-access helpers): ``[{op, shape, layout fields}]``."""
+    locs = dict(_LOC_DEF.findall(ttgir))
+    layouts = {name: _layout_fields(body) for name, body in _LAYOUT_DEF.findall(ttgir)}
+
+    def places(ref, seen):
+        if ref in seen or ref not in locs:
+            return set()
+        seen.add(ref)
+        body = locs[ref]
+        found = {(f, int(n)) for f, n in _FILE_LINE.findall(body)}
+        for sub in re.findall(r"#loc\d*", body):
+            found |= places(sub, seen)
+        return found
+
+    out = []
+    for line in ttgir.splitlines():
+        code = line.strip()
+        op = next((o for o in _ACCESS_OPS if re.search(r"(^|= |\s)" + re.escape(o) + r"\b", code)), None)
+        m = re.search(r"loc\((#loc\d*)\)\s*$", code)
+        if op is None or m is None:
+            continue
+        hit = {p for p in places(m.group(1), set()) if os.path.samefile(p[0], file) and p[1] in lines} \
+            if os.path.exists(file) else set()
+        if not hit:
+            continue
+        t = re.search(r"tensor<([\dx]+)x!tt\.ptr<\w+>, (#\w+)>", code)
+        if t is None:
+            continue
+        shape = [int(v) for v in t.group(1).split("x")]
+        out.append(dict(op=op, shape=shape, **layouts.get(t.group(2), {})))
+    return out
+
+
+def lanes_along_points(access: dict, bw: int) -> bool:
+    """A warp's lanes run along the contiguous W axis of a ``[channels, points]`` tile: the points axis is
+    the fastest in the layout's order and one warp covers at least a whole ``bw``-wide row segment (or 32
+    lanes' worth of it)."""
+    spt, tpw, order = access.get("sizePerThread"), access.get("threadsPerWarp"), access.get("order")
+    if not order:
+        return False
+    last = len(access["shape"]) - 1
+    return order[0] == last and tpw[last] >= min(32, max(1, bw // max(1, spt[last])))
+
+
+def _ptx_instructions(ptx: str):
+    """``(source line or None, instruction text, label or None)`` per PTX line of interest, in order."""
+    cur = None
+    for raw in ptx.splitlines():
+        s = raw.strip()
+        if s.startswith(".loc"):
+            parts = s.split()
+            cur = int(parts[2].rstrip(",")) if len(parts) > 2 else None
+            continue
+        m = re.match(r"^(\$L__\w+):", s)
+        if m:
+            yield None, "", m.group(1)
+            continue
+        code = s.split("//")[0].strip()
+        if not code or code[0] in ".{}" or not code.endswith(";") or code.startswith("//"):
+            continue
+        yield cur, code, None
+
+
+def ptx_profile(ptx: str, tile_lines: set) -> dict:
+    """From the PTX: the loop that holds the most tile accesses (``tile_lines``: source lines of the tile-access
+    helpers), and in it the instruction count, FMAs, shared-memory loads, integer div/rem, cp.async; and the
+    byte widths of every tile access of the kernel (``ld.global`` / ``st.global`` / ``cp.async``)."""
+    items = list(_ptx_instructions(ptx))
+    labels = {lab: i for i, (_, _, lab) in enumerate(items) if lab}
+    loops = []
+    for i, (_, code, _) in enumerate(items):
+        m = re.search(r"\bbra(?:\.uni)?\s+(\$L__\w+);", code)
+        if m and m.group(1) in labels and labels[m.group(1)] < i:
+            loops.append((labels[m.group(1)], i))
+
+    def is_tile_access(line, code):
+        return line in tile_lines and re.search(r"\b(ld\.global|st\.global|cp\.async\.(ca|cg))", code)
+
+    widths = []
+    for line, code, _ in items:
+        if is_tile_access(line, code):
+            op = code.split()[1] if code.startswith("@") else code.split()[0]
+            cp = re.search(r"cp\.async\.\w+\.shared\.global[.\w]* \[[^\]]+\], \[[^\]]+\], (0x[0-9a-fA-F]+|\d+)", code)
+            if cp:
+                widths.append(int(cp.group(1), 0))
+            else:
+                vec = re.search(r"\.v(\d)\b", op)
+                bits = re.search(r"\.[bfu](\d+)\b", op)
+                widths.append((int(vec.group(1)) if vec else 1) * (int(bits.group(1)) // 8 if bits else 4))
+    best = None
+    for lo, hi in loops:
+        n_tile = sum(1 for line, code, _ in items[lo:hi + 1] if is_tile_access(line, code))
+        if best is None or n_tile > best[0] or (n_tile == best[0] and hi - lo > best[2] - best[1]):
+            best = (n_tile, lo, hi)
+    out = dict(tile_access_bytes=sorted(set(widths)), loop=None)
+    if best is None or best[0] == 0:
+        return out
+    body = [code for _, code, _ in items[best[1]:best[2] + 1] if code]
+    out["loop"] = dict(
+        instructions=len(body),
+        fma=sum(bool(re.match(r"(@!?%p\d+\s+)?fma\.", c)) for c in body),
+        ld_shared=sum(bool(re.search(r"\bld\.shared", c)) for c in body),
+        int_divrem=sum(bool(re.search(r"\b(div|rem)\.(s|u)(32|64)\b", c)) for c in body),
+        cp_async=sum(bool(re.search(r"\bcp\.async\.(ca|cg|bulk)", c)) for c in body),
+        tile_accesses=best[0])
+    return out

@@ -1,16 +1,21 @@
 """Triton kernels of the Context Cluster mixer, the custom ops that launch them, and their autograd.
 
-A *group* g is one (image, head, region); its N points are the region's pixels, addressed in the
-``[B, C, H, W]`` tensors through strides (no rearrange copies). A group's points are split into ``NC``
-*chunks* of ``TPP`` tiles of ``BLOCK_N`` points; every kernel runs on a ``(G, NC)`` grid, so a stage
-with few groups (stage 4: 16) still fills the GPU. Per-group quantities (centres, cluster aggregates,
-their gradients) are sums over chunks: each program writes its chunk's partial sum, and the next
-kernel adds the ``NC`` partials in a fixed order. No float atomics anywhere: results are bitwise
+A *group* g is one (image, head, region); its N = rh*rw points are the region's pixels, addressed in the
+``[B, C, H, W]`` tensors, which the op makes contiguous (a no-op for the 1x1 convs' outputs): the W stride is the
+compile-time 1. A group's rows are split into ``NC`` *chunks* of ``RPC`` rows; every kernel runs on a
+``(G, NC)`` grid, so a stage with few groups (stage 4: 16) still fills the GPU. Per-group quantities (centres,
+cluster aggregates, their gradients) are sums over chunks: each program writes its chunk's partial sum, and
+the next kernel adds the ``NC`` partials in a fixed order. No float atomics anywhere: results are bitwise
 reproducible for a given shape.
 
-Tiles are ``[channels, points]`` (points along the fast axis, contiguous in ``[B, C, H, W]``).
-Scatters over the assignment (cluster sums, their gradients) and into the pooling windows are dot products
-with one-hot / pooling-weight tiles (``input_precision="ieee"``: the argmax must match the fp32
+Tiles are ``[channels, BR x BW points]``: BR rows of BW consecutive columns of the region (BW a power of two
+with few masked columns: 16 for the detection models' 42-wide regions), points along the fast axis, so a
+warp's lanes run along W; the image and region widths are passed as multiples of a vector width VEC
+(constexpr), which lets the compiler emit 8- or 16-byte accesses. Each tile loop is software-pipelined
+(``tl.range(..., num_stages=STAGES)``: the next tile's loads go out as ``cp.async``). Window membership is
+tested with multiplications (no integer division per point) and the tile's rows and columns advance as carried
+counters. Scatters over the assignment (cluster sums, their gradients) and into the pooling windows are dot
+products with one-hot / pooling-weight tiles (``input_precision="ieee"``: the argmax must match the fp32
 reference, TF32 would flip assignments). Gathers (``o[a_n]``, ``dU[a_n]``, ``c_hat[a_n]``, and the pooling
 adjoints, a point lying in at most 2x2 windows) are loads from a tiny per-program copy of the group state
 that stays in L1/L2.
@@ -57,85 +62,124 @@ def _kernel(fn):
 # ----------------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------------
+# Tiles. The op makes x, value and dy contiguous ``[B, C, H, W]`` (a no-op for the 1x1 convs' outputs), so a
+# pixel's W stride is the compile-time 1 and the H stride is W. A tile is ``[channels, BR x BW]``: BR rows of
+# BW consecutive columns of one region, the points axis (fastest in registers) running along W, so a warp's
+# lanes read whole row segments. Sizes that must be multiples of the vector width for 2- or 4-element
+# accesses (the image width W and the region width rw) arrive as ``W_v = W / VEC`` and ``rw_v = rw / VEC``
+# with VEC a constexpr: ``W = W_v * VEC`` tells the compiler what it needs to emit vector loads, without a
+# value specialisation per image size.
 @triton.jit
-def _group_offset(g, heads, fh, fw, rh, rw, C, s_b, s_c, s_h, s_w):
-    """Element offset of channel 0, pixel (0, 0) of group g's head and region."""
+def _group_base(g, fh, fw, rh, rw, C, H, W):
+    """Element offset of channel 0, pixel (0, 0) of group g in a contiguous ``[B, heads*C, H, W]`` tensor
+    (group order: image, head, region row, region column; ``g // (fh*fw) = image*heads + head``)."""
     j = g % fw
     i = (g // fw) % fh
-    h = (g // (fw * fh)) % heads
-    b = g // (fw * fh * heads)
-    return (b.to(tl.int64) * s_b + (h * C).to(tl.int64) * s_c
-            + (i * rh).to(tl.int64) * s_h + (j * rw).to(tl.int64) * s_w)
+    bh = g // (fw * fh)
+    return (bh.to(tl.int64) * C * H + i * rh) * W + j * rw
 
 
 @triton.jit
-def _tile_ptrs(base, offs_c, offs_n, C, N, rw, s_c, s_h, s_w):
-    """Pointers and mask of the ``[BLOCK_C, BLOCK_N]`` tile: channel c of point n = (n // rw, n % rw)."""
-    r = offs_n // rw
-    col = offs_n - r * rw
-    ptrs = base + offs_c[:, None] * s_c + (r * s_h + col * s_w)[None, :]  # int32 inside a group (host-checked)
-    return ptrs, (offs_c < C)[:, None] & (offs_n < N)[None, :]
+def _chunk(k, RPC, rh, rw, BR: tl.constexpr, BW: tl.constexpr):
+    """Rows ``row0 .. row_end - 1`` of chunk k and its number of tiles (row blocks x column blocks)."""
+    row0 = k * RPC
+    row_end = tl.minimum(rh, row0 + RPC)
+    return row0, row_end, tl.cdiv(row_end - row0, BR) * tl.cdiv(rw, BW)
 
 
 @triton.jit
-def _load_tile(base, offs_c, offs_n, C, N, rw, s_c, s_h, s_w, DT: tl.constexpr):
-    ptrs, mask = _tile_ptrs(base, offs_c, offs_n, C, N, rw, s_c, s_h, s_w)
-    return tl.load(ptrs, mask=mask, other=0.0).to(DT)
+def _next_tile(r0, c0, rw, BR: tl.constexpr, BW: tl.constexpr):
+    """Top-left (row, column) of the next tile: column blocks first, then the next row block (carried, so the
+    loop has no integer division)."""
+    c0 += BW
+    wrap = c0 >= rw
+    return tl.where(wrap, r0 + BR, r0), tl.where(wrap, 0, c0)
 
 
 @triton.jit
-def _store_tile(base, val, offs_c, offs_n, C, N, rw, s_c, s_h, s_w):
-    ptrs, mask = _tile_ptrs(base, offs_c, offs_n, C, N, rw, s_c, s_h, s_w)
-    tl.store(ptrs, val.to(base.dtype.element_ty), mask=mask)
+def _tile(r0, row_end, c0, rw, W, BLOCK_N: tl.constexpr, BW: tl.constexpr):
+    """The tile at (r0, c0), ``BLOCK_N // BW`` rows of BW columns: per point its region row and column, validity, index in the group (``r*rw + col``,
+    the ``[G, N]`` state) and offset in the image plane (``r*W + col``)."""
+    idx = tl.arange(0, BLOCK_N)
+    r = r0 + idx // BW
+    col = c0 + idx % BW
+    valid = (r < row_end) & (col < rw)
+    return r, col, valid, r * rw + col, r * W + col
 
 
 @triton.jit
-def _pool_w(offs_m, offs_n, M, N, rh, rw, ph, pw, DT: tl.constexpr):
-    """``[BLOCK_N, BLOCK_M]`` adaptive-avg-pool weights: 1/|window m| where point n lies in window m, else 0.
+def _load_tile(base, offs_c, sp, valid, C, HW, DT: tl.constexpr):
+    """``[BLOCK_C, points]`` tile of a contiguous ``[B, C, H, W]`` tensor: channel c at ``base + c*HW + sp``."""
+    ptrs = base + offs_c[:, None] * HW + sp[None, :]
+    return tl.load(ptrs, mask=(offs_c < C)[:, None] & valid[None, :], other=0.0).to(DT)
 
-    Window bounds are computed on the 1-D index vectors (integer divisions per centre and per point, not
-    per pair). Used by the scatters (pooling, aggregation); the adjoints gather (:func:`_pool_adjoint`).
-    """
+
+@triton.jit
+def _store_tile(base, val, offs_c, sp, valid, C, HW):
+    ptrs = base + offs_c[:, None] * HW + sp[None, :]
+    tl.store(ptrs, val.to(base.dtype.element_ty), mask=(offs_c < C)[:, None] & valid[None, :])
+
+
+#: the tile-access helpers: the compile gate checks the layout and width of every load / store made in them
+TILE_ACCESS_HELPERS = (_load_tile, _store_tile)
+
+
+@triton.jit
+def _windows(offs_m, M, rh, rw, ph, pw, DT: tl.constexpr):
+    """Adaptive-pool window m = (i, j) = (m // pw, m % pw) as bounds that need no division per point: point
+    (r, s) lies in it iff ``i*rh < (r+1)*ph``, ``r*ph < (i+1)*rh`` and likewise for s; and ``1/|window|``
+    (0 for m >= M). Computed once per program on the centre vector."""
     mi = offs_m // pw
     mj = offs_m - mi * pw
-    r0 = (mi * rh) // ph
-    r1 = ((mi + 1) * rh + ph - 1) // ph
-    c0 = (mj * rw) // pw
-    c1 = ((mj + 1) * rw + pw - 1) // pw
-    inv = tl.where(offs_m < M, 1.0 / tl.maximum((r1 - r0) * (c1 - c0), 1).to(DT), 0.0)
-    r = offs_n // rw
-    s = offs_n - r * rw
-    r = tl.where(offs_n < N, r, -1)  # points past N lie in no window
-    inside = ((r[:, None] >= r0[None, :]) & (r[:, None] < r1[None, :])
-              & (s[:, None] >= c0[None, :]) & (s[:, None] < c1[None, :]))
+    lo_r = mi * rh
+    lo_c = mj * rw
+    rows = (lo_r + rh + ph - 1) // ph - lo_r // ph
+    cols = (lo_c + rw + pw - 1) // pw - lo_c // pw
+    inv = tl.where(offs_m < M, 1.0 / tl.maximum(rows * cols, 1).to(DT), 0.0)
+    return lo_r, lo_r + rh, lo_c, lo_c + rw, inv
+
+
+@triton.jit
+def _pool_w(lo_r, hi_r, lo_c, hi_c, inv, r, col, valid, ph, pw):
+    """``[points, BLOCK_M]`` adaptive-avg-pool weights of the tile: ``1/|window m|`` where the point lies in
+    window m, else 0 (multiplications and compares only)."""
+    rp = tl.where(valid, r * ph, -ph)  # points outside the region lie in no window
+    cp = col * pw
+    inside = (((rp + ph)[:, None] > lo_r[None, :]) & (rp[:, None] < hi_r[None, :])
+              & ((cp + pw)[:, None] > lo_c[None, :]) & (cp[:, None] < hi_c[None, :]))
     return tl.where(inside, inv[None, :], 0.0)
 
 
 @triton.jit
-def _pool_adjoint(src, offs_c, C, offs_n, N, rh, rw, ph, pw, KH: tl.constexpr, KW: tl.constexpr, DT: tl.constexpr):
-    """``sum_m w_mn src[m, c]`` for every point n of the tile: ``[BLOCK_C, BLOCK_N]``, with ``src`` a row-major
-    ``[M, C]`` copy in memory (L1-resident). A gather, not a dot: point (r, s) lies only in the windows
-    ``i = r*ph//rh .. +KH-1`` (and ``j`` likewise), ``KH = 1 + ceil(ph / rh)`` (2 unless regions are tiny)."""
-    r = offs_n // rw
-    s = offs_n - r * rw
-    valid = offs_n < N
-    i0 = (r * ph) // rh
-    j0 = (s * pw) // rw
-    acc = tl.zeros((offs_c.shape[0], offs_n.shape[0]), dtype=DT)
+def _floor_div(a, b, b_inv):
+    """``a // b`` for ``a >= 0``, ``0 < b``, ``a < 2**24`` without an integer division: a float estimate
+    (``b_inv = 1/b``), corrected by one either way."""
+    q = (a.to(tl.float32) * b_inv).to(tl.int32)
+    q = tl.where((q + 1) * b <= a, q + 1, q)
+    return tl.where(q * b > a, q - 1, q)
+
+
+@triton.jit
+def _pool_adjoint(src, offs_c, C, r, col, valid, rh, rw, ph, pw, KH: tl.constexpr, KW: tl.constexpr,
+                  DT: tl.constexpr):
+    """``sum_m w_mn src[m, c]`` for every point of the tile, ``[BLOCK_C, points]``, with ``src`` a row-major
+    ``[M, C]`` copy in memory (L1-resident) already scaled by ``1/|window m|``. A gather, not a dot: point
+    (r, s) lies only in the windows ``i = r*ph//rh .. +KH-1`` (and ``j`` likewise),
+    ``KH = 1 + ceil(ph / rh)`` (2 unless regions are tiny)."""
+    rp = r * ph
+    cp = col * pw
+    i0 = _floor_div(rp, rh, 1.0 / rh.to(tl.float32))
+    j0 = _floor_div(cp, rw, 1.0 / rw.to(tl.float32))
+    acc = tl.zeros((offs_c.shape[0], r.shape[0]), dtype=DT)
     for di in tl.static_range(KH):
         i = i0 + di
-        r0 = (i * rh) // ph
-        r1 = ((i + 1) * rh + ph - 1) // ph
-        in_i = valid & (i < ph) & (r >= r0) & (r < r1)
+        in_i = valid & (i < ph) & (rp + ph > i * rh) & (rp < (i + 1) * rh)
         for dj in tl.static_range(KW):
             j = j0 + dj
-            c0 = (j * rw) // pw
-            c1 = ((j + 1) * rw + pw - 1) // pw
-            ok = in_i & (j < pw) & (s >= c0) & (s < c1)
-            w = tl.where(ok, 1.0 / tl.maximum((r1 - r0) * (c1 - c0), 1).to(DT), 0.0)
+            ok = in_i & (j < pw) & (cp + pw > j * rw) & (cp < (j + 1) * rw)
             m = tl.where(ok, i * pw + j, 0)
-            vals = tl.load(src + m[None, :] * C + offs_c[:, None], mask=ok[None, :] & (offs_c < C)[:, None], other=0.0)
-            acc += vals * w[None, :]
+            acc += tl.load(src + m[None, :] * C + offs_c[:, None], mask=ok[None, :] & (offs_c < C)[:, None],
+                           other=0.0)
     return acc
 
 
@@ -173,19 +217,13 @@ def _norm_cols(t, eps):
     return t / tl.maximum(nrm, eps)[None, :], nrm
 
 
-@triton.jit
-def _chunk_range(k, TPP, N, BLOCK_N: tl.constexpr):
-    n_start = k * TPP * BLOCK_N
-    return n_start, tl.minimum(N, n_start + TPP * BLOCK_N)
-
-
 # ----------------------------------------------------------------------------------------------------
 # forward
 # ----------------------------------------------------------------------------------------------------
 @_kernel
-def _pool_kernel(x_ptr, pc_ptr, sxb, sxc, sxh, sxw, heads, fh, fw, rh, rw, ph, pw, M, N, D, NC, TPP,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DT: tl.constexpr,
-                 PREC: tl.constexpr):
+def _pool_kernel(x_ptr, pc_ptr, H, W_v, fh, fw, rh, rw_v, ph, pw, M, D, NC, RPC,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BW: tl.constexpr, BLOCK_D: tl.constexpr,
+                 VEC: tl.constexpr, STAGES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     """Partial window sums of chunk k for the centres: ``pc [G, NC, M, D]``.
 
     A window holding a non-finite x is NaN in every channel (its normalised centre is NaN either way, as
@@ -193,20 +231,27 @@ def _pool_kernel(x_ptr, pc_ptr, sxb, sxc, sxh, sxw, heads, fh, fw, rh, rw, ph, p
     ``inf * 0`` would otherwise reach every window of the group."""
     g = tl.program_id(0)
     k = tl.program_id(1)
-    xb = x_ptr + _group_offset(g, heads, fh, fw, rh, rw, D, sxb, sxc, sxh, sxw)
+    BR = BLOCK_N // BW
+    W = W_v * VEC
+    rw = rw_v * VEC
+    HW = H * W
+    xb = x_ptr + _group_base(g, fh, fw, rh, rw, D, H, W)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
+    lo_r, hi_r, lo_c, hi_c, inv = _windows(offs_m, M, rh, rw, ph, pw, DT)
     acc = tl.zeros((BLOCK_D, BLOCK_M), dtype=DT)
     bad = tl.zeros((BLOCK_M,), dtype=tl.int32)  # non-finite points per window
-    n_start, n_end = _chunk_range(k, TPP, N, BLOCK_N)
-    for n0 in range(n_start, n_end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        xt = _load_tile(xb, offs_d, offs_n, D, N, rw, sxc, sxh, sxw, DT)
-        w = _pool_w(offs_m, offs_n, M, N, rh, rw, ph, pw, DT)
+    r0, row_end, n_tiles = _chunk(k, RPC, rh, rw, BR, BW)
+    c0 = r0 * 0
+    for _t in tl.range(0, n_tiles, num_stages=STAGES):
+        r, col, valid, _n, sp = _tile(r0, row_end, c0, rw, W, BLOCK_N, BW)
+        xt = _load_tile(xb, offs_d, sp, valid, D, HW, DT)
+        w = _pool_w(lo_r, hi_r, lo_c, hi_c, inv, r, col, valid, ph, pw)
         finite = tl.abs(xt) < float("inf")  # false for NaN too
         bad_n = tl.max(tl.where(finite, 0, 1), axis=0)  # [BN]
         bad += tl.sum(tl.where((bad_n[:, None] > 0) & (w > 0.0), 1, 0), axis=0)
         acc += tl.dot(tl.where(finite, xt, 0.0), w, input_precision=PREC)
+        r0, c0 = _next_tile(r0, c0, rw, BR, BW)
     acc = tl.where(bad[None, :] > 0, float("nan"), acc)
     ptrs, mask = _cm_block(pc_ptr + (g.to(tl.int64) * NC + k) * M * D, offs_d, offs_m, D, M)
     tl.store(ptrs, acc, mask=mask)
@@ -214,17 +259,22 @@ def _pool_kernel(x_ptr, pc_ptr, sxb, sxc, sxh, sxw, heads, fh, fw, rh, rw, ph, p
 
 @_kernel
 def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_ptr, alpha_ptr, beta_ptr,
-                   sxb, sxc, sxh, sxw, svb, svc, svh, svw,
-                   heads, fh, fw, rh, rw, ph, pw, M, N, D, DV, NC, TPP,
+                   H, W_v, fh, fw, rh, rw_v, ph, pw, M, D, DV, NC, RPC,
                    AGG: tl.constexpr, BY_COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+                   BW: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, VEC: tl.constexpr,
+                   STAGES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     """Centres from the partials (chunk 0 stores ``c [G, M, D]``); assignment ``a, sigma [G, N]`` of chunk k;
     with AGG, partial ``U + vc`` (``puv [G, NC, M, DV]``) and denominators (``pden [G, NC, M]``)."""
     g = tl.program_id(0)
     k = tl.program_id(1)
     g64 = g.to(tl.int64)
     eps = 1e-12
-    xb = x_ptr + _group_offset(g, heads, fh, fw, rh, rw, D, sxb, sxc, sxh, sxw)
+    BR = BLOCK_N // BW
+    W = W_v * VEC
+    rw = rw_v * VEC
+    HW = H * W
+    N = rh * rw
+    xb = x_ptr + _group_base(g, fh, fw, rh, rw, D, H, W)
     alpha = tl.load(alpha_ptr).to(DT)
     beta = tl.load(beta_ptr).to(DT)
     offs_m = tl.arange(0, BLOCK_M)
@@ -241,15 +291,16 @@ def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_pt
     nan_c = tl.min(tl.where(m_ok & ~(nrm < float("inf")), offs_m, BLOCK_M), axis=0)
 
     if AGG:
-        vb = v_ptr + _group_offset(g, heads, fh, fw, rh, rw, DV, svb, svc, svh, svw)
+        vb = v_ptr + _group_base(g, fh, fw, rh, rw, DV, H, W)
         offs_dv = tl.arange(0, BLOCK_DV)
+        lo_r, hi_r, lo_c, hi_c, inv = _windows(offs_m, M, rh, rw, ph, pw, DT)
         uv = tl.zeros((BLOCK_DV, BLOCK_M), dtype=DT)
         den = tl.zeros((BLOCK_M,), dtype=DT)
-    n_start, n_end = _chunk_range(k, TPP, N, BLOCK_N)
-    for n0 in range(n_start, n_end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        valid = offs_n < N
-        x_hat, _xn = _norm_cols(_load_tile(xb, offs_d, offs_n, D, N, rw, sxc, sxh, sxw, DT), eps)
+    r0, row_end, n_tiles = _chunk(k, RPC, rh, rw, BR, BW)
+    c0 = r0 * 0
+    for _t in tl.range(0, n_tiles, num_stages=STAGES):
+        r, col, valid, n, sp = _tile(r0, row_end, c0, rw, W, BLOCK_N, BW)
+        x_hat, _xn = _norm_cols(_load_tile(xb, offs_d, sp, valid, D, HW, DT), eps)
         cos = tl.dot(c_hat, x_hat, input_precision=PREC)  # [BM, BN]
         s = 1.0 / (1.0 + tl.exp(-(beta + alpha * cos)))
         s = tl.where(m_ok[:, None] & (s == s), s, -1.0)
@@ -258,17 +309,18 @@ def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_pt
         bad_x = sigma < 0.0  # every similarity NaN: a non-finite point
         a = tl.where(bad_x, 0, tl.where(nan_c < BLOCK_M, nan_c, a))
         sigma = tl.where(bad_x | (nan_c < BLOCK_M), float("nan"), sigma)
-        tl.store(a_ptr + g64 * N + offs_n, a, mask=valid)
-        tl.store(sig_ptr + g64 * N + offs_n, sigma, mask=valid)
+        tl.store(a_ptr + g64 * N + n, a, mask=valid)
+        tl.store(sig_ptr + g64 * N + n, sigma, mask=valid)
         if AGG:
             onehot = (a[:, None] == offs_m[None, :]) & valid[:, None]  # [BN, BM]
             if BY_COUNT:
                 den += tl.sum(onehot.to(DT), axis=0)
             else:
                 den += tl.sum(tl.where(onehot, sigma[:, None], 0.0), axis=0)
-            wgt = tl.where(onehot, sigma[:, None], 0.0) + _pool_w(offs_m, offs_n, M, N, rh, rw, ph, pw, DT)
-            vt = _load_tile(vb, offs_dv, offs_n, DV, N, rw, svc, svh, svw, DT)
+            wgt = tl.where(onehot, sigma[:, None], 0.0) + _pool_w(lo_r, hi_r, lo_c, hi_c, inv, r, col, valid, ph, pw)
+            vt = _load_tile(vb, offs_dv, sp, valid, DV, HW, DT)
             uv += tl.dot(vt, wgt, input_precision=PREC)  # [BDV, BM]
+        r0, c0 = _next_tile(r0, c0, rw, BR, BW)
     if AGG:
         part = g64 * NC + k
         ptrs, mask = _cm_block(puv_ptr + part * M * DV, offs_dv, offs_m, DV, M)
@@ -278,14 +330,19 @@ def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_pt
 
 @_kernel
 def _dispatch_kernel(a_ptr, sig_ptr, puv_ptr, pden_ptr, o_ptr, den_ptr, scr_ptr, y_ptr, alpha_ptr, beta_ptr,
-                     syb, syc, syh, syw,
-                     heads, fh, fw, rh, rw, M, N, DV, NC, TPP,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr, DT: tl.constexpr):
+                     H, W_v, fh, fw, rh, rw_v, M, DV, NC, RPC,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BW: tl.constexpr, BLOCK_DV: tl.constexpr,
+                     VEC: tl.constexpr, STAGES: tl.constexpr, DT: tl.constexpr):
     """``o = (U + vc) / (den + 1)`` (chunk 0 stores ``o [G, M, DV]``, ``den [G, M]``); ``y_n = sigma_n o[a_n]``.
     y is NaN everywhere if alpha or beta is not finite (checked here rather than by a host sync)."""
     g = tl.program_id(0)
     k = tl.program_id(1)
     g64 = g.to(tl.int64)
+    BR = BLOCK_N // BW
+    W = W_v * VEC
+    rw = rw_v * VEC
+    HW = H * W
+    N = rh * rw
     offs_m = tl.arange(0, BLOCK_M)
     offs_dv = tl.arange(0, BLOCK_DV)
     m_ok = offs_m < M
@@ -304,42 +361,48 @@ def _dispatch_kernel(a_ptr, sig_ptr, puv_ptr, pden_ptr, o_ptr, den_ptr, scr_ptr,
     # a non-finite value in channel c (o[:, c] not finite) makes channel c of the whole group NaN, as the
     # original's dense sums do (inf * 0)
     chan_nan = tl.sum(tl.where(o_mask, o * 0.0, 0.0), axis=0)  # [BDV]: 0, or NaN
-    yb = y_ptr + _group_offset(g, heads, fh, fw, rh, rw, DV, syb, syc, syh, syw)
-    n_start, n_end = _chunk_range(k, TPP, N, BLOCK_N)
-    for n0 in range(n_start, n_end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        valid = offs_n < N
-        a = tl.load(a_ptr + g64 * N + offs_n, mask=valid, other=0)
-        sigma = tl.load(sig_ptr + g64 * N + offs_n, mask=valid, other=0.0)
+    yb = y_ptr + _group_base(g, fh, fw, rh, rw, DV, H, W)
+    r0, row_end, n_tiles = _chunk(k, RPC, rh, rw, BR, BW)
+    c0 = r0 * 0
+    for _t in tl.range(0, n_tiles, num_stages=STAGES):
+        _r, _col, valid, n, sp = _tile(r0, row_end, c0, rw, W, BLOCK_N, BW)
+        a = tl.load(a_ptr + g64 * N + n, mask=valid, other=0)
+        sigma = tl.load(sig_ptr + g64 * N + n, mask=valid, other=0.0)
         gmask = (offs_dv < DV)[:, None] & valid[None, :]
         o_a = tl.load(scr + a[None, :] * DV + offs_dv[:, None], mask=gmask, other=0.0)  # [BDV, BN]
-        _store_tile(yb, o_a * sigma[None, :] + (chan_nan[:, None] + nan_if_bad), offs_dv, offs_n, DV, N, rw,
-                    syc, syh, syw)
+        _store_tile(yb, o_a * sigma[None, :] + (chan_nan[:, None] + nan_if_bad), offs_dv, sp, valid, DV, HW)
+        r0, c0 = _next_tile(r0, c0, rw, BR, BW)
 
 
 # ----------------------------------------------------------------------------------------------------
 # backward
 # ----------------------------------------------------------------------------------------------------
 @_kernel
-def _bwd_do_kernel(dy_ptr, a_ptr, sig_ptr, pdo_ptr, sdb, sdc, sdh, sdw, heads, fh, fw, rh, rw, M, N, DV, NC, TPP,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr, DT: tl.constexpr,
-                   PREC: tl.constexpr):
+def _bwd_do_kernel(dy_ptr, a_ptr, sig_ptr, pdo_ptr, H, W_v, fh, fw, rh, rw_v, M, DV, NC, RPC,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BW: tl.constexpr, BLOCK_DV: tl.constexpr,
+                   VEC: tl.constexpr, STAGES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     """Partial ``do_m = sum_{a_n = m} sigma_n dy_n`` of chunk k: ``pdo [G, NC, M, DV]``."""
     g = tl.program_id(0)
     k = tl.program_id(1)
     g64 = g.to(tl.int64)
-    dyb = dy_ptr + _group_offset(g, heads, fh, fw, rh, rw, DV, sdb, sdc, sdh, sdw)
+    BR = BLOCK_N // BW
+    W = W_v * VEC
+    rw = rw_v * VEC
+    HW = H * W
+    N = rh * rw
+    dyb = dy_ptr + _group_base(g, fh, fw, rh, rw, DV, H, W)
     offs_m = tl.arange(0, BLOCK_M)
     offs_dv = tl.arange(0, BLOCK_DV)
     acc = tl.zeros((BLOCK_DV, BLOCK_M), dtype=DT)
-    n_start, n_end = _chunk_range(k, TPP, N, BLOCK_N)
-    for n0 in range(n_start, n_end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        valid = offs_n < N
-        a = tl.load(a_ptr + g64 * N + offs_n, mask=valid, other=-1)
-        sigma = tl.load(sig_ptr + g64 * N + offs_n, mask=valid, other=0.0)
+    r0, row_end, n_tiles = _chunk(k, RPC, rh, rw, BR, BW)
+    c0 = r0 * 0
+    for _t in tl.range(0, n_tiles, num_stages=STAGES):
+        _r, _col, valid, n, sp = _tile(r0, row_end, c0, rw, W, BLOCK_N, BW)
+        a = tl.load(a_ptr + g64 * N + n, mask=valid, other=-1)
+        sigma = tl.load(sig_ptr + g64 * N + n, mask=valid, other=0.0)
         wgt = tl.where(a[:, None] == offs_m[None, :], sigma[:, None], 0.0)  # [BN, BM]
-        acc += tl.dot(_load_tile(dyb, offs_dv, offs_n, DV, N, rw, sdc, sdh, sdw, DT), wgt, input_precision=PREC)
+        acc += tl.dot(_load_tile(dyb, offs_dv, sp, valid, DV, HW, DT), wgt, input_precision=PREC)
+        r0, c0 = _next_tile(r0, c0, rw, BR, BW)
     ptrs, mask = _cm_block(pdo_ptr + (g64 * NC + k) * M * DV, offs_dv, offs_m, DV, M)
     tl.store(ptrs, acc, mask=mask)
 
@@ -347,11 +410,10 @@ def _bwd_do_kernel(dy_ptr, a_ptr, sig_ptr, pdo_ptr, sdb, sdc, sdh, sdw, heads, f
 @_kernel
 def _bwd_main_kernel(x_ptr, v_ptr, dy_ptr, a_ptr, sig_ptr, c_ptr, o_ptr, den_ptr, alpha_ptr, pdo_ptr, scr_ptr,
                      dx_ptr, dv_ptr, pdc_ptr, pdab_ptr,
-                     sxb, sxc, sxh, sxw, svb, svc, svh, svw, sdb, sdc, sdh, sdw,
-                     heads, fh, fw, rh, rw, ph, pw, M, N, D, DV, NC, TPP,
-                     BY_COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     H, W_v, fh, fw, rh, rw_v, ph, pw, M, D, DV, NC, RPC,
+                     BY_COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BW: tl.constexpr,
                      BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-                     DT: tl.constexpr, PREC: tl.constexpr):
+                     VEC: tl.constexpr, STAGES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     """Chunk k: dv (complete), the direct part of dx (fp32/fp64 ``dx``, contiguous), partial ``d c_hat``
     (``pdc [G, NC, M, D]``) and partial (dalpha, dbeta) (``pdab [G, NC, 2]``)."""
     g = tl.program_id(0)
@@ -359,13 +421,16 @@ def _bwd_main_kernel(x_ptr, v_ptr, dy_ptr, a_ptr, sig_ptr, c_ptr, o_ptr, den_ptr
     g64 = g.to(tl.int64)
     part = g64 * NC + k
     eps = 1e-12
-    H = fh * rh
-    W = fw * rw
-    xb = x_ptr + _group_offset(g, heads, fh, fw, rh, rw, D, sxb, sxc, sxh, sxw)
-    vb = v_ptr + _group_offset(g, heads, fh, fw, rh, rw, DV, svb, svc, svh, svw)
-    dyb = dy_ptr + _group_offset(g, heads, fh, fw, rh, rw, DV, sdb, sdc, sdh, sdw)
-    dxb = dx_ptr + _group_offset(g, heads, fh, fw, rh, rw, D, heads * D * H * W, H * W, W, 1)
-    dvb = dv_ptr + _group_offset(g, heads, fh, fw, rh, rw, DV, heads * DV * H * W, H * W, W, 1)
+    BR = BLOCK_N // BW
+    W = W_v * VEC
+    rw = rw_v * VEC
+    HW = H * W
+    N = rh * rw
+    xb = x_ptr + _group_base(g, fh, fw, rh, rw, D, H, W)
+    vb = v_ptr + _group_base(g, fh, fw, rh, rw, DV, H, W)
+    dyb = dy_ptr + _group_base(g, fh, fw, rh, rw, DV, H, W)
+    dxb = dx_ptr + _group_base(g, fh, fw, rh, rw, D, H, W)
+    dvb = dv_ptr + _group_base(g, fh, fw, rh, rw, DV, H, W)
     alpha = tl.load(alpha_ptr).to(DT)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -381,12 +446,15 @@ def _bwd_main_kernel(x_ptr, v_ptr, dy_ptr, a_ptr, sig_ptr, c_ptr, o_ptr, den_ptr
     dU = do * inv[None, :]
     c_ptrs, dm_mask = _cm_block(c_ptr + g64 * M * D, offs_d, offs_m, D, M)
     c_hat, _cn = _norm_cols(tl.load(c_ptrs, mask=dm_mask, other=0.0), eps)  # [BD, BM]
-    # this program's copy for the gathers: dU [M, DV] | c_hat [M, D] | dS [M]
-    scr = scr_ptr + part * M * (DV + D + 1)
+    # this program's copy for the gathers: dU [M, DV] | c_hat [M, D] | dS [M] | dU / |window| [M, DV]
+    scr = scr_ptr + part * M * (2 * DV + D + 1)
     ptrs, dvm_mask = _cm_block(scr, offs_dv, offs_m, DV, M)
     tl.store(ptrs, dU, mask=dvm_mask)
     ptrs, _ = _cm_block(scr + M * DV, offs_d, offs_m, D, M)
     tl.store(ptrs, c_hat, mask=dm_mask)
+    _lo_r, _hi_r, _lo_c, _hi_c, win_inv = _windows(offs_m, M, rh, rw, ph, pw, DT)
+    ptrs, _ = _cm_block(scr + M * (DV + D + 1), offs_dv, offs_m, DV, M)
+    tl.store(ptrs, dU * win_inv[None, :], mask=dvm_mask)
     if not BY_COUNT:
         o_ptrs, _ = _cm_block(o_ptr + g64 * M * DV, offs_dv, offs_m, DV, M)
         o = tl.load(o_ptrs, mask=dvm_mask, other=0.0)
@@ -396,27 +464,28 @@ def _bwd_main_kernel(x_ptr, v_ptr, dy_ptr, a_ptr, sig_ptr, c_ptr, o_ptr, den_ptr
     dch = tl.zeros((BLOCK_D, BLOCK_M), dtype=DT)
     dal = tl.zeros((BLOCK_N,), dtype=DT)
     dbe = tl.zeros((BLOCK_N,), dtype=DT)
-    n_start, n_end = _chunk_range(k, TPP, N, BLOCK_N)
-    for n0 in range(n_start, n_end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        valid = offs_n < N
-        a = tl.load(a_ptr + g64 * N + offs_n, mask=valid, other=0)
-        sigma = tl.load(sig_ptr + g64 * N + offs_n, mask=valid, other=0.0)
+    r0, row_end, n_tiles = _chunk(k, RPC, rh, rw, BR, BW)
+    c0 = r0 * 0
+    for _t in tl.range(0, n_tiles, num_stages=STAGES):
+        r, col, valid, n, sp = _tile(r0, row_end, c0, rw, W, BLOCK_N, BW)
+        a = tl.load(a_ptr + g64 * N + n, mask=valid, other=0)
+        sigma = tl.load(sig_ptr + g64 * N + n, mask=valid, other=0.0)
         gv = dv_ok[:, None] & valid[None, :]
         gd = d_ok[:, None] & valid[None, :]
         o_a = tl.load(o_ptr + g64 * M * DV + a[None, :] * DV + offs_dv[:, None], mask=gv, other=0.0)
         dU_a = tl.load(scr + a[None, :] * DV + offs_dv[:, None], mask=gv, other=0.0)
-        dyt = _load_tile(dyb, offs_dv, offs_n, DV, N, rw, sdc, sdh, sdw, DT)
-        vt = _load_tile(vb, offs_dv, offs_n, DV, N, rw, svc, svh, svw, DT)
+        dyt = _load_tile(dyb, offs_dv, sp, valid, DV, HW, DT)
+        vt = _load_tile(vb, offs_dv, sp, valid, DV, HW, DT)
         dsig = tl.sum(dyt * o_a, axis=0) + tl.sum(dU_a * vt, axis=0)
         if not BY_COUNT:
             dsig += tl.load(scr + M * (DV + D) + a, mask=valid, other=0.0)
         # dv_n = sigma_n dU[a_n] + sum_m w_mn dU_m
-        dvt = sigma[None, :] * dU_a + _pool_adjoint(scr, offs_dv, DV, offs_n, N, rh, rw, ph, pw, KH, KW, DT)
-        _store_tile(dvb, dvt, offs_dv, offs_n, DV, N, rw, H * W, W, 1)
+        dvt = sigma[None, :] * dU_a + _pool_adjoint(scr + M * (DV + D + 1), offs_dv, DV, r, col, valid, rh, rw,
+                                                    ph, pw, KH, KW, DT)
+        _store_tile(dvb, dvt, offs_dv, sp, valid, DV, HW)
         # through s = sigmoid(beta + alpha cos) and the normalisation of x
         c_a = tl.load(scr + M * DV + a[None, :] * D + offs_d[:, None], mask=gd, other=0.0)  # [BD, BN]
-        x_hat, xn = _norm_cols(_load_tile(xb, offs_d, offs_n, D, N, rw, sxc, sxh, sxw, DT), eps)
+        x_hat, xn = _norm_cols(_load_tile(xb, offs_d, sp, valid, D, HW, DT), eps)
         dz = tl.where(valid, dsig * sigma * (1.0 - sigma), 0.0)
         dbe += dz
         dal += dz * tl.sum(c_a * x_hat, axis=0)
@@ -424,8 +493,8 @@ def _bwd_main_kernel(x_ptr, v_ptr, dy_ptr, a_ptr, sig_ptr, c_ptr, o_ptr, den_ptr
         dch += tl.dot(x_hat, tl.where(a[:, None] == offs_m[None, :], dcos[:, None], 0.0), input_precision=PREC)
         dxh = dcos[None, :] * c_a
         proj = tl.where(xn > eps, tl.sum(x_hat * dxh, axis=0), 0.0)
-        _store_tile(dxb, (dxh - x_hat * proj[None, :]) / tl.maximum(xn, eps)[None, :], offs_d, offs_n, D, N, rw,
-                    H * W, W, 1)
+        _store_tile(dxb, (dxh - x_hat * proj[None, :]) / tl.maximum(xn, eps)[None, :], offs_d, sp, valid, D, HW)
+        r0, c0 = _next_tile(r0, c0, rw, BR, BW)
     ptrs, _ = _cm_block(pdc_ptr + part * M * D, offs_d, offs_m, D, M)
     tl.store(ptrs, dch, mask=dm_mask)
     tl.store(pdab_ptr + part * 2, tl.sum(dal, axis=0))
@@ -434,17 +503,20 @@ def _bwd_main_kernel(x_ptr, v_ptr, dy_ptr, a_ptr, sig_ptr, c_ptr, o_ptr, den_ptr
 
 @_kernel
 def _bwd_pool_kernel(dxi_ptr, dx_ptr, c_ptr, pdc_ptr, pdab_ptr, scr_ptr, dalpha_ptr, dbeta_ptr,
-                     heads, fh, fw, rh, rw, ph, pw, M, N, D, NC, TPP, NPART,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                     BLOCK_P: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, DT: tl.constexpr):
+                     H, W_v, fh, fw, rh, rw_v, ph, pw, M, D, NC, RPC, NPART,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BW: tl.constexpr, BLOCK_D: tl.constexpr,
+                     BLOCK_P: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, VEC: tl.constexpr,
+                     STAGES: tl.constexpr, DT: tl.constexpr):
     """``dx = dxi + pooling adjoint of dc`` (both contiguous; may be the same buffer); program (0, 0) also
     sums the NPART (dalpha, dbeta) partials in a fixed order."""
     g = tl.program_id(0)
     k = tl.program_id(1)
     g64 = g.to(tl.int64)
     eps = 1e-12
-    H = fh * rh
-    W = fw * rw
+    BR = BLOCK_N // BW
+    W = W_v * VEC
+    rw = rw_v * VEC
+    HW = H * W
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     dch = _sum_partials(pdc_ptr + g64 * NC * M * D, offs_d, offs_m, D, M, NC, 1, D)  # [BD, BM]
@@ -453,20 +525,23 @@ def _bwd_pool_kernel(dxi_ptr, dx_ptr, c_ptr, pdc_ptr, pdab_ptr, scr_ptr, dalpha_
     c_hat, cn = _norm_cols(c, eps)
     cproj = tl.where(cn > eps, tl.sum(c_hat * dch, axis=0), 0.0)
     dc = (dch - c_hat * cproj[None, :]) / tl.maximum(cn, eps)[None, :]
-    scr = scr_ptr + (g64 * NC + k) * M * D  # this program's copy of dc [M, D] for the gathers
+    _lo_r, _hi_r, _lo_c, _hi_c, win_inv = _windows(offs_m, M, rh, rw, ph, pw, DT)
+    scr = scr_ptr + (g64 * NC + k) * M * D  # this program's copy of dc / |window| [M, D] for the gathers
     ptrs, _ = _cm_block(scr, offs_d, offs_m, D, M)
-    tl.store(ptrs, dc, mask=mask_dm)
+    tl.store(ptrs, dc * win_inv[None, :], mask=mask_dm)
     tl.debug_barrier()
 
-    off = _group_offset(g, heads, fh, fw, rh, rw, D, heads * D * H * W, H * W, W, 1)
+    off = _group_base(g, fh, fw, rh, rw, D, H, W)
     dxib = dxi_ptr + off
     dxb = dx_ptr + off
-    n_start, n_end = _chunk_range(k, TPP, N, BLOCK_N)
-    for n0 in range(n_start, n_end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        dxt = _load_tile(dxib, offs_d, offs_n, D, N, rw, H * W, W, 1, DT)
-        dxt += _pool_adjoint(scr, offs_d, D, offs_n, N, rh, rw, ph, pw, KH, KW, DT)
-        _store_tile(dxb, dxt, offs_d, offs_n, D, N, rw, H * W, W, 1)
+    r0, row_end, n_tiles = _chunk(k, RPC, rh, rw, BR, BW)
+    c0 = r0 * 0
+    for _t in tl.range(0, n_tiles, num_stages=STAGES):
+        r, col, valid, _n, sp = _tile(r0, row_end, c0, rw, W, BLOCK_N, BW)
+        dxt = _load_tile(dxib, offs_d, sp, valid, D, HW, DT)
+        dxt += _pool_adjoint(scr, offs_d, D, r, col, valid, rh, rw, ph, pw, KH, KW, DT)
+        _store_tile(dxb, dxt, offs_d, sp, valid, D, HW)
+        r0, c0 = _next_tile(r0, c0, rw, BR, BW)
 
     if (g == 0) & (k == 0):
         offs_p = tl.arange(0, BLOCK_P)
@@ -485,8 +560,6 @@ def _bwd_pool_kernel(dxi_ptr, dx_ptr, c_ptr, pdc_ptr, pdab_ptr, scr_ptr, dalpha_
 # ----------------------------------------------------------------------------------------------------
 #: at most this many chunks per group (each program re-reads the NC partials of its group)
 MAX_CHUNKS = 16
-#: points per chunk are a multiple of this (every kernel's BLOCK_N divides it)
-CHUNK_UNIT = 128
 DOT_PRECISIONS = ("ieee", "tf32", "tf32x3")
 
 
@@ -552,14 +625,22 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+#: every kernel, in launch order (forward, then backward; ``assign_only`` is the assignment without aggregation)
+KERNELS = ("pool", "assign", "assign_only", "dispatch", "bwd_do", "bwd_main", "bwd_pool")
+
+
 def kernel_config(kernel: str, M: int, D: int, DV: int) -> dict:
-    """``BLOCK_N`` (points per tile), warps and stages of one kernel for M centres and D / DV channels.
+    """``BLOCK_N`` (points per tile), warps, launch stages and ``STAGES`` (software pipelining of the tile
+    loop: the next tiles' loads are issued while this one computes) of one kernel for M centres and D / DV
+    channels.
 
     Chosen per kernel so that none spills registers at sm_80 / sm_90 with fp32, fp16 or bf16 inputs
     (``benchmarks/kernel_resources.py`` checks every launch, with triton 3.6 and 3.8): the ``ieee`` dots
     run on FMAs and keep their operand tiles in registers, so the kernels that hold the most state per
     point (assignment, main backward) take 16 points per tile.
     """
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; one of {KERNELS}")
     bm = _pow2(M)
     if kernel == "assign_only":  # the assignment kernel without aggregation (cluster_assignment): at 64 centres
         cfg = dict(BLOCK_N=16, num_warps=4)  # 8 warps spill at sm_90 under triton 3.6, 4 do not
@@ -568,6 +649,8 @@ def kernel_config(kernel: str, M: int, D: int, DV: int) -> dict:
         # at 64 centres 4 warps spill, 8 do not. The assignment at 4 centres (BM=16) spills at sm_90 with 4
         # warps since it handles NaN as torch does (triton 3.8); 2 warps do not (not yet timed on a GPU)
         cfg = dict(BLOCK_N=16, num_warps=8 if bm >= 64 else 2 if (kernel == "assign" and bm == 16) else 4)
+        if kernel == "bwd_main" and bm == 16:  # 4 centres: at 16 points x 4 warps ptxas caps sm_80 at 128-168
+            cfg = dict(BLOCK_N=32, num_warps=8)  # registers and spills (tiles of 16 columns); 32 x 8 does not
     elif kernel in ("dispatch", "bwd_pool"):  # gathers, no dot
         cfg = dict(BLOCK_N=64, num_warps=8)
     elif kernel == "pool":  # one dot; 4 warps spill at 32+ centres (triton 3.6, sm_90)
@@ -575,20 +658,54 @@ def kernel_config(kernel: str, M: int, D: int, DV: int) -> dict:
     else:  # bwd_do: one dot (4 warps spill at 64 centres)
         cfg = dict(BLOCK_N=64, num_warps=8 if bm >= 64 else 4)
     cfg["num_stages"] = 1
+    cfg["STAGES"] = PIPELINE_STAGES.get(kernel, 1)
     overrides = policy().config_overrides
     cfg.update(overrides.get("*", {}))
     cfg.update(overrides.get(kernel, {}))
-    if CHUNK_UNIT % cfg["BLOCK_N"]:
-        raise ValueError(f"BLOCK_N {cfg['BLOCK_N']} of {kernel} does not divide CHUNK_UNIT {CHUNK_UNIT}")
+    n = cfg["BLOCK_N"]
+    if n < 16 or n & (n - 1):
+        raise ValueError(f"BLOCK_N of {kernel} must be a power of two >= 16, got {n}")
     return cfg
 
 
-def chunking(G: int, N: int):
-    """``(NC, points per chunk)``: chunks per group; a chunk is a multiple of CHUNK_UNIT points."""
-    units = max(1, _cdiv(N, CHUNK_UNIT))
+#: software-pipelining depth of each kernel's tile loop (``tl.range(..., num_stages=...)``: the next tile's loads
+#: go out as ``cp.async`` while this one computes). 2 everywhere but the do-scatter, which spills with it (255
+#: registers at sm_90, triton 3.6 and 3.8); 3 adds registers and nothing the gate can see
+PIPELINE_STAGES = {"pool": 2, "assign": 2, "assign_only": 2, "dispatch": 2, "bwd_do": 1, "bwd_main": 2,
+                   "bwd_pool": 2}
+
+
+def tile_width(rw: int, block_n: int) -> int:
+    """``BW``: columns per tile row for regions ``rw`` wide, a power of two. The fewest masked columns
+    (``ceil(rw / BW) * BW - rw``) among widths of at least ``min(8, rw)`` rounded up, the widest on a tie: 16 for
+    the detection models' ``rw = 42`` (48 columns, 12.5 % masked), 8 for ImageNet's 7."""
+    best, bw = None, 1
+    while bw < min(8, rw):
+        bw *= 2
+    while bw <= block_n:
+        cost = _cdiv(max(rw, 1), bw) * bw
+        if best is None or cost <= best[0]:
+            best = (cost, bw)
+        bw *= 2
+    return best[1]
+
+
+def vector_width(rw: int, W: int, bw: int) -> int:
+    """``VEC``: elements per vector access, the largest of 4, 2, 1 that divides the region width, the image
+    width and ``BW`` (every row segment of a tile then starts on a multiple of it)."""
+    for vec in (4, 2):
+        if rw % vec == 0 and W % vec == 0 and bw % vec == 0:
+            return vec
+    return 1
+
+
+def chunking(G: int, rh: int, row_unit: int):
+    """``(NC, rows per chunk)``: a group's ``rh`` region rows split into NC chunks of whole multiples of
+    ``row_unit`` rows (the tallest tile of any kernel), until ``G * NC`` reaches the policy's target."""
+    units = max(1, _cdiv(rh, row_unit))
     nc = max(1, min(units, MAX_CHUNKS, _cdiv(policy().target_programs, max(G, 1))))
     per = _cdiv(units, nc)
-    return _cdiv(units, per), per * CHUNK_UNIT
+    return _cdiv(units, per), per * row_unit
 
 
 @dataclasses.dataclass
@@ -679,14 +796,20 @@ class _Geom:
         dv_channels = (x if value is None else value).shape[1]
         self.B, C, self.H, self.W = x.shape
         for t in (x,) if value is None else (x, value):
-            if max(t.stride(1) * t.shape[1], t.stride(2) * t.shape[2], t.stride(3) * t.shape[3]) >= 2 ** 31:
+            if t.shape[1] * t.shape[2] * t.shape[3] >= 2 ** 31:
                 raise ValueError(f"one image of {tuple(t.shape)} spans 2**31 elements or more: the kernels "
                                  "address an image with 32-bit offsets")
         self.heads, self.ph, self.pw, self.fh, self.fw = heads, ph, pw, fh, fw
         self.D, self.DV = C // heads, dv_channels // heads
         self.rh, self.rw = self.H // fh, self.W // fw
         self.G, self.N, self.M = self.B * heads * fh * fw, self.rh * self.rw, ph * pw
-        self.NC, self.chunk = chunking(self.G, self.N)
+        self.cfg = {}
+        for name in KERNELS:
+            cfg = kernel_config(name, self.M, self.D, self.DV)
+            bw = tile_width(self.rw, cfg["BLOCK_N"])
+            self.cfg[name] = (cfg, bw, vector_width(self.rw, self.W, bw))
+        self.row_unit = max(cfg["BLOCK_N"] // bw for cfg, bw, _ in self.cfg.values())
+        self.NC, self.rpc = chunking(self.G, self.rh, self.row_unit)
         self.grid = (self.G, self.NC)
         self.dt = _dt(x.dtype)
         self.acc = _acc(x.dtype)
@@ -695,31 +818,50 @@ class _Geom:
         self.KH, self.KW = 1 + _cdiv(ph, max(self.rh, 1)), 1 + _cdiv(pw, max(self.rw, 1))
 
     def tiles(self, name: str):
-        """(config, TPP, constexpr block sizes) of one kernel."""
-        cfg = kernel_config(name, self.M, self.D, self.DV)
-        return cfg, self.chunk // cfg["BLOCK_N"], dict(BLOCK_M=self.BM, BLOCK_N=cfg["BLOCK_N"])
+        """(config, tile constexprs) of one kernel."""
+        cfg, bw, vec = self.cfg[name]
+        return cfg, dict(BLOCK_M=self.BM, BLOCK_N=cfg["BLOCK_N"], BW=bw, VEC=vec, STAGES=cfg["STAGES"])
 
-    def region(self) -> dict:
-        """The group geometry every kernel takes (see ``_group_offset``)."""
-        return dict(heads=self.heads, fh=self.fh, fw=self.fw, rh=self.rh, rw=self.rw)
+    def region(self, name: str) -> dict:
+        """The image and group geometry every kernel takes (see ``_group_base``): widths in units of VEC."""
+        vec = self.cfg[name][2]
+        return dict(H=self.H, W_v=self.W // vec, fh=self.fh, fw=self.fw, rh=self.rh, rw_v=self.rw // vec)
 
-    def sizes(self, tpp: int, *names: str) -> dict:
-        """``M, N, NC, TPP`` and the named ones of ``ph, pw, D, DV``."""
-        return dict(M=self.M, N=self.N, NC=self.NC, TPP=tpp, **{n: getattr(self, n) for n in names})
+    def sizes(self, *names: str) -> dict:
+        """``M, NC, RPC`` and the named ones of ``ph, pw, D, DV``."""
+        return dict(M=self.M, NC=self.NC, RPC=self.rpc, **{n: getattr(self, n) for n in names})
+
+    def tiles_per_group(self, name: str) -> int:
+        """Tile iterations one group takes in kernel ``name`` (over all its chunks)."""
+        cfg, bw, _ = self.cfg[name]
+        br = cfg["BLOCK_N"] // bw
+        rows = [min(self.rh, (k + 1) * self.rpc) - k * self.rpc for k in range(self.NC)]
+        return sum(_cdiv(r, br) for r in rows) * _cdiv(self.rw, bw)
 
 
-def _strides(prefix: str, t: Tensor) -> dict:
-    """``{prefix}b, {prefix}c, {prefix}h, {prefix}w``: the strides of a ``[B, C, H, W]`` tensor."""
-    return {prefix + k: s for k, s in zip("bchw", t.stride())}
+def points_per_tile(launch) -> float:
+    """Real (unmasked) points per tile iteration of a recorded launch, averaged over its groups: what the
+    compile gate divides a loop's instruction count by."""
+    a, c = launch.args, launch.constexprs
+    rh, rw = a["rh"], a["rw_v"] * c["VEC"]
+    br, bw = c["BLOCK_N"] // c["BW"], c["BW"]
+    rows = [min(rh, (k + 1) * a["RPC"]) - k * a["RPC"] for k in range(a["NC"])]
+    tiles = sum(_cdiv(r, br) for r in rows) * _cdiv(rw, bw)
+    return rh * rw / max(tiles, 1)
+
+
+def _contiguous(t: Tensor) -> Tensor:
+    """The kernels address ``[B, C, H, W]`` tensors as contiguous (W stride 1 known to the compiler)."""
+    return t if t.is_contiguous() else t.contiguous()
 
 
 def _centres_and_assign(x: Tensor, value, alpha: Tensor, beta: Tensor, q: _Geom, by_count: bool):
     """Launches 1 and 2 of the forward (value None: assignment only). Returns c, a, sigma, puv, pden."""
     dev = x.device
     pc = _empty((q.G, q.NC, q.M, q.D), q.acc, dev)
-    cfg, tpp, blocks = q.tiles("pool")
+    cfg, blocks = q.tiles("pool")
     _launch(_pool_kernel, q.grid,
-            dict(x_ptr=x, pc_ptr=pc, **_strides("sx", x), **q.region(), **q.sizes(tpp, "ph", "pw", "D")),
+            dict(x_ptr=x, pc_ptr=pc, **q.region("pool"), **q.sizes("ph", "pw", "D")),
             dict(**blocks, BLOCK_D=_pow2(q.D), DT=q.dt, PREC=policy().precision), cfg)
     c = _empty((q.G, q.M, q.D), q.acc, dev)
     a = _empty((q.G, q.N), torch.int32, dev)
@@ -728,11 +870,11 @@ def _centres_and_assign(x: Tensor, value, alpha: Tensor, beta: Tensor, q: _Geom,
     puv = _empty((q.G, q.NC, q.M, q.DV), q.acc, dev) if agg else pc
     pden = _empty((q.G, q.NC, q.M), q.acc, dev) if agg else pc
     v = value if agg else x
-    cfg, tpp, blocks = q.tiles("assign" if agg else "assign_only")
+    name = "assign" if agg else "assign_only"
+    cfg, blocks = q.tiles(name)
     _launch(_assign_kernel, q.grid,
             dict(x_ptr=x, v_ptr=v, pc_ptr=pc, c_ptr=c, a_ptr=a, sig_ptr=sigma, puv_ptr=puv, pden_ptr=pden,
-                 alpha_ptr=alpha, beta_ptr=beta, **_strides("sx", x), **_strides("sv", v), **q.region(),
-                 **q.sizes(tpp, "ph", "pw", "D", "DV")),
+                 alpha_ptr=alpha, beta_ptr=beta, **q.region(name), **q.sizes("ph", "pw", "D", "DV")),
             dict(AGG=agg, BY_COUNT=by_count, **blocks, BLOCK_D=_pow2(q.D), BLOCK_DV=_pow2(q.DV), DT=q.dt,
                  PREC=policy().precision), cfg)
     return c, a, sigma, puv, pden
@@ -740,6 +882,7 @@ def _centres_and_assign(x: Tensor, value, alpha: Tensor, beta: Tensor, q: _Geom,
 
 def assignment(x: Tensor, alpha: Tensor, beta: Tensor, heads: int, ph: int, pw: int, fh: int, fw: int):
     """Hard assignment of every point: ``a [G, N]`` int32 and ``sigma [G, N]`` (launches 1-2 of the forward)."""
+    x = _contiguous(x)
     q = _Geom(x, None, heads, ph, pw, fh, fw)
     _, a, sigma, _, _ = _centres_and_assign(x, None, alpha, beta, q, True)
     return a, sigma
@@ -749,6 +892,7 @@ def fused_forward(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, heads: 
             by_count: bool):
     """Fused forward (3 launches). Returns ``y`` (value's dtype, contiguous) and the saved
     ``a, sigma, c, o, den``."""
+    x, value = _contiguous(x), _contiguous(value)
     q = _Geom(x, value, heads, ph, pw, fh, fw)
     dev = x.device
     c, a, sigma, puv, pden = _centres_and_assign(x, value, alpha, beta, q, by_count)
@@ -756,10 +900,10 @@ def fused_forward(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, heads: 
     den = _empty((q.G, q.M), q.acc, dev)
     scr = _empty((q.G, q.NC, q.M, q.DV), q.acc, dev)
     y = _empty((q.B, heads * q.DV, q.H, q.W), value.dtype, dev)
-    cfg, tpp, blocks = q.tiles("dispatch")
+    cfg, blocks = q.tiles("dispatch")
     _launch(_dispatch_kernel, q.grid,
             dict(a_ptr=a, sig_ptr=sigma, puv_ptr=puv, pden_ptr=pden, o_ptr=o, den_ptr=den, scr_ptr=scr, y_ptr=y,
-                 alpha_ptr=alpha, beta_ptr=beta, **_strides("sy", y), **q.region(), **q.sizes(tpp, "DV")),
+                 alpha_ptr=alpha, beta_ptr=beta, **q.region("dispatch"), **q.sizes("DV")),
             dict(**blocks, BLOCK_DV=_pow2(q.DV), DT=q.dt), cfg)
     return y, a, sigma, c, o, den
 
@@ -768,34 +912,33 @@ def fused_backward(dy: Tensor, x: Tensor, value: Tensor, alpha: Tensor, a: Tenso
              den: Tensor, heads: int, ph: int, pw: int, fh: int, fw: int, by_count: bool):
     """Fused backward (3 launches): ``dx`` (x's dtype), ``dvalue`` (value's dtype), both contiguous;
     ``dalpha``, ``dbeta`` shaped and typed like alpha."""
+    dy, x, value = _contiguous(dy), _contiguous(x), _contiguous(value)
     q = _Geom(x, value, heads, ph, pw, fh, fw)
     dev = x.device
     pdo = _empty((q.G, q.NC, q.M, q.DV), q.acc, dev)
-    cfg, tpp, blocks = q.tiles("bwd_do")
+    cfg, blocks = q.tiles("bwd_do")
     _launch(_bwd_do_kernel, q.grid,
-            dict(dy_ptr=dy, a_ptr=a, sig_ptr=sigma, pdo_ptr=pdo, **_strides("sd", dy), **q.region(),
-                 **q.sizes(tpp, "DV")),
+            dict(dy_ptr=dy, a_ptr=a, sig_ptr=sigma, pdo_ptr=pdo, **q.region("bwd_do"), **q.sizes("DV")),
             dict(**blocks, BLOCK_DV=_pow2(q.DV), DT=q.dt, PREC=policy().precision), cfg)
-    scr = _empty((q.G, q.NC, q.M * (q.DV + q.D + 1)), q.acc, dev)
+    scr = _empty((q.G, q.NC, q.M * (2 * q.DV + q.D + 1)), q.acc, dev)
     dxi = _empty(x.shape, q.acc, dev)  # direct part, completed by the last launch (in place when x is fp32)
     dv = _empty(value.shape, value.dtype, dev)
     pdc = _empty((q.G, q.NC, q.M, q.D), q.acc, dev)
     pdab = _empty((q.G, q.NC, 2), q.acc, dev)
-    cfg, tpp, blocks = q.tiles("bwd_main")
+    cfg, blocks = q.tiles("bwd_main")
     _launch(_bwd_main_kernel, q.grid,
             dict(x_ptr=x, v_ptr=value, dy_ptr=dy, a_ptr=a, sig_ptr=sigma, c_ptr=c, o_ptr=o, den_ptr=den,
                  alpha_ptr=alpha, pdo_ptr=pdo, scr_ptr=scr, dx_ptr=dxi, dv_ptr=dv, pdc_ptr=pdc, pdab_ptr=pdab,
-                 **_strides("sx", x), **_strides("sv", value), **_strides("sd", dy), **q.region(),
-                 **q.sizes(tpp, "ph", "pw", "D", "DV")),
+                 **q.region("bwd_main"), **q.sizes("ph", "pw", "D", "DV")),
             dict(BY_COUNT=by_count, **blocks, BLOCK_D=_pow2(q.D), BLOCK_DV=_pow2(q.DV), KH=q.KH, KW=q.KW, DT=q.dt,
                  PREC=policy().precision), cfg)
     dx = dxi if x.dtype == q.acc else _empty(x.shape, x.dtype, dev)
     dalpha = _empty(alpha.shape, alpha.dtype, dev)
     dbeta = _empty(alpha.shape, alpha.dtype, dev)
-    cfg, tpp, blocks = q.tiles("bwd_pool")
+    cfg, blocks = q.tiles("bwd_pool")
     _launch(_bwd_pool_kernel, q.grid,
             dict(dxi_ptr=dxi, dx_ptr=dx, c_ptr=c, pdc_ptr=pdc, pdab_ptr=pdab, scr_ptr=scr, dalpha_ptr=dalpha,
-                 dbeta_ptr=dbeta, **q.region(), **q.sizes(tpp, "ph", "pw", "D"), NPART=q.G * q.NC),
+                 dbeta_ptr=dbeta, **q.region("bwd_pool"), **q.sizes("ph", "pw", "D"), NPART=q.G * q.NC),
             dict(**blocks, BLOCK_D=_pow2(q.D), BLOCK_P=policy().partial_block, KH=q.KH, KW=q.KW, DT=q.dt), cfg)
     if q.G * q.NC == 0:  # empty input: no program ran
         dalpha.zero_()

@@ -134,7 +134,8 @@ def test_identical_points_all_tie(impl):
 
 
 def test_non_contiguous_inputs():
-    """channels_last x, a W-strided value and a transposed gradient are read through their strides."""
+    """channels_last x, a W-strided value and a transposed gradient give the contiguous inputs' result (the op
+    makes them contiguous: the kernels address W with the compile-time stride 1)."""
     x0, _, a, b = make(2, 2, 16, 16, 8, 12)
     x = x0.to(memory_format=torch.channels_last)
     v = torch.randn(2, 32, 8, 24, device=DEVICE)[..., ::2]  # [2, 32, 8, 12], stride 2 along W
@@ -263,7 +264,9 @@ def test_chunked_groups(target):
     x, v, a, b = make(1, 2, 16, 16, 20, 26, alpha=1.3, beta=-0.2)  # 2 groups of N = 520 points
     with ops.launch_policy(target_programs=target):
         q = ops._Geom(x, v, 2, 3, 2, 1, 1)
-        assert q.NC == {1: 1, 4: 2, 10 ** 6: 5}[target]
+        # chunks are whole multiples of the tallest tile's rows (row_unit) of the 20 region rows
+        expected = {1: 1, 4: 2, 10 ** 6: min(ops.MAX_CHUNKS, -(-20 // q.row_unit))}[target]
+        assert q.NC == expected and (target < 10 ** 6 or q.NC > 2)
         assert_matches_dense("triton", x, v, a, b, heads=2, proposal=(3, 2), fold=1, denominator="similarity")
 
 
@@ -290,12 +293,12 @@ def test_every_launch_names_its_arguments():
     for launch in rec:
         runtime, const = ops.kernel_params(launch.kernel)
         assert set(launch.args) == set(runtime) and set(launch.constexprs) == set(const)
-        region = {k: launch.args[k] for k in ("heads", "fh", "fw", "rh", "rw")}
-        assert region == dict(heads=2, fh=2, fw=3, rh=4, rw=4), launch.kernel.__name__
+        vec = launch.constexprs["VEC"]
+        region = {k: launch.args[k] for k in ("H", "fh", "fw", "rh")}
+        assert region == dict(H=8, fh=2, fw=3, rh=4), launch.kernel.__name__
+        assert (launch.args["W_v"] * vec, launch.args["rw_v"] * vec) == (12, 4), launch.kernel.__name__
         if "ph" in launch.args:
             assert (launch.args["ph"], launch.args["pw"], launch.args["M"]) == (2, 3, 6)
-        if "sxh" in launch.args:
-            assert (launch.args["sxh"], launch.args["sxw"]) == x.stride()[2:]
     pool = rec[0]
     with ops.record_launches(execute=False):
         with pytest.raises(TypeError, match=r"missing \['pw'\].*unknown \['pww'\]"):
@@ -303,14 +306,25 @@ def test_every_launch_names_its_arguments():
             ops._launch(pool.kernel, pool.grid, args, pool.constexprs, dict(num_warps=4, num_stages=1))
 
 
+def test_tile_and_vector_widths():
+    """Tiles of BW columns with the fewest masked columns (widest on a tie, at least 8 where the region is that
+    wide), and the vector width VEC dividing the region width, the image width and BW; counted by hand."""
+    # rw=42: BW 8 and 16 both take 48 columns, 32 and 64 take 64 -> 16; rw=7 -> 8; rw=26: 8/16/32 all take 32
+    assert [ops.tile_width(rw, 64) for rw in (42, 7, 26, 2, 336, 3)] == [16, 8, 32, 2, 16, 4]
+    assert ops.tile_width(42, 16) == 16 and ops.tile_width(26, 16) == 16  # never wider than the tile
+    # (rw, W, BW): 42 = 2*21, 336 = 16*21, 7 odd, 12 = 4*3
+    assert [ops.vector_width(*c) for c in ((42, 336, 16), (336, 336, 16), (7, 56, 8), (12, 24, 16), (2, 8, 2))] \
+        == [2, 4, 1, 4, 2]
+
+
 def test_launch_policy_is_scoped_and_checked():
     """launch_policy changes the policy for its block only, also when the block raises; bad values are refused."""
     before = ops.policy()
     with pytest.raises(RuntimeError, match="inside"):
         with ops.launch_policy(target_programs=5, partial_block=16):
-            assert ops.policy().partial_block == 16 and ops.chunking(1, 10 * ops.CHUNK_UNIT)[0] == 5
+            assert ops.policy().partial_block == 16 and ops.chunking(1, 10, 1)[0] == 5
             raise RuntimeError("inside")
-    assert ops.policy() is before and ops.chunking(1, 10 * ops.CHUNK_UNIT)[0] == 10
+    assert ops.policy() is before and ops.chunking(1, 10, 1)[0] == 10
     for bad in (dict(partial_block=12), dict(target_programs=0), dict(precision="tf16")):
         with pytest.raises(ValueError):
             with ops.launch_policy(**bad):

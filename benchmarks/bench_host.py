@@ -1,0 +1,80 @@
+#!/usr/bin/env python
+"""Host time of the fused op, on the CPU: one forward + backward of ``context_cluster(impl="triton")`` per stage
+of a detection backbone (batch 2, 800x1344, fp32) with its kernel launches recorded, not executed, on CPU
+tensors (``torch.empty`` of untouched buffers costs no page faults): what the op's Python costs per call
+(checks, geometry, launch arguments, buffer allocations, autograd), without triton's own launcher. Printed beside
+a plain torch op (``torch.add`` of two one-element tensors, forward + backward, same run) as a ratio, since the
+machine's speed cancels out of it. Triton's launcher adds its own few microseconds per launch on a GPU (6 launches per call).
+
+    python benchmarks/bench_host.py [--arch small] [--centres 25] [--reps 200]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks._harness import make_inputs, mixer_geometry  # noqa: E402
+from benchmarks._report import report  # noqa: E402
+from coc_kernels import context_cluster  # noqa: E402
+from coc_kernels.ops.context_cluster import record_launches  # noqa: E402
+
+
+def _median_us(step, reps: int) -> float:
+    for _ in range(5):
+        step()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - t) * 1e6)
+    return statistics.median(times)
+
+
+def measure(arch: str, centres: int, reps: int) -> list:
+    rows = []
+    for stage in range(1, 5):
+        heads, p, fold = mixer_geometry(arch, stage, centres)
+        x, v, a, b = make_inputs(arch, stage, 2, torch.float32, "cpu")
+        counts = {}
+
+        def fused():
+            with record_launches(execute=False) as rec:
+                y = context_cluster(x, v, a, b, heads=heads, proposal=p, fold=fold, impl="triton")
+                y.backward(torch.ones_like(y))
+            counts["launches"] = len(rec)
+
+        def plain():
+            torch.add(a, b).backward()
+
+        t_op, t_plain = _median_us(fused, reps), _median_us(plain, reps)
+        rows.append(dict(stage=stage, shape=list(x.shape), launches=counts["launches"], op_us=round(t_op, 1),
+                         plain_us=round(t_plain, 1), ratio=round(t_op / t_plain, 2)))
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="small")
+    p.add_argument("--centres", type=int, default=25)
+    p.add_argument("--reps", type=int, default=200)
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    rows = measure(args.arch, args.centres, args.reps)
+    lines = [f"Host time of one fused forward + backward, launches recorded not executed ({args.arch}, "
+             f"{args.centres} centres, batch 2, 800x1344, CPU tensors; torch {torch.__version__}); median of "
+             f"{args.reps}", "", "| stage | x | launches | op us | torch.add fwd+bwd us | ratio |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['stage']} | {'x'.join(map(str, r['shape']))} | {r['launches']} | {r['op_us']} "
+                     f"| {r['plain_us']} | {r['ratio']} |")
+    report("\n".join(lines), rows, "cpu", json_path=args.json)
+
+
+if __name__ == "__main__":
+    main()
