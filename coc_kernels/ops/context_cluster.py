@@ -50,9 +50,11 @@ from ..reference import compute_dtype, context_cluster_light, torch_math
 
 
 def _kernel(fn):
-    """``triton.jit`` without value specialisation of any integer argument: sizes and strides change with
-    every image (detection inputs vary in size), and the rest (heads, folds, centres) gains nothing from
-    it, so each (block sizes, dtypes) configuration compiles once."""
+    """``triton.jit`` without value specialisation of any integer argument: sizes change with every image
+    (detection inputs vary in size), and the rest (folds, centres) gains nothing from it, so each (block
+    sizes, tile width, vector width, dtypes) configuration compiles once. What the compiler must know to
+    coalesce and vectorise is constexpr instead: the W stride (1: inputs are contiguous) and the vector width
+    that the image and region widths are multiples of (they arrive divided by it)."""
     import inspect
     ints = [name for name, p in inspect.signature(fn).parameters.items()
             if not name.endswith("_ptr") and "constexpr" not in str(p.annotation)]
