@@ -11,7 +11,7 @@ setup(
     # torch: the oldest version the tests have run on (the GPU machines' 2.11 through benchmarks/gpu_check.sh,
     # 2026-11-26; CI runs the version tools/setup_env.sh installs). The README points here, not at a number.
     install_requires=["torch>=2.11", "numpy"],
-    extras_require={"det": ["mmengine>=0.10.4,<0.11", "mmcv==2.1.0", "mmdet==3.3.0", "pycocotools"],
+    extras_require={"det": ["mmengine>=0.10.4,<0.11", "mmcv==2.1.0", "mmdet==3.3.0", "pycocotools", "psutil"],
                     "cls": ["timm>=1.0"],
                     "export": ["onnx>=1.23", "onnxscript>=0.7", "onnxruntime>=1.32"]},  # the versions tested
 )

@@ -249,6 +249,9 @@ class ContextCluster(BaseModule):
             raise ValueError(f"out_indices {out_indices} out of range for {n} stages")
         if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= n:
             raise ValueError(f"frozen_stages must be -1 (nothing) .. {n} (all stages), got {frozen_stages!r}")
+        if not isinstance(mixer_impl, str):
+            raise TypeError(f"mixer_impl must be one of {IMPLS} (a str), got {type(mixer_impl).__name__} "
+                            f"{mixer_impl!r}")
         mixer_impl = IMPL_ALIASES.get(mixer_impl, mixer_impl)
         if mixer_impl not in IMPLS:
             raise ValueError(f"mixer_impl must be one of {IMPLS}, got {mixer_impl!r}")
@@ -258,6 +261,8 @@ class ContextCluster(BaseModule):
         self.with_cp = with_cp
         if not isinstance(compile, (bool, dict)):
             raise ValueError(f"compile must be a bool or a dict of torch.compile arguments, got {compile!r}")
+        if isinstance(compile, dict):
+            check_compile_options(compile)
         self.compile_cfg = dict(COMPILE_DEFAULTS, **compile) if isinstance(compile, dict) else (
             dict(COMPILE_DEFAULTS) if compile else None)
         self.proposals, self.folds = proposals, folds
@@ -424,6 +429,30 @@ class ContextCluster(BaseModule):
 #: channel counts and eps symbolic too, and tracing several times slower)
 COMPILE_DEFAULTS = dict(fullgraph=True, dynamic=None)
 _COMPILED: Dict[tuple, object] = {}
+
+
+def check_compile_options(options: dict) -> None:
+    """Refuse, when the backbone is built, what ``torch.compile`` would refuse only at the first forward: an
+    unknown argument, an unknown backend or mode, ``mode`` together with ``options``."""
+    import inspect
+    known = [k for k in inspect.signature(torch.compile).parameters if k != "model"]
+    for key in options:
+        if key not in known:
+            raise ValueError(f"compile: unknown torch.compile argument {key!r} (it takes {known})")
+    backend = options.get("backend", "inductor")
+    if isinstance(backend, str):
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        if backend not in backends:
+            raise ValueError(f"compile: backend {backend!r} is not one of torch's registered backends {backends}")
+    elif not callable(backend):
+        raise ValueError(f"compile: backend must be a name or a callable, got {backend!r}")
+    mode = options.get("mode")
+    if mode is not None:
+        modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+        if mode not in modes:
+            raise ValueError(f"compile: mode must be one of {modes}, got {mode!r}")
+        if options.get("options") is not None:
+            raise ValueError("compile: give mode or options, not both (torch.compile takes one of them)")
 
 
 def compiled(body, options: dict):

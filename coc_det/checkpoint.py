@@ -67,8 +67,11 @@ def read_checkpoint(path: str):
         with _scoped_safe_globals(LOADER_SAFE_CLASSES):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = str(err).strip().splitlines()
-        hint = next((line for line in reason if "Unsupported global" in line or "GLOBAL" in line), reason[0])
+        reason = str(err).strip().splitlines() or [""]
+        hint = next((line for line in reason if "Unsupported global" in line or "GLOBAL" in line), None)
+        if hint is None:  # not a pickle of objects at all (random bytes, another format): nothing to trust
+            raise CheckpointError(f"{path} is not a torch checkpoint (truncated or another format?): "
+                                  f"{reason[0].strip()[:200]}") from None
         raise CheckpointError(
             f"{path} holds objects other than weights ({hint.strip()}); it is not unpickled, since that could "
             "run code. If you trust the file, extract its tensors yourself, e.g. "
@@ -106,4 +109,53 @@ def compare_state_dicts(own: dict, state: dict):
     return missing, unexpected, wrong
 
 
-__all__ = ["CheckpointError", "LOADER_SAFE_CLASSES", "compare_state_dicts", "read_checkpoint", "state_dict_of"]
+def original_code_version(ckpt) -> str | None:
+    """``'mmdet 2.x'`` / ``'mmseg 0.x'`` for a checkpoint trained by the original CoC code (mmdet 2.x and mmseg
+    0.x write their version into ``meta``), else None."""
+    meta = (ckpt.get("meta") if isinstance(ckpt, dict) else None) or {}
+    if not isinstance(meta, dict):
+        return None
+    for lib, old in (("mmdet", "2."), ("mmseg", "0.")):
+        version = str(meta.get(f"{lib}_version", ""))
+        if version.startswith(old):
+            return f"{lib} {version}"
+    return None
+
+
+def trained_denominator(ckpt) -> tuple[str | None, str]:
+    """The one rule every tool follows: the mixer denominator a checkpoint's weights were trained with,
+    ``('count', why)`` for the original code's detectors and segmentors (trained before the public code's
+    switch to the paper's similarity denominator on 2023-05-31), ``(None, '')`` when the checkpoint does not
+    say (this project's, the public ImageNet ones: the model's own setting stands)."""
+    version = original_code_version(ckpt)
+    if version is None:
+        return None, ""
+    return "count", (f"trained with {version} by the original Context Cluster code, which normalised clusters "
+                     "by their point count")
+
+
+def set_denominator(model: torch.nn.Module, denominator: str) -> int:
+    """Give every Context Cluster mixer of ``model`` this denominator; returns how many there were."""
+    from .backbone import Cluster
+    n = 0
+    for m in model.modules():
+        if isinstance(m, Cluster):
+            m.denominator, n = denominator, n + 1
+    return n
+
+
+def match_trained_denominator(model: torch.nn.Module, ckpt) -> str:
+    """After loading ``ckpt`` (a checkpoint dict, or its path) into ``model``: switch the model's mixers to the
+    denominator the weights were trained with (:func:`trained_denominator`); returns what was done, for the
+    tool to print (empty when the checkpoint does not say)."""
+    if isinstance(ckpt, (str, os.PathLike)):
+        ckpt = read_checkpoint(os.fspath(ckpt))
+    denominator, why = trained_denominator(ckpt)
+    if denominator is None:
+        return ""
+    set_denominator(model, denominator)
+    return f"the checkpoint was {why}: its mixers run with denominator={denominator!r}"
+
+
+__all__ = ["CheckpointError", "LOADER_SAFE_CLASSES", "compare_state_dicts", "match_trained_denominator",
+           "original_code_version", "read_checkpoint", "set_denominator", "state_dict_of", "trained_denominator"]

@@ -10,6 +10,7 @@ classifier adds only ``norm`` (GroupNorm on the last stage) and ``head`` (Linear
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -43,12 +44,19 @@ def _take_indices(n: int, indices) -> tuple[list, int]:
     end). Returns (sorted absolute indices, the largest)."""
     if indices is None:
         indices = n
-    if isinstance(indices, int):
+    if isinstance(indices, (bool, np.bool_)) or not isinstance(indices, (int, np.integer, list, tuple)):
+        raise TypeError(f"indices must be None, an int (the last k stages) or a list/tuple of stage indices, "
+                        f"got {type(indices).__name__} {indices!r}")
+    if isinstance(indices, (int, np.integer)):
+        indices = int(indices)
         if not 0 < indices <= n:
             raise ValueError(f"take the last k stages with 1 <= k <= {n}, got {indices}")
         take = list(range(n - indices, n))
     else:
-        take = [i + n if i < 0 else i for i in indices]
+        bad = [i for i in indices if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer))]
+        if bad:
+            raise TypeError(f"stage indices must be ints, got {bad[0]!r} in {list(indices)}")
+        take = [int(i) + n if i < 0 else int(i) for i in indices]
         if not take or any(not 0 <= i < n for i in take):
             raise ValueError(f"stage indices {list(indices)} out of range for {n} stages")
     return sorted(set(take)), max(take)
@@ -177,6 +185,29 @@ def load_classifier_state(model: ContextClusterClassifier, state: dict, path: st
     model.load_state_dict(state)
 
 
+def filter_pretrained(state: dict, model: ContextClusterClassifier) -> dict:
+    """timm's ``pretrained_filter_fn``: the weights timm loads into a ``coc_*`` model. A detector's or
+    segmentor's checkpoint (keys under ``backbone.``) gives its backbone's stages (its output norms are not
+    the classifier's, and it has no classifier ``norm``/``head``: those keep their initial values, as the
+    features-only model does not use them). Either way every weight of the stages must be there with its shape:
+    with ``features_only`` timm loads non-strictly, and a checkpoint none of whose keys fit would otherwise
+    leave the model random behind a warning."""
+    from .checkpoint import CheckpointError, compare_state_dicts
+    own = model.state_dict()
+    detector = any(k.startswith("backbone.") for k in state)
+    if detector:
+        state = {k[len("backbone."):]: v for k, v in state.items()
+                 if k.startswith("backbone.") and k[len("backbone."):] in own}
+    missing, _unexpected, wrong = compare_state_dicts(own, state)
+    body = [k for k in missing if k.split(".")[0] not in ("norm", "head")]
+    if body or wrong:
+        what = f"{len(body)} of its {len(own)} weights are missing (e.g. {body[:3]})" if body \
+            else f"{len(wrong)} weights differ in shape (e.g. {wrong[:3]})"
+        raise CheckpointError(f"the pretrained weights do not fit {type(model).__name__}"
+                              f": {what}; keys given: {list(state)[:3]}")
+    return state
+
+
 def create_classifier(name: str, checkpoint: str | None = None, **kwargs) -> ContextClusterClassifier:
     """``coc_<arch>`` by name, optionally with a checkpoint (without timm)."""
     if name not in TIMM_MODELS:
@@ -205,6 +236,7 @@ def _register_timm():
                                  "pretrained=False, checkpoint_path=<the published .pth.tar>, or (also with "
                                  "features_only=True) pretrained=True, pretrained_cfg_overlay=dict(file=<it>)")
             return build_model_with_cfg(ContextClusterClassifier, name, pretrained, arch=arch,
+                                        pretrained_filter_fn=filter_pretrained,
                                         feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"), **kwargs)
         fn.__name__ = name
         fn.__qualname__ = name

@@ -124,6 +124,8 @@ def check_inputs(x: Tensor, value: Tensor | None, alpha: Tensor, beta: Tensor, h
 def resolve_impl(impl: str, x: Tensor, centres: int | None = None) -> str:
     """The implementation ``impl`` means for input x with ``centres`` per region (``'auto'`` resolved);
     raises where it cannot run."""
+    if not isinstance(impl, str):
+        raise TypeError(f"impl must be one of {IMPLS} (a str), got {type(impl).__name__} {impl!r}")
     impl = IMPL_ALIASES.get(impl, impl)
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
@@ -188,8 +190,11 @@ def context_cluster(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, *, he
         no forward-mode derivative). Inside ``torch.onnx.export`` every ``impl`` records
         :func:`~coc_kernels.reference.context_cluster_export` (standard ONNX ops, symbolic H and W).
     """
+    if not isinstance(value, Tensor):  # check_inputs takes value=None for the assignment alone
+        raise TypeError(f"value must be a torch.Tensor [B, heads*dv, H, W], got {type(value).__name__} "
+                        "(cluster_assignment takes x alone)")
     heads, proposal, fold = check_inputs(x, value, alpha, beta, heads, proposal, fold)
-    if denominator not in DENOMINATORS:
+    if not isinstance(denominator, str) or denominator not in DENOMINATORS:
         raise ValueError(f"denominator must be one of {DENOMINATORS}, got {denominator!r}")
     kw = dict(heads=heads, proposal=proposal, fold=fold, denominator=denominator)
     if torch.onnx.is_in_onnx_export():  # standard ops whatever impl says (see context_cluster_export)

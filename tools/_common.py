@@ -121,9 +121,55 @@ def apply_legacy_train_args(cfg, args) -> None:
         note("--auto-resume (mmdet 2.x): resuming from the work dir's latest checkpoint (3.x: --resume)")
 
 
+class KeyValueAction(DictAction):
+    """mmengine's ``DictAction`` (``key=value`` pairs into a dict), with a usage error naming an item that has
+    no ``=`` (mmengine's own fails with a ValueError deep in its parser)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        bad = [v for v in values if "=" not in v or not v.split("=", 1)[0]]
+        if bad:
+            parser.error(f"{option_string} takes key=value pairs (e.g. model.backbone.mixer_impl=light); "
+                         f"got {bad[0]!r}")
+        super().__call__(parser, namespace, values, option_string)
+
+
+def _intact(path: str) -> bool:
+    """A torch checkpoint whose zip directory reads (a truncated or empty file's does not); cheap: the
+    weights are not read."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as z:
+            return bool(z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def resume_checkpoint(work_dir: str, resume: str) -> str | None:
+    """The checkpoint ``--resume`` (``resume='auto'``: the work dir's ``last_checkpoint``) will load, checked
+    before anything is built: a missing, empty or truncated one (a run killed while saving) is named, with the
+    newest intact checkpoint of the work dir offered. None when there is nothing to resume (a fresh run)."""
+    import glob
+    if resume == "auto":
+        last = osp.join(work_dir, "last_checkpoint")
+        if not osp.isfile(last):
+            return None  # mmengine starts from scratch, as it always has
+        with open(last) as f:
+            path = f.read().strip()
+    else:
+        path = resume
+    if path.startswith(("http://", "https://")) or _intact(path):
+        return path
+    others = sorted((p for p in glob.glob(osp.join(work_dir, "*.pth")) if osp.abspath(p) != osp.abspath(path)
+                     and _intact(p)), key=osp.getmtime)
+    what = "does not exist" if not osp.exists(path) else (
+        "is empty" if osp.getsize(path) == 0 else "is truncated or not a torch checkpoint")
+    offer = f"; the newest intact one is {others[-1]}: --resume {others[-1]}" if others else ""
+    raise SystemExit(f"error: the checkpoint to resume from, {path}, {what}{offer}")
+
+
 def add_common_args(parser):
     parser.add_argument("--work-dir", help="folder for logs and checkpoints (default: work_dirs/<config name>)")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction,
+    parser.add_argument("--cfg-options", nargs="+", action=KeyValueAction,
                         help="override config entries, key=value (e.g. model.backbone.mixer_impl=light)")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
                         help="job launcher (dist_*.sh pass 'pytorch', slurm_*.sh 'slurm')")
@@ -148,6 +194,8 @@ def load_config(args) -> Config:
         # checkpoints this run writes must load under torch's weights-only default (configs of ours name it)
         cfg.custom_hooks = hooks + [dict(type="WeightsOnlyCheckpointHook")]
     if args.work_dir is not None:
+        if osp.exists(args.work_dir) and not osp.isdir(args.work_dir):
+            raise SystemExit(f"error: --work-dir {args.work_dir} is a file, not a folder")
         cfg.work_dir = args.work_dir
     elif cfg.get("work_dir") is None:
         cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])

@@ -54,16 +54,16 @@ def main(argv=None):
     if not 1 <= args.topk <= 1000:
         p.error(f"--topk must be in 1..1000, got {args.topk}")
     import torch
-    from PIL import Image, UnidentifiedImageError
     from timm.data import ImageNetInfo
     try:
         model = build(args.model, args.checkpoint, args.device)
     except (ValueError, RuntimeError) as err:
         p.error(str(err))
+    from _image import ImageError, open_rgb
     try:
-        pil = Image.open(args.image).convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
-        p.error(f"{args.image} is not an image PIL can read ({type(err).__name__})")
+        pil = open_rgb(args.image)
+    except ImageError as err:
+        p.error(str(err))
     img = transform_of(model)(pil)[None].to(args.device)
     with torch.no_grad():
         prob = model(img).softmax(-1)[0]

@@ -41,6 +41,8 @@ sys.path.insert(0, ROOT)
 EXAMPLE_BATCH = 2
 #: largest |onnxruntime - torch| accepted, relative to the output's largest magnitude (fp32 summation order)
 RTOL = 1e-4
+#: the oldest opset torch's dynamo exporter writes
+MIN_OPSET = 18
 
 
 class FeaturePyramid(nn.Module):
@@ -87,17 +89,23 @@ def build(target: str, checkpoint: str | None):
     """``(module, input side divisor, output names, what)`` for an arch, a timm name or a config."""
     from coc_det.backbone import ARCH_SETTINGS, ContextCluster
     from coc_det.classifier import TIMM_MODELS, ContextClusterClassifier, load_classifier_checkpoint
+    from coc_det.checkpoint import match_trained_denominator
     if target in ARCH_SETTINGS:
         model = ContextCluster(target)
         if checkpoint:
             model.load_pretrained(checkpoint)
-        return model, model.size_divisor, [f"feat{i}" for i in model.out_indices], "backbone"
-    if target in TIMM_MODELS:
+        built = model, model.size_divisor, [f"feat{i}" for i in model.out_indices], "backbone"
+    elif target in TIMM_MODELS:
         model = ContextClusterClassifier(TIMM_MODELS[target])
         if checkpoint:
             load_classifier_checkpoint(model, checkpoint)
-        return model, model.size_divisor, ["logits"], "classifier"
-    return _build_from_config(target, checkpoint)
+        built = model, model.size_divisor, ["logits"], "classifier"
+    else:
+        built = _build_from_config(target, checkpoint)
+    note = match_trained_denominator(built[0], checkpoint) if checkpoint else ""
+    if note:
+        print(f"note: {note}")
+    return built
 
 
 def _build_from_config(path: str, checkpoint: str | None):
@@ -169,6 +177,14 @@ def _median_time(fn, repeat: int) -> float:
     return statistics.median(times)
 
 
+def relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """``max |got - ref| / max |ref|``; infinite when either holds a NaN or an infinity (a comparison with NaN is
+    false, so a NaN must never be allowed to pass as a small error: ``max(0.0, nan)`` is 0.0)."""
+    if not (bool(torch.isfinite(got).all()) and bool(torch.isfinite(ref).all())):
+        return float("inf")
+    return float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+
+
 def verify(model: nn.Module, path: str, shapes, repeat: int = 3, seed: int = 0):
     """Run the ONNX file with onnxruntime (CPU) and the torch model on the same images; returns one row per
     shape: ``(shape, worst relative error over outputs, onnxruntime ms, torch ms)``."""
@@ -191,7 +207,7 @@ def verify(model: nn.Module, path: str, shapes, repeat: int = 3, seed: int = 0):
             o = torch.from_numpy(o)
             if o.shape != r.shape:
                 raise AssertionError(f"{path} at {tuple(shape)}: output {tuple(o.shape)}, torch {tuple(r.shape)}")
-            err = max(err, float((o - r).abs().max() / r.abs().max().clamp_min(1e-12)))
+            err = max(err, relative_error(o, r))
         ort_s = _median_time(lambda: sess.run(None, {name: x.numpy()}), repeat)
         with torch.no_grad():
             torch_s = _median_time(lambda: model(x), repeat)
@@ -212,7 +228,39 @@ def parse_args(argv=None):
     p.add_argument("--no-optimize", action="store_true", help="skip the ONNX graph optimiser (faster export)")
     p.add_argument("--no-verify", action="store_true", help="do not run onnxruntime")
     p.add_argument("--repeat", type=int, default=3, help="timed runs per shape (median)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error(f"--repeat must be at least 1, got {args.repeat}")
+    if args.opset < MIN_OPSET:
+        p.error(f"--opset {args.opset}: torch's ONNX exporter (dynamo) writes opset {MIN_OPSET} or newer")
+    for flag, hw in [("--shape", args.shape)] + [("--verify-shape", s) for s in args.verify_shape or []]:
+        if hw is not None and min(hw) < 1:
+            p.error(f"{flag} {hw[0]} {hw[1]}: height and width must be positive")
+    out = osp.abspath(args.out)
+    if osp.isdir(out):
+        p.error(f"--out {args.out} is a folder; name the .onnx file to write")
+    if not osp.isdir(osp.dirname(out)) and osp.exists(osp.dirname(out)):
+        p.error(f"--out {args.out}: {osp.dirname(out)} is not a folder")
+    for flag, path in (("--checkpoint", args.checkpoint), ("the model", args.model)):
+        if path and osp.exists(path) and osp.exists(out) and osp.samefile(path, out):
+            p.error(f"--out {args.out} is {flag} itself: it would be overwritten; write the ONNX file elsewhere")
+    if args.checkpoint and not osp.isfile(args.checkpoint):
+        p.error(f"--checkpoint {args.checkpoint} is not a file")
+    return args
+
+
+def _check_writable(folder: str) -> None:
+    os.makedirs(folder, exist_ok=True)
+    if not os.access(folder, os.W_OK):
+        raise SystemExit(f"cannot write into {folder}")
+
+
+def _check_sizes(flag: str, hw, divisor: int, least: int = 1) -> None:
+    """Height and width multiples of ``divisor``, at least ``least`` of them each."""
+    if hw[0] % divisor or hw[1] % divisor or min(hw) < least * divisor:
+        raise SystemExit(f"{flag} {hw[0]} {hw[1]}: height and width must be multiples of {divisor}"
+                         + (f", at least {least * divisor} (torch.export fixes an axis of one block to that size)"
+                            if least > 1 else ""))
 
 
 def cpu_mixers(model: nn.Module) -> int:
@@ -229,35 +277,53 @@ def cpu_mixers(model: nn.Module) -> int:
 
 def main(argv=None):
     args = parse_args(argv)
+    out = osp.abspath(args.out)
+    _check_writable(osp.dirname(out))  # before the export's minute, not after it
     model, divisor, names, what = build(args.model, args.checkpoint)
     model.eval()
+    side = tuple(args.shape) if args.shape else (2 * divisor, 2 * divisor)
+    _check_sizes("--shape", side, divisor, least=2)
+    for hw in args.verify_shape or []:
+        _check_sizes("--verify-shape", hw, divisor)
     if cpu_mixers(model):
         print("note: mixer_impl 'triton' -> 'auto' for the CPU comparison (the export records the same ONNX "
               "ops for every impl)")
-    side = tuple(args.shape) if args.shape else (2 * divisor, 2 * divisor)
-    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-    seconds = export(model, divisor, args.out, side, names, optimize=not args.no_optimize, opset=args.opset)
-    import onnx
-    graph = onnx.load(args.out).graph
-    print(f"exported {what} of {args.model} to {args.out}: {len(graph.node)} nodes, "
-          f"{osp.getsize(args.out) / 2 ** 20:.1f} MiB, opset {args.opset}, in {seconds:.1f} s; input images "
-          f"[batch, 3, H, W] with H, W multiples of {divisor}; outputs {[o.name for o in graph.output]}")
-    if args.no_verify:
+    # written under a temporary name in the same folder, renamed over --out only once it is checked: a failed
+    # export or verification leaves --out as it was
+    tmp = osp.join(osp.dirname(out), f".{osp.basename(out)}.{os.getpid()}.partial")
+    try:
+        seconds = export(model, divisor, tmp, side, names, optimize=not args.no_optimize, opset=args.opset)
+        import onnx
+        onnx_model = onnx.load(tmp)
+        graph = onnx_model.graph
+        opset = next(o.version for o in onnx_model.opset_import if o.domain in ("", "ai.onnx"))
+        if opset != args.opset:
+            print(f"FAILED: asked for opset {args.opset}, the exporter wrote {opset}", file=sys.stderr)
+            return 1
+        print(f"exported {what} of {args.model}: {len(graph.node)} nodes, {osp.getsize(tmp) / 2 ** 20:.1f} MiB, "
+              f"opset {opset}, in {seconds:.1f} s; input images [batch, 3, H, W] with H, W multiples of "
+              f"{divisor}; outputs {[o.name for o in graph.output]}")
+        if not args.no_verify:
+            shapes = [(EXAMPLE_BATCH, 3) + side, (1, 3, side[0] + divisor, side[1] + 2 * divisor)]
+            shapes += [(1, 3, h, w) for h, w in args.verify_shape or []]
+            rows = verify(model, tmp, shapes, args.repeat)
+            print(f"| input | max rel. error | onnxruntime ms | torch ms ({torch.get_num_threads()} threads, CPU) |")
+            print("|---|---|---|---|")
+            for shape, err, ort_ms, torch_ms in rows:
+                print(f"| {'x'.join(map(str, shape))} | {err:.1e} | {ort_ms:.1f} | {torch_ms:.1f} |")
+            bad = [r for r in rows if not r[1] <= RTOL]
+            if bad:
+                print(f"FAILED: onnxruntime differs from torch by more than {RTOL:g} (relative), or an output "
+                      f"is not finite, at {[r[0] for r in bad]}; nothing written to {args.out}", file=sys.stderr)
+                return 1
+            print(f"onnxruntime equals torch within {RTOL:g} (relative) at every size checked")
+        replaced = osp.exists(out)
+        os.replace(tmp, out)
+        print(f"{'replaced' if replaced else 'wrote'} {args.out}")
         return 0
-    shapes = [(EXAMPLE_BATCH, 3) + side, (1, 3, side[0] + divisor, side[1] + 2 * divisor)]
-    shapes += [(1, 3, h, w) for h, w in args.verify_shape or []]
-    rows = verify(model, args.out, shapes, args.repeat)
-    print(f"| input | max rel. error | onnxruntime ms | torch ms ({torch.get_num_threads()} threads, CPU) |")
-    print("|---|---|---|---|")
-    for shape, err, ort_ms, torch_ms in rows:
-        print(f"| {'x'.join(map(str, shape))} | {err:.1e} | {ort_ms:.1f} | {torch_ms:.1f} |")
-    bad = [r for r in rows if not r[1] <= RTOL]
-    if bad:
-        print(f"FAILED: onnxruntime differs from torch by more than {RTOL:g} (relative) at "
-              f"{[r[0] for r in bad]}", file=sys.stderr)
-        return 1
-    print(f"onnxruntime equals torch within {RTOL:g} (relative) at every size checked")
-    return 0
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
 
 
 if __name__ == "__main__":

@@ -110,6 +110,46 @@ def write_seg_split(root: str, split: str, count: int, size: int, rng: np.random
 
 
 SEG_SPLITS = {"train": "training", "val": "validation"}
+#: written into --out when generation starts ("complete": false) and when it ends (true): what marks a folder
+#: as this tool's, the only kind it ever deletes
+MARKER = ".coc_demo.json"
+
+
+def dataset_parts(out: str, layout: str) -> list[str]:
+    """The folders of a dataset of this layout that exist in ``out``."""
+    names = ("images", "annotations") if layout == "ade" else ("train", "val", "annotations")
+    return [os.path.join(out, d) for d in names if os.path.exists(os.path.join(out, d))]
+
+
+def dataset_state(out: str, layout: str) -> str:
+    """``"complete"`` (a finished demo set: marked so, or of the time before the marker), ``"partial"`` (this
+    tool's, interrupted), ``"absent"`` (nothing of a dataset there), or ``"foreign"`` (dataset folders this tool
+    did not make, e.g. a real COCO folder: never to be deleted)."""
+    mark = _read_mark(out)
+    if mark is not None:
+        if mark.get("layout") != layout:
+            return "foreign"  # the other layout's demo set: its annotations/ would be replaced
+        return "complete" if mark.get("complete") else "partial"
+    legacy = (os.path.isdir(os.path.join(out, "annotations", "validation")) if layout == "ade"
+              else os.path.isfile(os.path.join(out, "annotations", "instances_val.json")))
+    if legacy:
+        return "complete"
+    return "foreign" if dataset_parts(out, layout) else "absent"
+
+
+def _read_mark(out: str):
+    try:
+        with open(os.path.join(out, MARKER)) as f:
+            mark = json.load(f)
+        return mark if isinstance(mark, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _mark(out: str, layout: str, complete: bool) -> None:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, MARKER), "w") as f:
+        json.dump({"layout": layout, "complete": complete}, f)
 
 
 def main(argv=None):
@@ -122,7 +162,8 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=128, help="image side in pixels, a multiple of 32 (default 128)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true",
-                   help="replace an existing dataset in --out (its train/, val/ and annotations/ are deleted first)")
+                   help="replace a dataset this tool made in --out (its train/, val/ and annotations/ are deleted "
+                        f"first); folders it did not make (no {MARKER}) are never deleted")
     args = p.parse_args(argv)
     if args.size < 32 or args.size % 32:
         p.error(f"--size must be a positive multiple of 32 (the backbone's size divisor), got {args.size}")
@@ -131,19 +172,22 @@ def main(argv=None):
             p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.out is None:
         args.out = "data/coc_demo_seg" if args.layout == "ade" else "data/coc_demo"
-    parts = [os.path.join(args.out, d) for d in (("images", "annotations") if args.layout == "ade"
-                                                 else ("train", "val", "annotations"))]
-    existing = [d for d in parts if os.path.exists(d)]
+    existing = dataset_parts(args.out, args.layout)
+    if existing and (_read_mark(args.out) or {}).get("layout") != args.layout:
+        p.error(f"{args.out} holds {', '.join(existing)}, which this tool did not make as a {args.layout} set (see "
+                f"{MARKER}): it deletes nothing of it; choose another --out")
     if existing and not args.force:
-        p.error(f"{args.out} already holds a dataset ({', '.join(existing)}); pass --force to replace it")
+        p.error(f"{args.out} already holds a demo dataset ({', '.join(existing)}); pass --force to replace it")
     for d in existing:
         shutil.rmtree(d)
+    _mark(args.out, args.layout, complete=False)
     rng = np.random.default_rng(args.seed)
     for split, n in (("train", args.train), ("val", args.val)):
         if args.layout == "ade":
             print(f"wrote {n} images and label maps in {write_seg_split(args.out, SEG_SPLITS[split], n, args.size, rng)}")
         else:
             print(f"wrote {n} images and {write_split(args.out, split, n, args.size, rng)}")
+    _mark(args.out, args.layout, complete=True)
 
 
 if __name__ == "__main__":

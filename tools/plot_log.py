@@ -38,12 +38,16 @@ def _records(path: str) -> list:
     recs = []
     for k, (no, line) in enumerate(lines):
         try:
-            recs.append(json.loads(line))
+            rec = json.loads(line)
         except json.JSONDecodeError as err:
             if k == len(lines) - 1:
                 print(f"note: skipped the incomplete last line {no} of {path} (an interrupted run)", file=sys.stderr)
-            else:
-                raise ValueError(f"{path}:{no} is not a JSON record ({err})") from None
+                continue
+            raise ValueError(f"{path}:{no} is not a JSON record ({err})") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}:{no} is a JSON {type(rec).__name__}, not a record of named scalars "
+                             "(is it an mmengine scalars.json?)")
+        recs.append(rec)
     return recs
 
 
@@ -108,6 +112,11 @@ def main(argv=None):
     p.add_argument("--out", default="curves.png")
     p.add_argument("--title", default=None)
     args = p.parse_args(argv)
+    out_dir = osp.dirname(osp.abspath(args.out))
+    if not osp.isdir(out_dir):
+        p.error(f"--out {args.out}: the folder {out_dir} does not exist")
+    if osp.isdir(args.out):
+        p.error(f"--out {args.out} is a folder; name the picture to write")
     try:
         paths = find_scalars(args.work_dir)
         train, val = read_scalars(paths)

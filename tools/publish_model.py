@@ -14,6 +14,7 @@ import hashlib
 import os
 import os.path as osp
 import sys
+import tempfile
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -29,7 +30,9 @@ def publish(src: str, out: str) -> str:
         raise ValueError(f"{src} is not an mmengine checkpoint (no 'state_dict')")
     slim = {k: v for k, v in ckpt.items() if k not in DROP}
     base = out[:-4] if out.endswith(".pth") else out
-    tmp = base + ".tmp.pth"
+    # a fresh name in the output folder (mkstemp creates it, so it can never be the input or any other file)
+    fd, tmp = tempfile.mkstemp(prefix=f".{osp.basename(base)}.", suffix=".partial", dir=osp.dirname(osp.abspath(out)))
+    os.close(fd)
     try:
         torch.save(slim, tmp)
         with open(tmp, "rb") as f:
@@ -49,6 +52,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not osp.isfile(args.in_file):
         p.error(f"{args.in_file} does not exist")
+    if osp.isdir(args.out_file) or args.out_file.endswith(("/", os.sep)):
+        p.error(f"{args.out_file} is a folder: name the output file (e.g. {osp.join(args.out_file, 'model.pth')})")
+    if not osp.basename(args.out_file[:-4] if args.out_file.endswith(".pth") else args.out_file):
+        p.error(f"{args.out_file}: the output needs a name before .pth")
     out_dir = osp.dirname(osp.abspath(args.out_file))
     if not osp.isdir(out_dir):
         p.error(f"the output folder {out_dir} does not exist")

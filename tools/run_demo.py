@@ -27,6 +27,13 @@ def main(argv=None):
     p.add_argument("--work-dir", help="default work_dirs/demo (work_dirs/demo_seg with --seg)")
     p.add_argument("--data", help="demo data folder (default data/coc_demo, data/coc_demo_seg with --seg)")
     args = p.parse_args(argv)
+    # paths are the caller's, relative to where they ran it (the demo then works from the repository root)
+    args.work_dir, args.data = (osp.abspath(d) if d else None for d in (args.work_dir, args.data))
+    if args.work_dir and osp.exists(args.work_dir) and not osp.isdir(args.work_dir):
+        p.error(f"--work-dir {args.work_dir} is a file, not a folder")
+    if args.data and osp.exists(args.data) and not osp.isdir(args.data):
+        p.error(f"--data {args.data} is a file, not a folder")
+    os.chdir(ROOT)
     for name in ("epochs", "iters"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -37,10 +44,7 @@ def main(argv=None):
     args.work_dir = args.work_dir or osp.join(ROOT, "work_dirs", "demo")
     args.data = args.data or osp.join(ROOT, "data", "coc_demo")
 
-    import make_demo_data
-    if not osp.exists(osp.join(args.data, "annotations", "instances_val.json")):
-        print(f"[demo] generating the synthetic shapes dataset in {args.data}")
-        make_demo_data.main(["--out", args.data, "--force"])  # replaces what an interrupted generation left
+    ensure_demo_data(args.data, "coco")
 
     import torch
     from mmengine.runner import Runner
@@ -76,6 +80,22 @@ def main(argv=None):
     return metrics
 
 
+def ensure_demo_data(data: str, layout: str) -> None:
+    """Use the demo set in ``data``, or generate it there; never delete what the demo did not make."""
+    import make_demo_data
+    state = make_demo_data.dataset_state(data, layout)
+    if state == "complete":
+        return
+    if state == "foreign":
+        raise SystemExit(f"[demo] {data} holds {', '.join(make_demo_data.dataset_parts(data, layout))}, which the "
+                         "demo did not make: it trains only on its own synthetic data and deletes nothing of "
+                         "yours; pass --data with a new or empty folder")
+    what = "semantic, ADE20K layout" if layout == "ade" else "COCO instances"
+    print(f"[demo] generating the synthetic shapes dataset ({what}) in {data}")
+    # --force replaces what an interrupted generation of the demo left (marked as the demo's, nothing else)
+    make_demo_data.main(["--layout", layout, "--out", data] + (["--force"] if state == "partial" else []))
+
+
 def set_seg_iters(cfg, iters: int) -> None:
     """Train the segmentation demo for ``iters`` iterations: the config's schedule is a linear warm-up over
     its first iterations, then poly decay to the end. Fewer iterations than twice the warm-up shorten the
@@ -91,16 +111,13 @@ def set_seg_iters(cfg, iters: int) -> None:
 
 
 def seg_demo(args):
-    import make_demo_data
     import torch
     from mmengine.runner import Runner
     from _common import load_config
 
     work_dir = args.work_dir or osp.join(ROOT, "work_dirs", "demo_seg")
     data = (args.data or osp.join(ROOT, "data", "coc_demo_seg")).rstrip("/") + "/"
-    if not osp.isdir(osp.join(data, "annotations", "validation")):
-        print(f"[demo-seg] generating the synthetic shapes (semantic, ADE20K layout) in {data}")
-        make_demo_data.main(["--layout", "ade", "--out", data, "--force"])
+    ensure_demo_data(data, "ade")
     ns = argparse.Namespace(config=SEG_CONFIG, cfg_options=None, work_dir=work_dir, launcher="none", local_rank=0)
     cfg = load_config(ns)
     for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
@@ -124,5 +141,4 @@ def seg_demo(args):
 
 
 if __name__ == "__main__":
-    os.chdir(ROOT)
     main()

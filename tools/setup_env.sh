@@ -126,6 +126,12 @@ if ! have timm 1.0.31; then
   "${PIP[@]}" install --no-deps "timm==1.0.31"
 fi
 
+if ! have psutil 7.2.2; then
+  # mmdet's and mmseg's stock analysis tools (analysis_tools/benchmark.py) read memory and CPU through it
+  say "installing psutil 7.2.2"
+  "${PIP[@]}" install "psutil==7.2.2"
+fi
+
 if ! have onnx 1.23.2 || ! have onnxruntime 1.32.0 || ! have onnxscript 0.7.2; then
   # ONNX export (tools/export_onnx.py: torch.onnx's exporter needs onnxscript; onnxruntime checks the file)
   say "installing onnx 1.23.2, onnxscript 0.7.2, onnxruntime 1.32.0"

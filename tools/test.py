@@ -40,18 +40,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def original_coc_checkpoint(ckpt) -> str | None:
-    """``'mmdet 2.x'`` / ``'mmseg 0.x'`` for a checkpoint trained by the original CoC code (mmdet 2.x and mmseg
-    0.x write their version into ``meta``), else None. Those models were trained before the public code's
-    switch to the paper's similarity denominator (2023-05-31), so they need ``denominator='count'``."""
-    meta = (ckpt.get("meta") if isinstance(ckpt, dict) else None) or {}
-    for lib, old in (("mmdet", "2."), ("mmseg", "0.")):
-        version = str(meta.get(f"{lib}_version", ""))
-        if version.startswith(old):
-            return f"{lib} {version}"
-    return None
-
-
 def checkpoint_misfit(cfg, weights: dict) -> str:
     """What keeps ``weights`` (name -> tensor) from loading strictly into the model of ``cfg``, in one line
     naming the keys; empty when they fit. The model is built on the meta device (no memory, no work dir)."""
@@ -80,7 +68,7 @@ def main(argv=None):
     select_gpu(args)
     if not osp.isfile(args.config):
         raise SystemExit(f"error: config {args.config} does not exist")
-    from coc_det.checkpoint import CheckpointError, read_checkpoint, state_dict_of
+    from coc_det.checkpoint import CheckpointError, read_checkpoint, state_dict_of, trained_denominator
     try:
         ckpt = read_checkpoint(args.checkpoint)
         weights = state_dict_of(ckpt, args.checkpoint)
@@ -100,14 +88,13 @@ def main(argv=None):
     from mmengine.runner import Runner
 
     cfg.load_from = args.checkpoint
-    version = original_coc_checkpoint(ckpt)
+    trained, why = trained_denominator(ckpt)
     del ckpt
     weights = {k: torch.empty(v.shape, device="meta") for k, v in weights.items()}  # only the shapes are needed
     key, note = "model.backbone.denominator", None
-    if version and "backbone" in cfg.model and not _explicit(args.cfg_options, key):
-        cfg.model.backbone.denominator = "count"
-        note = (f"{args.checkpoint} was trained with {version} by the original Context Cluster code, which "
-                f"normalised clusters by their point count: testing with {key}='count' "
+    if trained and "backbone" in cfg.model and not _explicit(args.cfg_options, key):
+        cfg.model.backbone.denominator = trained
+        note = (f"{args.checkpoint} was {why}: testing with {key}={trained!r} "
                 f"(pass --cfg-options {key}=similarity to override)")
     if args.amp:
         cfg.test_cfg = dict(cfg.get("test_cfg") or {}, fp16=True)

@@ -14,7 +14,7 @@ import sys
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
 from _common import (add_common_args, add_legacy_train_args, apply_legacy_train_args, close_distributed,  # noqa: E402
-                     load_config, select_gpu)
+                     load_config, resume_checkpoint, select_gpu)
 
 
 def parse_args(argv=None):
@@ -47,6 +47,8 @@ def main(argv=None):
         if "auto_scale_lr" not in cfg or "base_batch_size" not in cfg.auto_scale_lr:
             raise RuntimeError("--auto-scale-lr needs auto_scale_lr.base_batch_size in the config")
         cfg.auto_scale_lr.enable = True
+    if args.resume is not None:
+        resume_checkpoint(cfg.work_dir, args.resume)
     if args.resume == "auto":
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:

@@ -18,14 +18,17 @@ import sys
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from _image import ImageError, open_rgb  # noqa: E402
 
 MEAN = np.array([123.675, 116.28, 103.53])
 STD = np.array([58.395, 57.12, 57.375])
 ALPHA = 0.55  # weight of the cluster colour in the blend
 GAP = 4  # pixels between panels
+MAX_SIZE = 4096  # longest --size: the whole image goes through the backbone at once (100000 took > 20 GB)
 
 
 def palette(n: int) -> np.ndarray:
@@ -70,7 +73,7 @@ def side_by_side(panels):
 
 
 def load_image(path: str, size: int, divisor: int) -> np.ndarray:
-    img = Image.open(path).convert("RGB")
+    img = open_rgb(path)
     scale = size / max(img.size)
     nw, nh = (max(divisor, round(d * scale / divisor) * divisor) for d in img.size)
     return np.asarray(img.resize((nw, nh), Image.BILINEAR))
@@ -87,7 +90,11 @@ def build_backbone(config: str, checkpoint: str | None):
     bb["init_cfg"] = None
     model = ContextCluster(**bb)
     if checkpoint:
+        from coc_det.checkpoint import match_trained_denominator
         model.load_pretrained(checkpoint)  # raises when the checkpoint does not fit the model
+        note = match_trained_denominator(model, checkpoint)
+        if note:
+            print(f"note: {note}")
     return model.eval()
 
 
@@ -128,10 +135,12 @@ def main(argv=None):
     if args.size < model.size_divisor:
         p.error(f"--size {args.size}: the longer side must be at least the backbone's size divisor "
                 f"{model.size_divisor}")
+    if args.size > MAX_SIZE:
+        p.error(f"--size {args.size}: at most {MAX_SIZE} (the whole image goes through the backbone at once)")
     try:
         image = load_image(args.image, args.size, model.size_divisor)
-    except (UnidentifiedImageError, OSError) as err:
-        p.error(f"{args.image} is not an image PIL can read ({type(err).__name__})")
+    except ImageError as err:
+        p.error(str(err))
     maps = cluster_maps(model, image, args.stage, args.block).numpy()
     mixer = model.network[2 * args.stage][args.block].token_mixer
     ph, pw = (mixer.proposal, mixer.proposal) if isinstance(mixer.proposal, int) else mixer.proposal

@@ -913,7 +913,7 @@ def fused_forward(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, heads: 
 def fused_backward(dy: Tensor, x: Tensor, value: Tensor, alpha: Tensor, a: Tensor, sigma: Tensor, c: Tensor, o: Tensor,
              den: Tensor, heads: int, ph: int, pw: int, fh: int, fw: int, by_count: bool):
     """Fused backward (3 launches): ``dx`` (x's dtype), ``dvalue`` (value's dtype), both contiguous;
-    ``dalpha``, ``dbeta`` shaped and typed like alpha."""
+    ``dalpha``, ``dbeta`` shaped like alpha, in the accumulation dtype (fp32, or fp64 for fp64 x)."""
     dy, x, value = _contiguous(dy), _contiguous(x), _contiguous(value)
     q = _Geom(x, value, heads, ph, pw, fh, fw)
     dev = x.device
@@ -935,8 +935,10 @@ def fused_backward(dy: Tensor, x: Tensor, value: Tensor, alpha: Tensor, a: Tenso
             dict(BY_COUNT=by_count, **blocks, BLOCK_D=_pow2(q.D), BLOCK_DV=_pow2(q.DV), KH=q.KH, KW=q.KW, DT=q.dt,
                  PREC=policy().precision), cfg)
     dx = dxi if x.dtype == q.acc else _empty(x.shape, x.dtype, dev)
-    dalpha = _empty(alpha.shape, alpha.dtype, dev)
-    dbeta = _empty(alpha.shape, alpha.dtype, dev)
+    # summed and kept in the accumulation dtype; cast to each scalar's own dtype by the autograd (a 16-bit
+    # alpha must not round or overflow beta's gradient)
+    dalpha = _empty(alpha.shape, q.acc, dev)
+    dbeta = _empty(alpha.shape, q.acc, dev)
     cfg, blocks = q.tiles("bwd_pool")
     _launch(_bwd_pool_kernel, q.grid,
             dict(dxi_ptr=dxi, dx_ptr=dx, c_ptr=c, pdc_ptr=pdc, pdab_ptr=pdab, scr_ptr=scr, dalpha_ptr=dalpha,
@@ -993,8 +995,9 @@ def cluster_bwd(dy: Tensor, x: Tensor, value: Tensor, alpha: Tensor, a: Tensor, 
 @cluster_bwd.register_fake
 def _cluster_bwd_fake(dy, x, value, alpha, a, sigma, c, o, den, heads, ph, pw, fh, fw, by_count):
     # the real outputs are fresh contiguous tensors (never channels_last, whatever x's layout)
-    return (x.new_empty(x.shape), value.new_empty(value.shape), alpha.new_empty(alpha.shape),
-            alpha.new_empty(alpha.shape))
+    acc = _acc(x.dtype)
+    return (x.new_empty(x.shape), value.new_empty(value.shape), alpha.new_empty(alpha.shape, dtype=acc),
+            alpha.new_empty(alpha.shape, dtype=acc))
 
 
 def _setup_context(ctx, inputs, output):
@@ -1014,7 +1017,8 @@ def _grads(ctx, dy, backward_fn):
     if torch.is_grad_enabled() and backward_fn is fused_backward:
         return _differentiable_grads(ctx, dy, x, value, alpha, beta) + (None,) * 6
     dx, dv, dalpha, dbeta = backward_fn(dy, x, value, alpha, a, sigma, c, o, den, *ctx.geom)
-    return dx, dv, dalpha, dbeta.reshape(beta.shape).to(beta.dtype), None, None, None, None, None, None
+    return (dx, dv, dalpha.reshape(alpha.shape).to(alpha.dtype), dbeta.reshape(beta.shape).to(beta.dtype),
+            None, None, None, None, None, None)
 
 
 def _differentiable_grads(ctx, dy, x, value, alpha, beta):

@@ -239,8 +239,17 @@ def test_broken_files_are_named(tmp_path, damage):
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"hello, not a checkpoint")
     err = FileNotFoundError if damage == "missing" else CheckpointError
-    with pytest.raises(err, match=str(path)):
+    with pytest.raises(err, match=str(path)) as caught:
         read_checkpoint(str(path))
+    assert "weights_only=False" not in str(caught.value)  # never suggested for a file that is no checkpoint
+
+
+def test_random_bytes_are_not_a_checkpoint_and_get_no_unpickling_advice(tmp_path):
+    path = tmp_path / "random.pth"
+    path.write_bytes(bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).tolist()))
+    with pytest.raises(CheckpointError, match="is not a torch checkpoint") as caught:
+        read_checkpoint(str(path))
+    assert "weights_only=False" not in str(caught.value) and "objects other than weights" not in str(caught.value)
 
 
 @pytest.mark.parametrize("content, msg", [

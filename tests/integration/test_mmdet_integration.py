@@ -217,10 +217,9 @@ def test_test_py_switches_original_mmdet2_checkpoints_to_count(tiny_demo, tmp_pa
     ckpt = tmp_path / "coc_mask_rcnn_mmdet2.pth"
     torch.save({"meta": {"mmdet_version": "2.25.1", "config": cfg.pretty_text, "CLASSES": ("circle",) * 3,
                          "epoch": 12, "iter": 100}, "state_dict": state}, ckpt)
-    sys.path.insert(0, osp.join(ROOT, "tools"))
-    import test as test_tool
-    assert test_tool.original_coc_checkpoint(torch.load(ckpt)) == "mmdet 2.25.1"
-    assert test_tool.original_coc_checkpoint({"meta": {"mmdet_version": "3.3.0"}}) is None
+    from coc_det.checkpoint import original_code_version
+    assert original_code_version(torch.load(ckpt)) == "mmdet 2.25.1"
+    assert original_code_version({"meta": {"mmdet_version": "3.3.0"}}) is None
     base = [sys.executable, osp.join(ROOT, "tools", "test.py"), DEMO, str(ckpt), "--cfg-options", *tiny_demo["opts"]]
     proc = subprocess.run(base[:4] + ["--work-dir", str(tmp_path / "t1")] + base[4:], capture_output=True,
                           text=True, timeout=600, env=tiny_demo["env"])

@@ -207,7 +207,7 @@ def test_publish_model_keeps_meta_and_weights_and_names_the_hash(tmp_path):
     ck = torch.load(final)
     assert set(ck) == {"meta", "state_dict"} and ck["meta"]["epoch"] == 1
     assert all(torch.equal(ck["state_dict"][k], v) for k, v in sd.items())
-    assert not os.path.exists(str(tmp_path / "coc_tiny_det.tmp.pth"))
+    assert sorted(os.listdir(tmp_path)) == sorted(["epoch_1.pth", osp.basename(final)])  # no temporary file left
     proc = subprocess.run([sys.executable, osp.join(ROOT, "tools", "publish_model.py"), str(tmp_path / "nope.pth"),
                            str(tmp_path / "x.pth")], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "does not exist" in proc.stderr

@@ -92,6 +92,46 @@ def test_plot_log_broken_middle_line_and_missing_dir(tmp_path):
     assert not (tmp_path / "c.png").exists()
 
 
+@pytest.mark.parametrize("line", ["[1, 2]", "3", '"loss"'])
+def test_plot_log_names_a_line_that_is_not_a_record(tmp_path, capsys, line):
+    import plot_log
+    path = tmp_path / "run" / "vis_data" / "scalars.json"
+    _scalars(path, [{"loss": 1.0, "iter": 1}])
+    path.write_text(path.read_text() + line + "\n" + json.dumps({"loss": 0.5, "iter": 2}) + "\n")
+    with pytest.raises(SystemExit) as err:
+        plot_log.main([str(tmp_path / "run"), "--out", str(tmp_path / "c.png")])
+    assert err.value.code == 2 and "scalars.json:2 is a JSON" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as err:  # --out in a missing folder: before reading anything
+        plot_log.main([str(tmp_path / "run"), "--out", str(tmp_path / "nope" / "c.png")])
+    assert err.value.code == 2 and "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "c.png").exists()
+
+
+# ------------------------------------------------------------------------------------ train.py
+def test_train_py_names_bad_options_a_file_work_dir_and_a_broken_resume(tmp_path, capsys):
+    """In one line, before anything is built: a ``--cfg-options`` item without ``=``, a ``--work-dir`` that is a
+    file, and a latest checkpoint that is empty or truncated (a run killed while saving: the newest intact
+    checkpoint is offered)."""
+    import train
+    with pytest.raises(SystemExit) as err:
+        train.main([DEMO, "--cfg-options", "garbage"])
+    assert err.value.code == 2 and "takes key=value pairs" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit, match="is a file, not a folder"):
+        train.main([DEMO, "--work-dir", str(tmp_path / "afile")])
+    work = tmp_path / "work"
+    work.mkdir()
+    torch.save({"state_dict": {"w": torch.ones(1)}}, work / "epoch_1.pth")
+    for broken in (b"", (work / "epoch_1.pth").read_bytes()[:300]):
+        (work / "epoch_2.pth").write_bytes(broken)
+        (work / "last_checkpoint").write_text(str(work / "epoch_2.pth"))
+        with pytest.raises(SystemExit, match=r"epoch_2.pth, (is empty|is truncated).*--resume .*epoch_1.pth"):
+            train.main([DEMO, "--work-dir", str(work), "--resume"])
+        with pytest.raises(SystemExit, match="epoch_2.pth, (is empty|is truncated)"):
+            train.main([DEMO, "--work-dir", str(work), "--resume", str(work / "epoch_2.pth")])
+    assert sorted(os.listdir(work)) == ["epoch_1.pth", "epoch_2.pth", "last_checkpoint"]
+
+
 # ------------------------------------------------------------------------------------ test.py
 @pytest.mark.parametrize("case", ["bad_out", "truncated", "missing", "hostile"])
 def test_test_py_checks_arguments_before_building_anything(tmp_path, case):

@@ -92,6 +92,14 @@ def test_compile_switch_arguments():
         fullgraph=True, dynamic=None, mode="max-autotune")
     with pytest.raises(ValueError, match="compile must be a bool or a dict"):
         ContextCluster(ARCH, compile="yes", **kw)
+    # refused when built, naming the key (torch.compile itself refuses these only at the first forward)
+    for bad, match in [(dict(bogus=1), "unknown torch.compile argument 'bogus'"),
+                       (dict(backend="no_such_backend"), "backend 'no_such_backend' is not one of"),
+                       (dict(mode="fastest"), "mode must be one of"),
+                       (dict(mode="max-autotune", options={"trace.enabled": False}), "mode or options, not both")]:
+        with pytest.raises(ValueError, match=match):
+            ContextCluster(ARCH, compile=bad, **kw)
+    assert ContextCluster(ARCH, compile=dict(backend="aot_eager"), **kw).compile_cfg["backend"] == "aot_eager"
     model = ContextCluster(ARCH, compile=True, **kw)
     assert "compile" not in str(list(model.state_dict()))
     copy.deepcopy(model)  # nothing compiled is stored on the module

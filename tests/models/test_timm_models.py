@@ -152,6 +152,9 @@ def test_forward_intermediates_match_the_public_stages_and_forward_features(publ
         torch.testing.assert_close(normed[0], final, rtol=0, atol=0)
     with pytest.raises(ValueError, match="out of range"):
         model.forward_intermediates(x, indices=[4])
+    for bad in (2.0, True, "2", [1.0], [True]):  # once: 'float' object is not iterable, or True taken as 1
+        with pytest.raises(TypeError, match="indices must be|stage indices must be ints"):
+            model.forward_intermediates(x, indices=bad)
     with pytest.raises(ValueError, match="NCHW"):
         model.forward_intermediates(x, output_fmt="NHWC")
 

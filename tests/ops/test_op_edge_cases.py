@@ -168,6 +168,24 @@ def test_alpha_in_another_float_dtype(impl):
         torch.testing.assert_close(a2.grad.float(), ref_ins[2].grad, **tol)
 
 
+@pytest.mark.parametrize("impl", ["light", "triton"])
+def test_alpha_and_beta_of_different_dtypes_each_keep_their_gradient(impl):
+    """alpha fp16, beta fp32, and a large upstream gradient: each scalar's gradient comes back in its own
+    dtype, summed in fp32 (the fused path once returned dbeta in alpha's dtype: -inf past fp16's range, and
+    rounded to fp16 below it), equal to the dense path's."""
+    x, v, _, _ = make()
+    grads = {}
+    for path in ("dense", impl):
+        a = torch.full((1,), 1.5, dtype=torch.float16, device=DEVICE, requires_grad=True)
+        b = torch.full((1,), -0.25, dtype=torch.float32, device=DEVICE, requires_grad=True)
+        (_f(path)(x, v, a, b) * 1e6).sum().backward()
+        assert a.grad.dtype == torch.float16 and b.grad.dtype == torch.float32
+        grads[path] = (a.grad.float(), b.grad)
+    assert torch.isfinite(grads[impl][1]).all() and grads[impl][1].abs().item() > 65504  # past fp16's range
+    torch.testing.assert_close(grads[impl][1], grads["dense"][1], rtol=1e-5, atol=0)
+    torch.testing.assert_close(grads[impl][0], grads["dense"][0], rtol=1e-3, atol=0)  # fp16: one rounding
+
+
 # ------------------------------------------------------------------------------------ empty sizes
 @pytest.mark.parametrize("shape", [(0, 8, 8, 8), (2, 8, 0, 8), (2, 8, 8, 0), (0, 8, 0, 0)],
                          ids=["B0", "H0", "W0", "all0"])
@@ -199,6 +217,18 @@ def test_degenerate_channels_and_integer_alpha_are_named(change, err, match):
 
 
 # ------------------------------------------------------------------------------------ odd arguments
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_missing_value_and_an_impl_that_is_not_a_name_are_named(impl):
+    x, v, a, b = make()
+    with pytest.raises(TypeError, match="value must be a torch.Tensor .* got NoneType"):
+        context_cluster(x, None, a, b, impl=impl, **KW)
+    for bad in (["light"], None, 3):
+        with pytest.raises(TypeError, match=r"impl must be one of .* \(a str\), got"):
+            context_cluster(x, v, a, b, impl=bad, **KW)
+        with pytest.raises(TypeError, match=r"impl must be one of .* \(a str\), got"):
+            cluster_assignment(x, a, b, impl=bad, **KW)
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_alpha_beta_of_any_one_element_shape(impl):
     """alpha / beta of shape (1, 1, 1, 1) or () give what shape (1,) gives, with gradients in their own shape."""
