@@ -482,13 +482,15 @@ class record_assignments:
 
     ``(stage, block)`` are 0-based. Only the chosen mixers get a forward hook, which recomputes their
     similarity features ``f(x)`` and runs the pooling + assignment alone; the normal forward is unchanged
-    and no hook remains after the ``with`` block.
+    and no hook remains after the ``with`` block. A backbone built with ``compile=...`` runs eagerly inside the
+    block (a compiled graph calls no module hooks: it would record nothing), with the same outputs.
     """
 
     def __init__(self, model: ContextCluster, blocks):
         self.model, self.blocks = model, list(blocks)
         self.maps: Dict[tuple, torch.Tensor] = {}
         self._handles = []
+        self._compile_cfg = None
 
     def __enter__(self):
         from coc_kernels import cluster_assignment
@@ -503,10 +505,12 @@ class record_assignments:
                                                         impl=mod.impl)
 
             self._handles.append(mixer.register_forward_hook(hook))
+        self._compile_cfg, self.model.compile_cfg = self.model.compile_cfg, None
         return self.maps
 
     def __exit__(self, *exc):
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        self.model.compile_cfg = self._compile_cfg
         return False

@@ -655,8 +655,8 @@ def kernel_config(kernel: str, M: int, D: int, DV: int) -> dict:
             cfg = dict(BLOCK_N=32, num_warps=8)  # registers and spills (tiles of 16 columns); 32 x 8 does not
     elif kernel in ("dispatch", "bwd_pool"):  # gathers, no dot
         cfg = dict(BLOCK_N=64, num_warps=8)
-    elif kernel == "pool":  # one dot; 4 warps spill at 32+ centres (triton 3.6, sm_90)
-        cfg = dict(BLOCK_N=64, num_warps=8 if bm >= 32 else 4)
+    elif kernel == "pool":  # one dot; 4 warps spill at 32+ centres (triton 3.6, sm_90), and at 4 centres with
+        cfg = dict(BLOCK_N=64, num_warps=8)  # bf16/fp16 inputs in 16x4 tiles (tiny2 stage 1; triton 3.6, sm_90)
     else:  # bwd_do: one dot (4 warps spill at 64 centres)
         cfg = dict(BLOCK_N=64, num_warps=8 if bm >= 64 else 4)
     cfg["num_stages"] = 1
@@ -753,12 +753,13 @@ _PARAMS: dict = {}
 
 def kernel_params(kernel) -> tuple[tuple, tuple]:
     """``(runtime parameter names, constexpr parameter names)`` of a kernel, in its signature's order."""
-    if kernel not in _PARAMS:
+    hit = _PARAMS.get(id(kernel))  # by identity: hashing a JITFunction hashes its source (triton's cache key)
+    if hit is None or hit[0] is not kernel:
         import inspect
         params = inspect.signature(kernel.fn).parameters.items()
         const = tuple(n for n, p in params if "constexpr" in str(p.annotation))
-        _PARAMS[kernel] = tuple(n for n, _ in params if n not in const), const
-    return _PARAMS[kernel]
+        hit = _PARAMS[id(kernel)] = (kernel, (tuple(n for n, _ in params if n not in const), const))
+    return hit[1]
 
 
 def _launch(kernel, grid, args: dict, constexprs: dict, cfg):
@@ -829,6 +830,11 @@ class _Geom:
         vec = self.cfg[name][2]
         return dict(H=self.H, W_v=self.W // vec, fh=self.fh, fw=self.fw, rh=self.rh, rw_v=self.rw // vec)
 
+    def __setattr__(self, name, value):  # shared between calls of one shape (_geometry): set once, in __init__
+        if name in self.__dict__:
+            raise AttributeError(f"_Geom.{name} is fixed once made")
+        object.__setattr__(self, name, value)
+
     def sizes(self, *names: str) -> dict:
         """``M, NC, RPC`` and the named ones of ``ph, pw, D, DV``."""
         return dict(M=self.M, NC=self.NC, RPC=self.rpc, **{n: getattr(self, n) for n in names})
@@ -839,6 +845,25 @@ class _Geom:
         br = cfg["BLOCK_N"] // bw
         rows = [min(self.rh, (k + 1) * self.rpc) - k * self.rpc for k in range(self.NC)]
         return sum(_cdiv(r, br) for r in rows) * _cdiv(self.rw, bw)
+
+
+#: geometries of recent calls, by what they depend on (a training step repeats the same few shapes; building one
+#: costs more host time than the rest of the op's arguments): key -> (policy it was made under, _Geom)
+_GEOMETRIES: dict = {}
+_MAX_GEOMETRIES = 256
+
+
+def _geometry(x: Tensor, value, heads: int, ph: int, pw: int, fh: int, fw: int) -> _Geom:
+    """``_Geom(x, value, ...)``, reused while the launch policy in force is the one it was made under."""
+    key = (tuple(x.shape), None if value is None else value.shape[1], x.dtype, heads, ph, pw, fh, fw)
+    hit = _GEOMETRIES.get(key)
+    if hit is not None and hit[0] is policy():
+        return hit[1]
+    if len(_GEOMETRIES) >= _MAX_GEOMETRIES:
+        _GEOMETRIES.clear()
+    q = _Geom(x, value, heads, ph, pw, fh, fw)
+    _GEOMETRIES[key] = (policy(), q)
+    return q
 
 
 def points_per_tile(launch) -> float:
@@ -885,7 +910,7 @@ def _centres_and_assign(x: Tensor, value, alpha: Tensor, beta: Tensor, q: _Geom,
 def assignment(x: Tensor, alpha: Tensor, beta: Tensor, heads: int, ph: int, pw: int, fh: int, fw: int):
     """Hard assignment of every point: ``a [G, N]`` int32 and ``sigma [G, N]`` (launches 1-2 of the forward)."""
     x = _contiguous(x)
-    q = _Geom(x, None, heads, ph, pw, fh, fw)
+    q = _geometry(x, None, heads, ph, pw, fh, fw)
     _, a, sigma, _, _ = _centres_and_assign(x, None, alpha, beta, q, True)
     return a, sigma
 
@@ -895,7 +920,7 @@ def fused_forward(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, heads: 
     """Fused forward (3 launches). Returns ``y`` (value's dtype, contiguous) and the saved
     ``a, sigma, c, o, den``."""
     x, value = _contiguous(x), _contiguous(value)
-    q = _Geom(x, value, heads, ph, pw, fh, fw)
+    q = _geometry(x, value, heads, ph, pw, fh, fw)
     dev = x.device
     c, a, sigma, puv, pden = _centres_and_assign(x, value, alpha, beta, q, by_count)
     o = _empty((q.G, q.M, q.DV), q.acc, dev)
@@ -915,7 +940,7 @@ def fused_backward(dy: Tensor, x: Tensor, value: Tensor, alpha: Tensor, a: Tenso
     """Fused backward (3 launches): ``dx`` (x's dtype), ``dvalue`` (value's dtype), both contiguous;
     ``dalpha``, ``dbeta`` shaped like alpha, in the accumulation dtype (fp32, or fp64 for fp64 x)."""
     dy, x, value = _contiguous(dy), _contiguous(x), _contiguous(value)
-    q = _Geom(x, value, heads, ph, pw, fh, fw)
+    q = _geometry(x, value, heads, ph, pw, fh, fw)
     dev = x.device
     pdo = _empty((q.G, q.NC, q.M, q.DV), q.acc, dev)
     cfg, blocks = q.tiles("bwd_do")

@@ -36,6 +36,26 @@ def test_record_assignments_matches_the_mixer_input():
     assert not any(m._forward_hooks for m in model.modules())  # hooks removed
 
 
+def test_record_assignments_on_a_compiled_backbone():
+    """``compile=...``: a compiled graph calls no module hooks, so the maps were silently empty. Inside the block
+    the backbone runs eagerly (same outputs, the same maps as an uncompiled twin); compiled again after it."""
+    torch.manual_seed(0)
+    arch = dict(layers=[1, 1], embed_dims=[8, 16], mlp_ratios=[2, 2], heads=[2, 2], head_dim=[4, 4], folds=[2, 1])
+    eager = ContextCluster(arch, out_indices=(0, 1), mixer_impl="light").eval()
+    compiled = ContextCluster(arch, out_indices=(0, 1), mixer_impl="light", compile=dict(backend="eager")).eval()
+    compiled.load_state_dict(eager.state_dict())
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        compiled(x)  # compiled before the recording, as a trained model would be
+        with record_assignments(eager, [(0, 0), (1, 0)]) as want:
+            ref = eager(x)
+        with record_assignments(compiled, [(0, 0), (1, 0)]) as got:
+            out = compiled(x)
+    assert compiled.compile_cfg["backend"] == "eager"  # the switch is back after the block
+    assert sorted(got) == [(0, 0), (1, 0)] and all(torch.equal(got[k], want[k]) for k in want)
+    assert all(torch.equal(a, b) for a, b in zip(out, ref))
+
+
 def test_render_colours_follow_assignment(tmp_path):
     import visualize_clusters as vc
     torch.manual_seed(0)  # the tool seeds its random initialisation with --seed (default 0) alike
