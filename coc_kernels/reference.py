@@ -195,8 +195,12 @@ def context_cluster_light(x, value, alpha, beta, *, heads: int, proposal, fold, 
 
     Work is split into chunks of (image, head, rows of regions) holding about ``CHUNK_ELEMS``
     similarity entries, so that the passes over each chunk run from cache (the path is memory-bound);
-    every chunk is an independent set of groups, written into its slice of the output.
+    every chunk is an independent set of groups, written into its slice of the output. Under ``torch.compile``
+    the call is one piece (the same math, no chunk loop): the loop's bounds depend on H and W, so dynamo would
+    guard on them and compile a new graph for every image size.
     """
+    if torch.compiler.is_compiling():
+        return _light(x, value, alpha, beta, heads, proposal, fold, denominator)
     B, C, H, W = x.shape
     (ph, pw), (fh, fw) = proposal, fold
     d, dv, rh = C // heads, value.shape[1] // heads, H // fh

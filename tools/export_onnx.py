@@ -279,7 +279,11 @@ def main(argv=None):
     args = parse_args(argv)
     out = osp.abspath(args.out)
     _check_writable(osp.dirname(out))  # before the export's minute, not after it
-    model, divisor, names, what = build(args.model, args.checkpoint)
+    from coc_det.checkpoint import CheckpointError
+    try:
+        model, divisor, names, what = build(args.model, args.checkpoint)
+    except (CheckpointError, RuntimeError) as err:  # another arch, a classifier for a backbone, not weights
+        raise SystemExit(f"error: {args.checkpoint} cannot be loaded into {args.model}: {str(err).splitlines()[0]}")
     model.eval()
     side = tuple(args.shape) if args.shape else (2 * divisor, 2 * divisor)
     _check_sizes("--shape", side, divisor, least=2)

@@ -206,3 +206,13 @@ def test_publish_model_out_a_folder(tmp_path, capsys):
             publish_model.main([str(src), str(out)])
         assert err.value.code == 2 and "is a folder" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["c.pth", "dir"] and os.listdir(tmp_path / "dir") == []
+
+
+def test_export_names_a_checkpoint_of_another_arch_in_one_line(tmp_path):
+    import export_onnx
+    from coc_det import ContextCluster
+    ckpt = tmp_path / "small.pth"
+    torch.save({"state_dict": ContextCluster("small").state_dict()}, ckpt)
+    with pytest.raises(SystemExit, match="cannot be loaded into tiny: .*does not fit"):
+        export_onnx.main(["tiny", "--checkpoint", str(ckpt), "--out", str(tmp_path / "m.onnx")])
+    assert sorted(os.listdir(tmp_path)) == ["small.pth"]

@@ -47,13 +47,15 @@ def test_compiled_backbone_equals_eager_in_one_graph(impl):
         torch.testing.assert_close(got[2][n], want[2][n], rtol=1e-9, atol=1e-12, msg=n)
 
 
-def test_varying_image_sizes_reuse_one_graph():
+@pytest.mark.parametrize("impl", ["triton", "light", "dense"])
+def test_varying_image_sizes_reuse_one_graph(impl):
     """Padded detection batches change size every iteration: after the first graph, sizes are symbolic and
-    no other size recompiles (three sizes here, 5 in an earlier version of this test); batch 1 (inference) is
-    one more graph for all its sizes, as torch specialises sizes of 1."""
+    no other size recompiles (three sizes here, 5 in an earlier version of this test), on every mixer path
+    (the light path's chunk loop once made each size a graph); batch 1 (inference) is one more graph for all
+    its sizes, as torch specialises sizes of 1 (so does an image axis whose last stage is 1 pixel)."""
     torch._dynamo.reset()
-    counter = CompileCounterWithBackend("aot_eager")
-    _, comp = _pair("triton", counter)
+    counter = CompileCounterWithBackend("aot_eager" if impl == "triton" else "eager")
+    _, comp = _pair(impl, counter)
     comp.eval()
     with torch.no_grad():
         for h, w in [(32, 32), (48, 32), (32, 80)]:  # regions 4 to 10 points a side
