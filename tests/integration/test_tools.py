@@ -48,6 +48,7 @@ def test_make_demo_data_bad_counts(tmp_path, args, msg):
 # ------------------------------------------------------------------------------------ visualize_clusters
 @pytest.mark.parametrize("args,msg", [(["--head", "7"], "has heads 0..1"), (["--head", "-1"], "has heads 0..1"),
                                       (["--size", "0"], "--size 0"), (["--stage", "4"], "no block"),
+                                      (["--size", "100000"], "at most 4096"),
                                       (["--checkpoint", "missing.pth"], "does not exist")])
 def test_visualize_clusters_bad_arguments(tmp_path, args, msg):
     out = tmp_path / "c.png"
