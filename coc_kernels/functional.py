@@ -75,6 +75,12 @@ def _check_map(t: Tensor, name: str):
         raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
 
 
+def _is_fake(t: Tensor) -> bool:
+    """A FakeTensor (``FakeTensorMode``, shape propagation): it has no value to look at."""
+    from torch._subclasses.fake_tensor import is_fake
+    return is_fake(t)
+
+
 def _check_scalar(t: Tensor, name: str, like: Tensor):
     if not isinstance(t, Tensor) or t.numel() != 1:
         raise ValueError(f"{name} must be a one-element tensor, got {getattr(t, 'shape', type(t).__name__)}")
@@ -85,7 +91,7 @@ def _check_scalar(t: Tensor, name: str, like: Tensor):
     # A host-side look at the value, only where it costs no device sync: on CUDA the fused kernels make
     # the output NaN instead when alpha or beta is not finite (so does the torch math on other paths). Meta
     # tensors have no value to look at (shape-only tracing, deferred initialisation).
-    if (t.device.type not in ("cuda", "meta") and not torch.compiler.is_compiling()
+    if (t.device.type not in ("cuda", "meta") and not torch.compiler.is_compiling() and not _is_fake(t)
             and not bool(torch.isfinite(t.detach()).all())):
         raise ValueError(f"{name} must be finite, got {t.detach().cpu().item()}")
 

@@ -47,7 +47,8 @@ def torch_math(fn, x: torch.Tensor, value: torch.Tensor, alpha: torch.Tensor, be
     precision or an enclosing autocast, alpha/beta cast to that precision, the output in value's dtype. (An
     autocast-off region is entered only under autocast: a traced graph, e.g. an ONNX export, has none.)"""
     acc = compute_dtype(x.dtype)
-    under_autocast = torch.is_autocast_enabled(x.device.type)
+    # (meta tensors have no autocast: asking about it raises)
+    under_autocast = x.device.type != "meta" and torch.is_autocast_enabled(x.device.type)
     with torch.autocast(x.device.type, enabled=False) if under_autocast else contextlib.nullcontext():
         alpha, beta = alpha.to(acc), beta.to(acc)
         y = fn(x.to(acc), value.to(acc), alpha, beta, **kw)

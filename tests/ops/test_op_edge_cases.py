@@ -217,6 +217,19 @@ def test_degenerate_channels_and_integer_alpha_are_named(change, err, match):
 
 
 # ------------------------------------------------------------------------------------ odd arguments
+@pytest.mark.parametrize("impl", ["light", "dense"])
+def test_runs_on_the_meta_device_and_under_fake_tensors(impl):
+    """Shape-only tracing (timm's and accelerate's deferred initialisation, FakeTensorMode): the alpha/beta
+    finiteness check has no value to read there and is skipped, as it is on CUDA."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with torch.device("meta"):
+        x, v, a, b = make(device="meta")
+        assert context_cluster(x, v, a, b, impl=impl, **KW).shape == v.shape
+    with FakeTensorMode() as mode:
+        x, v, a, b = (mode.from_tensor(t) for t in make(device="cpu"))
+        assert context_cluster(x, v, a, b, impl=impl, **KW).shape == v.shape
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_a_missing_value_and_an_impl_that_is_not_a_name_are_named(impl):
     x, v, a, b = make()
