@@ -19,7 +19,7 @@ from typing import Dict, Sequence, Union
 import torch
 import torch.nn as nn
 
-from coc_kernels import DEFAULT_DENOMINATOR, DENOMINATORS, IMPL_ALIASES, IMPLS, context_cluster
+from coc_kernels import DEFAULT_DENOMINATOR, DENOMINATORS, canonical_impl, context_cluster
 
 try:  # mmengine's BaseModule when available (init_cfg handling, logging of initialisation)
     from mmengine.model import BaseModule
@@ -249,12 +249,7 @@ class ContextCluster(BaseModule):
             raise ValueError(f"out_indices {out_indices} out of range for {n} stages")
         if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= n:
             raise ValueError(f"frozen_stages must be -1 (nothing) .. {n} (all stages), got {frozen_stages!r}")
-        if not isinstance(mixer_impl, str):
-            raise TypeError(f"mixer_impl must be one of {IMPLS} (a str), got {type(mixer_impl).__name__} "
-                            f"{mixer_impl!r}")
-        mixer_impl = IMPL_ALIASES.get(mixer_impl, mixer_impl)
-        if mixer_impl not in IMPLS:
-            raise ValueError(f"mixer_impl must be one of {IMPLS}, got {mixer_impl!r}")
+        mixer_impl = canonical_impl(mixer_impl, "mixer_impl")
         if denominator not in DENOMINATORS:
             raise ValueError(f"denominator must be one of {DENOMINATORS}, got {denominator!r}")
         self.embed_dims, self.out_indices, self.frozen_stages = dims, tuple(out_indices), frozen_stages

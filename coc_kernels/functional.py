@@ -127,14 +127,21 @@ def check_inputs(x: Tensor, value: Tensor | None, alpha: Tensor, beta: Tensor, h
     return heads, proposal, fold
 
 
+def canonical_impl(impl, name: str = "impl") -> str:
+    """``impl`` as one of :data:`IMPLS` (earlier names mapped by :data:`IMPL_ALIASES`); anything else is named
+    (as ``name``, the argument it came from)."""
+    if not isinstance(impl, str):
+        raise TypeError(f"{name} must be one of {IMPLS} (a str), got {type(impl).__name__} {impl!r}")
+    impl = IMPL_ALIASES.get(impl, impl)
+    if impl not in IMPLS:
+        raise ValueError(f"{name} must be one of {IMPLS}, got {impl!r}")
+    return impl
+
+
 def resolve_impl(impl: str, x: Tensor, centres: int | None = None) -> str:
     """The implementation ``impl`` means for input x with ``centres`` per region (``'auto'`` resolved);
     raises where it cannot run."""
-    if not isinstance(impl, str):
-        raise TypeError(f"impl must be one of {IMPLS} (a str), got {type(impl).__name__} {impl!r}")
-    impl = IMPL_ALIASES.get(impl, impl)
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    impl = canonical_impl(impl)
     fits = centres is None or centres <= MAX_FUSED_CENTRES
     if impl == "auto":
         return "triton" if x.is_cuda and x.dtype != torch.float64 and fits and triton_available() else "light"
@@ -196,8 +203,8 @@ def context_cluster(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, *, he
         no forward-mode derivative). Inside ``torch.onnx.export`` every ``impl`` records
         :func:`~coc_kernels.reference.context_cluster_export` (standard ONNX ops, symbolic H and W).
     """
-    if not isinstance(value, Tensor):  # check_inputs takes value=None for the assignment alone
-        raise TypeError(f"value must be a torch.Tensor [B, heads*dv, H, W], got {type(value).__name__} "
+    if value is None:  # check_inputs takes None for the assignment alone (and names any other non-tensor)
+        raise TypeError("value must be a torch.Tensor [B, heads*dv, H, W], got NoneType "
                         "(cluster_assignment takes x alone)")
     heads, proposal, fold = check_inputs(x, value, alpha, beta, heads, proposal, fold)
     if not isinstance(denominator, str) or denominator not in DENOMINATORS:
