@@ -1,11 +1,18 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# the one place the version is written: coc_kernels.__version__ (coc_det re-exports it)
+VERSION = re.search(r'^__version__ = "([^"]+)"', (Path(__file__).parent / "coc_kernels" / "__init__.py").read_text(),
+                    re.M).group(1)
 
 setup(
     name="coc-det",
-    version="0.1.0",
+    version=VERSION,
     description="Context Clusters (CoC) with fused Triton kernels and an MMDetection 3.x backbone",
     packages=find_packages(include=["coc_kernels", "coc_kernels.*", "coc_det", "coc_det.*"]),
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     # torch/triton are the only hard requirements of the kernels; the detection stack
     # (mmengine, mmcv with ops, mmdet) and timm (the classifiers) are installed by tools/setup_env.sh.
     # torch: the oldest version the tests have run on (the GPU machines' 2.11 through benchmarks/gpu_check.sh,

@@ -14,12 +14,13 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from typing import Dict, Sequence, Union
+from typing import Dict, List, Sequence, Union
 
 import torch
 import torch.nn as nn
 
 from coc_kernels import DEFAULT_DENOMINATOR, DENOMINATORS, canonical_impl, context_cluster
+from coc_kernels.functional import _pair
 
 try:  # mmengine's BaseModule when available (init_cfg handling, logging of initialisation)
     from mmengine.model import BaseModule
@@ -87,6 +88,19 @@ def _per_stage(v, n: int, name: str) -> list:
     return v
 
 
+def _recording_graph() -> bool:
+    """True while ``torch.fx`` traces symbolically or ``torch.jit.trace`` records (not under ``torch.compile``,
+    nor inside ``torch.onnx.export``, which records the op's standard-op form): then the mixers are recorded as
+    the one operator ``torch.ops.coc_kernels.context_cluster`` and the backbone's Python-side checks are left to
+    it (they would look at proxies)."""
+    if torch.compiler.is_compiling():
+        return False
+    if torch.jit.is_tracing():
+        return not torch.onnx.is_in_onnx_export()
+    fx = torch.fx._symbolic_trace
+    return getattr(fx, "is_fx_symbolic_tracing", fx.is_fx_tracing)()
+
+
 class GroupNorm(nn.GroupNorm):
     """GroupNorm with a single group over ``[B, C, H, W]``."""
 
@@ -97,9 +111,11 @@ class GroupNorm(nn.GroupNorm):
 class PointRecuder(nn.Module):
     """Strided conv that reduces the point set (the original's name, kept for checkpoint keys)."""
 
-    def __init__(self, patch_size: int, stride: int, padding: int, in_chans: int, embed_dim: int):
+    def __init__(self, patch_size: int, stride: int, padding: int, in_chans: int, embed_dim: int, device=None,
+                 dtype=None):
         super().__init__()
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=stride, padding=padding)
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=stride, padding=padding,
+                              device=device, dtype=dtype)
 
     def forward(self, x):
         return self.proj(x)
@@ -116,7 +132,7 @@ class DropPath(nn.Module):
         if self.p == 0.0 or not self.training:
             return x
         keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        mask = x.new_empty([x.shape[0]] + [1] * (x.dim() - 1)).bernoulli_(keep)
         return x * mask / keep
 
 
@@ -124,23 +140,37 @@ class Cluster(nn.Module):
     """CoC token mixer: ``proj(context_cluster(f(x), v(x)))``. ``[B, dim, H, W] -> [B, dim, H, W]``."""
 
     def __init__(self, dim: int, heads: int, head_dim: int, proposal, fold, impl: str = "auto",
-                 denominator: str = DEFAULT_DENOMINATOR):
+                 denominator: str = DEFAULT_DENOMINATOR, device=None, dtype=None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.heads, self.proposal, self.fold = heads, proposal, fold
+        # the same as [h, w] lists, as the operator form takes them (TorchScript, torch.fx)
+        self.proposal_hw: List[int] = list(_pair(proposal, "proposal"))
+        self.fold_hw: List[int] = list(_pair(fold, "fold"))
         self.impl, self.denominator = impl, denominator
-        self.f = nn.Conv2d(dim, heads * head_dim, 1)
-        self.v = nn.Conv2d(dim, heads * head_dim, 1)
-        self.proj = nn.Conv2d(heads * head_dim, dim, 1)
-        self.sim_alpha = nn.Parameter(torch.ones(1))
-        self.sim_beta = nn.Parameter(torch.zeros(1))
+        self.f = nn.Conv2d(dim, heads * head_dim, 1, **dd)
+        self.v = nn.Conv2d(dim, heads * head_dim, 1, **dd)
+        self.proj = nn.Conv2d(heads * head_dim, dim, 1, **dd)
+        self.sim_alpha = nn.Parameter(torch.ones(1, **dd))
+        self.sim_beta = nn.Parameter(torch.zeros(1, **dd))
 
     def forward(self, x):
         value = self.v(x)
         feat = self.f(x)
-        out = context_cluster(feat, value, self.sim_alpha, self.sim_beta, heads=self.heads,
-                              proposal=self.proposal, fold=self.fold, impl=self.impl,
-                              denominator=self.denominator)
+        if torch.jit.is_scripting():
+            out = self._operator(feat, value)
+        elif _recording_graph():
+            out = self._operator(feat, value)
+        else:
+            out = context_cluster(feat, value, self.sim_alpha, self.sim_beta, heads=self.heads,
+                                  proposal=self.proposal, fold=self.fold, impl=self.impl,
+                                  denominator=self.denominator)
         return self.proj(out)
+
+    def _operator(self, feat: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """The op as the torch operator a graph records (TorchScript, torch.fx, torch.jit.trace)."""
+        return torch.ops.coc_kernels.context_cluster(feat, value, self.sim_alpha, self.sim_beta, self.heads,
+                                                     self.proposal_hw, self.fold_hw, self.impl, self.denominator)
 
     def extra_repr(self):
         return (f"heads={self.heads}, proposal={self.proposal}, fold={self.fold}, impl={self.impl!r}, "
@@ -150,11 +180,11 @@ class Cluster(nn.Module):
 class Mlp(nn.Module):
     """Two Linear layers on channels-last with GELU. ``[B, C, H, W] -> [B, C, H, W]``."""
 
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, device=None, dtype=None):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = nn.Linear(dim, hidden, device=device, dtype=dtype)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = nn.Linear(hidden, dim, device=device, dtype=dtype)
 
     def forward(self, x):
         return self.fc2(self.act(self.fc1(x.permute(0, 2, 3, 1)))).permute(0, 3, 1, 2)
@@ -164,15 +194,16 @@ class ClusterBlock(nn.Module):
     """GroupNorm -> mixer -> layer scale -> residual; GroupNorm -> MLP -> layer scale -> residual."""
 
     def __init__(self, dim, mlp_ratio, heads, head_dim, proposal, fold, drop_path=0.0,
-                 layer_scale_init_value=1e-5, impl="auto", denominator=DEFAULT_DENOMINATOR):
+                 layer_scale_init_value=1e-5, impl="auto", denominator=DEFAULT_DENOMINATOR, device=None, dtype=None):
         super().__init__()
-        self.norm1 = GroupNorm(dim)
-        self.token_mixer = Cluster(dim, heads, head_dim, proposal, fold, impl, denominator)
-        self.norm2 = GroupNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        dd = dict(device=device, dtype=dtype)
+        self.norm1 = GroupNorm(dim, **dd)
+        self.token_mixer = Cluster(dim, heads, head_dim, proposal, fold, impl, denominator, **dd)
+        self.norm2 = GroupNorm(dim, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.layer_scale_1 = nn.Parameter(layer_scale_init_value * torch.ones(dim))
-        self.layer_scale_2 = nn.Parameter(layer_scale_init_value * torch.ones(dim))
+        self.layer_scale_1 = nn.Parameter(layer_scale_init_value * torch.ones(dim, **dd))
+        self.layer_scale_2 = nn.Parameter(layer_scale_init_value * torch.ones(dim, **dd))
 
     def forward(self, x):
         x = x + self.drop_path(self.layer_scale_1[:, None, None] * self.token_mixer(self.norm1(x)))
@@ -181,12 +212,16 @@ class ClusterBlock(nn.Module):
 
 
 def position_channels(x: torch.Tensor) -> torch.Tensor:
-    """The two coordinate channels CoC appends to the image: ``arange(n)/(n-1) - 0.5`` per axis."""
+    """The two coordinate channels CoC appends to the image: ``arange(n)/(n-1) - 0.5`` per axis.
+    ``[B, C, H, W] -> [B, 2, H, W]`` (a leaf of torch.fx traces: it reads the input's size)."""
     B, _, H, W = x.shape
     rows = torch.arange(H, device=x.device, dtype=torch.float32) / max(H - 1, 1) - 0.5
     cols = torch.arange(W, device=x.device, dtype=torch.float32) / max(W - 1, 1) - 0.5
     pos = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=0).to(x.dtype)
     return pos.unsqueeze(0).expand(B, -1, -1, -1)
+
+
+torch.fx.wrap("position_channels")
 
 
 class ContextCluster(BaseModule):
@@ -217,17 +252,22 @@ class ContextCluster(BaseModule):
             size is static (one graph per batch size: training's and batch-1 inference's).
             Works with ``with_cp``, frozen stages, autocast and DDP. Results equal eager.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` loads an ImageNet CoC checkpoint.
+        device, dtype: where and in which dtype the weights are made (``device='meta'``: no memory).
 
     Input ``[B, 3, H, W]`` with H and W divisible by :attr:`size_divisor` (32 for the default folds);
     output: a tuple of ``[B, embed_dims[i], H/2**(i+2), W/2**(i+2)]`` for i in ``out_indices``.
     """
 
+    #: mmengine's ``BaseModule.is_init`` property is not TorchScript (the classifier scripts without it)
+    __jit_unused_properties__ = ["is_init"]
+
     def __init__(self, arch: Union[str, dict] = "small", proposal: Union[int, Sequence[int], None] = None,
                  fold: Union[int, Sequence[int], None] = None, out_indices: Sequence[int] = (0, 1, 2, 3),
                  drop_path_rate: float = 0.0, layer_scale_init_value: float = 1e-5, mixer_impl: str = "auto",
                  denominator: str = DEFAULT_DENOMINATOR, frozen_stages: int = -1, with_cp: bool = False,
-                 compile: Union[bool, dict] = False, init_cfg=None):
+                 compile: Union[bool, dict] = False, init_cfg=None, device=None, dtype=None):
         super().__init__(init_cfg=init_cfg)
+        dd = dict(device=device, dtype=dtype)
         if isinstance(arch, str):
             if arch not in ARCH_SETTINGS:
                 raise ValueError(f"unknown arch {arch!r}; choose from {sorted(ARCH_SETTINGS)} or pass a dict")
@@ -263,7 +303,7 @@ class ContextCluster(BaseModule):
         self.proposals, self.folds = proposals, folds
         self.size_divisor = size_divisor(folds)
 
-        self.patch_embed = PointRecuder(4, 4, 0, 5, dims[0])
+        self.patch_embed = PointRecuder(4, 4, 0, 5, dims[0], **dd)
         network = []
         total, done = sum(layers), 0
         for i in range(n):
@@ -271,14 +311,14 @@ class ContextCluster(BaseModule):
             for _ in range(layers[i]):
                 dpr = drop_path_rate * done / max(total - 1, 1)
                 blocks.append(ClusterBlock(dims[i], mlp_ratios[i], heads[i], head_dim[i], proposals[i], folds[i],
-                                           dpr, layer_scale_init_value, mixer_impl, denominator))
+                                           dpr, layer_scale_init_value, mixer_impl, denominator, **dd))
                 done += 1
             network.append(nn.Sequential(*blocks))
             if i < n - 1:
-                network.append(PointRecuder(3, 2, 1, dims[i], dims[i + 1]))
+                network.append(PointRecuder(3, 2, 1, dims[i], dims[i + 1], **dd))
         self.network = nn.ModuleList(network)
         for i in self.out_indices:
-            self.add_module(f"norm{2 * i}", GroupNorm(dims[i]))
+            self.add_module(f"norm{2 * i}", GroupNorm(dims[i], **dd))
         self.apply(self._init_linear)
         self._freeze_stages()
         self._impl_logged = False
@@ -366,6 +406,8 @@ class ContextCluster(BaseModule):
         self._impl_logged = True
 
     def _check_input(self, x: torch.Tensor):
+        if _recording_graph():  # proxies, or a trace that would keep the checks' outcome: the op checks
+            return
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"ContextCluster expects images [B, 3, H, W], got {tuple(x.shape)}")
         H, W = x.shape[-2:]
@@ -410,9 +452,21 @@ class ContextCluster(BaseModule):
             torch._dynamo.maybe_mark_dynamic(x, 3)
         return compiled(body, self.compile_cfg)(self, x)
 
-    def forward_stages(self, x: torch.Tensor) -> list:
+    def forward_stages(self, x: torch.Tensor) -> List[torch.Tensor]:
         """Every stage's output (before the output norms): ``[B, embed_dims[i], H/2**(i+2), W/2**(i+2)]``."""
+        if torch.jit.is_scripting():
+            return self._stages_scripted(x)
         return self._run(ContextCluster._stages, x)
+
+    def _stages_scripted(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """:meth:`_stages` as TorchScript takes it (all stages, no activation checkpointing, no compile)."""
+        x = self.patch_embed(torch.cat([x, position_channels(x)], dim=1))
+        feats: List[torch.Tensor] = []
+        for idx, layer in enumerate(self.network):
+            x = layer(x)
+            if idx % 2 == 0:
+                feats.append(x)
+        return feats
 
     def forward(self, x: torch.Tensor):
         return self._run(ContextCluster._outputs, x)

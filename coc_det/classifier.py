@@ -8,8 +8,6 @@ loads a public ImageNet checkpoint with its head (state-dict keys ``patch_embed`
 ``head``, as published). The blocks and the op are those of :class:`~coc_det.backbone.ContextCluster`; the
 classifier adds only ``norm`` (GroupNorm on the last stage) and ``head`` (Linear on its spatial mean).
 """
-from __future__ import annotations
-
 import numpy as np
 import torch
 import torch.nn as nn
@@ -27,8 +25,8 @@ PRETRAINED_CFG = dict(num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 
                       first_conv="patch_embed.proj", classifier="head", license="mit",
                       origin_url="https://github.com/ma-xu/Context-Cluster", paper_ids="arXiv:2303.01494")
 
-#: ``global_pool`` values: ``'avg'`` (spatial mean, the public models) or ``''`` (no pooling: only with
-#: ``num_classes=0``, the head is a Linear on pooled features)
+#: ``global_pool`` values: ``'avg'`` (spatial mean, the public models) or ``''`` (no pooling: the normed
+#: last-stage map, or with a head its logits at every position, the head's Linear applied per pixel)
 GLOBAL_POOLS = ("avg", "")
 
 
@@ -67,7 +65,8 @@ class ContextClusterClassifier(ContextCluster):
 
     Takes the backbone's arguments (``arch``, ``proposal``, ``fold``, ``mixer_impl``, ``denominator``,
     ``drop_path_rate``, ``with_cp``...) except ``out_indices``; ``num_classes=0`` gives pooled features,
-    ``num_classes=0, global_pool=''`` the normed last-stage map. ``drop_rate`` is dropout before the head.
+    ``num_classes=0, global_pool=''`` the normed last-stage map (``global_pool=''`` with a head: logits
+    ``[B, num_classes, H/32, W/32]``, the head per position). ``drop_rate`` is dropout before the head.
 
     timm's model interface: ``forward_features`` / ``forward_head(pre_logits=)``, ``get_classifier`` /
     ``reset_classifier``, ``forward_intermediates`` / ``prune_intermediate_layers`` (used by
@@ -86,11 +85,12 @@ class ContextClusterClassifier(ContextCluster):
             raise ValueError("init_cfg is a backbone argument; classifiers load whole checkpoints "
                              "(timm.create_model(..., checkpoint_path=) or load_classifier_checkpoint)")
         super().__init__(arch=arch, out_indices=(), **kwargs)
+        self.in_chans = in_chans
         self.num_features = self.head_hidden_size = self.embed_dims[-1]
         self.drop_rate = drop_rate
         self.feature_info = [dict(num_chs=c, reduction=4 * 2 ** i, module=f"network.{2 * i}")
                              for i, c in enumerate(self.embed_dims)]
-        self.norm = GroupNorm(self.num_features)
+        self.norm = GroupNorm(self.num_features, device=kwargs.get("device"), dtype=kwargs.get("dtype"))
         self.reset_classifier(num_classes, global_pool)
         self.pretrained_cfg = self.default_cfg = dict(pretrained_cfg(arch) if isinstance(arch, str) else
                                                       PRETRAINED_CFG, num_classes=num_classes)
@@ -105,12 +105,12 @@ class ContextClusterClassifier(ContextCluster):
         global_pool = getattr(self, "global_pool", "avg") if global_pool is None else global_pool
         if global_pool not in GLOBAL_POOLS:
             raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
-        if global_pool == "" and num_classes > 0:
-            raise ValueError("global_pool='' (no pooling) needs num_classes=0: the head is a Linear on pooled "
-                             "features")
         self.num_classes, self.global_pool = num_classes, global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        like = next(self.parameters(), None)  # the new head where (and in the dtype) the model's weights are
+        dd = dict(device=like.device, dtype=like.dtype) if like is not None else {}
+        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.head.apply(self._init_linear)
+        self.head.train(self.training)
 
     def set_grad_checkpointing(self, enable: bool = True):
         """Activation checkpointing of every block in training (the backbone's ``with_cp``)."""
@@ -121,12 +121,17 @@ class ContextClusterClassifier(ContextCluster):
         return self.norm(self.forward_stages(x)[-1])
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """``[B, C, h, w] -> [B, num_classes]`` (``[B, C]`` with ``pre_logits``; unpooled with ``global_pool=''``)."""
+        """``[B, C, h, w] -> [B, num_classes]`` (``[B, C]`` with ``pre_logits``); with ``global_pool=''``
+        unpooled: ``[B, num_classes, h, w]`` (``[B, C, h, w]``)."""
         if self.global_pool == "avg":
             x = x.mean((-2, -1))
         if self.drop_rate > 0:
             x = nn.functional.dropout(x, self.drop_rate, self.training)
-        return x if pre_logits else self.head(x)
+        if pre_logits:
+            return x
+        if self.global_pool == "":  # unpooled: the head's Linear at every position
+            return self.head(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

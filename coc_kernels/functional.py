@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import operator
 import os
-from typing import Sequence, Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -229,6 +229,45 @@ def context_cluster(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, *, he
     return ClusterFunction.apply(*args)  # eager: the same kernels without the custom-op dispatch cost
 
 
+@torch.library.custom_op("coc_kernels::context_cluster", mutates_args=())
+def context_cluster_op(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, heads: int, proposal: List[int],
+                       fold: List[int], impl: str, denominator: str) -> Tensor:
+    """:func:`context_cluster` as one torch operator, ``torch.ops.coc_kernels.context_cluster`` (positional
+    arguments; ``proposal`` and ``fold`` as ``[h, w]`` lists). It is what a graph records where Python cannot
+    run: a ``torch.jit.script`` model, a ``torch.fx`` symbolic trace, a ``torch.jit.trace`` (the backbone's
+    mixers call it there). The same checks and paths as :func:`context_cluster`; its backward recomputes the
+    forward with autograd (one more forward per call), so prefer the eager model for training."""
+    return context_cluster(x, value, alpha, beta, heads=heads, proposal=proposal, fold=fold, impl=impl,
+                           denominator=denominator)
+
+
+@context_cluster_op.register_fake
+def _context_cluster_op_fake(x, value, alpha, beta, heads, proposal, fold, impl, denominator):
+    return value.new_empty(value.shape)
+
+
+def _context_cluster_op_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:4])
+    ctx.settings = inputs[4:]
+
+
+def _context_cluster_op_backward(ctx, dy):
+    heads, proposal, fold, impl, denominator = ctx.settings
+    want = [i for i in range(4) if ctx.needs_input_grad[i]]
+    create_graph = torch.is_grad_enabled()  # backward(create_graph=True): gradients with a graph
+    with torch.enable_grad():
+        ins = [t.detach().requires_grad_(i in want) for i, t in enumerate(ctx.saved_tensors)]
+        y = context_cluster(*ins, heads=heads, proposal=proposal, fold=fold, impl=impl, denominator=denominator)
+        got = torch.autograd.grad(y, [ins[i] for i in want], dy, create_graph=create_graph, allow_unused=True)
+    grads = [None] * 4
+    for i, g in zip(want, got):
+        grads[i] = torch.zeros_like(ins[i]) if g is None else g
+    return (*grads, None, None, None, None, None)
+
+
+context_cluster_op.register_autograd(_context_cluster_op_backward, setup_context=_context_cluster_op_setup)
+
+
 def cluster_assignment(x: Tensor, alpha: Tensor, beta: Tensor, *, heads: int, proposal: IntPair, fold: IntPair,
                        impl: str = "auto") -> Tensor:
     """Index of the centre every pixel is assigned to, per head: ``[B, heads, H, W]`` int64.
@@ -255,5 +294,5 @@ def cluster_assignment(x: Tensor, alpha: Tensor, beta: Tensor, *, heads: int, pr
     return group_map(a.long(), B, heads, (fh, fw), (H // fh, W // fw))
 
 
-__all__ = ["context_cluster", "cluster_assignment", "torch_math", "check_inputs", "resolve_impl", "triton_available",
+__all__ = ["context_cluster", "context_cluster_op", "cluster_assignment", "torch_math", "check_inputs", "resolve_impl", "triton_available",
            "IMPLS", "IMPL_ALIASES", "MAX_FUSED_CENTRES"]

@@ -198,9 +198,10 @@ def context_cluster_light(x, value, alpha, beta, *, heads: int, proposal, fold, 
     similarity entries, so that the passes over each chunk run from cache (the path is memory-bound);
     every chunk is an independent set of groups, written into its slice of the output. Under ``torch.compile``
     the call is one piece (the same math, no chunk loop): the loop's bounds depend on H and W, so dynamo would
-    guard on them and compile a new graph for every image size.
+    guard on them and compile a new graph for every image size. On the meta device (shapes only, no memory to
+    keep in cache) it is one piece too.
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or x.device.type == "meta":
         return _light(x, value, alpha, beta, heads, proposal, fold, denominator)
     B, C, H, W = x.shape
     (ph, pw), (fh, fw) = proposal, fold

@@ -26,8 +26,9 @@ import shutil
 import numpy as np
 from PIL import Image, ImageDraw
 
-CLASSES = ("circle", "square", "triangle")
-BASE_COLOURS = np.array([(220, 60, 50), (60, 200, 70), (70, 110, 230)], dtype=np.float64)
+from coc_det.datasets import SHAPE_COLOURS, SHAPES as CLASSES
+
+BASE_COLOURS = np.array(SHAPE_COLOURS, dtype=np.float64)
 
 
 def _polygon(cls: int, cx: float, cy: float, r: float, rot: float) -> list[tuple[float, float]]:

@@ -126,6 +126,27 @@ if ! have timm 1.0.31; then
   "${PIP[@]}" install --no-deps "timm==1.0.31"
 fi
 
+# timm's own model tests (tests/test_models.py of its source distribution), which tests/models/test_timm_suite.py
+# runs against the coc_* models: the file of the installed version, fetched like any package file
+TIMM_TESTS="$VENV/share/timm-tests/1.0.31"
+if [ ! -f "$TIMM_TESTS/tests/test_models.py" ]; then
+  say "fetching timm 1.0.31's test files (its source distribution)"
+  TMP_SDIST="$(mktemp -d)"
+  "${PIP[@]}" download --no-deps --no-binary :all: "timm==1.0.31" -d "$TMP_SDIST"
+  "$PY" - "$TMP_SDIST/timm-1.0.31.tar.gz" "$TIMM_TESTS" <<'PYEOF'
+import os, sys, tarfile
+src, dest = sys.argv[1], sys.argv[2]
+with tarfile.open(src) as tar:
+    keep = [m for m in tar.getmembers() if m.isfile()
+            and (m.name.startswith("timm-1.0.31/tests/") or m.name == "timm-1.0.31/pyproject.toml")]
+    for m in keep:
+        m.name = m.name[len("timm-1.0.31/"):]
+    tar.extractall(dest + ".partial", members=keep, filter="data")
+os.replace(dest + ".partial", dest)
+PYEOF
+  rm -rf "$TMP_SDIST"
+fi
+
 if ! have psutil 7.2.2; then
   # mmdet's and mmseg's stock analysis tools (analysis_tools/benchmark.py) read memory and CPU through it
   say "installing psutil 7.2.2"

@@ -5,11 +5,11 @@
 _base_ = ['mmseg::sem_fpn/fpn_r50_4xb4-160k_ade20k-512x512.py', './_base_/coc-demo_backbone.py']
 
 custom_imports = dict(imports=['coc_det'], allow_failed_imports=False)
+# mmseg's visualizer on contiguous images (its browse_dataset.py fails otherwise: coc_det.datasets)
+visualizer = dict(type='CocSegLocalVisualizer')
 # write checkpoints that torch.load's weights-only default reads with nothing allowlisted
 custom_hooks = [dict(type='WeightsOnlyCheckpointHook')]
 
-classes = ('background', 'circle', 'square', 'triangle')
-palette = [[0, 0, 0], [220, 60, 50], [60, 200, 70], [70, 110, 230]]
 data_root = 'data/coc_demo_seg/'
 image_size = 128
 ch = 64  # FPN / head width
@@ -21,8 +21,8 @@ model = dict(
     data_preprocessor=dict(size=(image_size, image_size), test_cfg=dict(size_divisor=32)),
     backbone={{_base_.demo_backbone}},
     neck=dict(in_channels={{_base_.demo_channels}}, out_channels=ch),
-    decode_head=dict(in_channels=[ch] * 4, channels=ch, dropout_ratio=0.0, num_classes=len(classes),
-                     norm_cfg=norm_cfg))
+    # 4 classes: the background and the 3 shapes (coc_det.datasets.SEG_CLASSES)
+    decode_head=dict(in_channels=[ch] * 4, channels=ch, dropout_ratio=0.0, num_classes=4, norm_cfg=norm_cfg))
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -35,8 +35,8 @@ test_pipeline = [
     dict(type='LoadAnnotations'),
     dict(type='PackSegInputs'),
 ]
-dataset = dict(type='BaseSegDataset', data_root=data_root, metainfo=dict(classes=classes, palette=palette),
-               img_suffix='.png', seg_map_suffix='.png', reduce_zero_label=False)
+# the demo set's classes and palette are the dataset type's METAINFO (coc_det.datasets)
+dataset = dict(type='CocDemoShapesSegDataset', data_root=data_root)
 train_dataloader = dict(
     batch_size=4, num_workers=0, persistent_workers=False,
     dataset=dict(**dataset, data_prefix=dict(img_path='images/training', seg_map_path='annotations/training'),

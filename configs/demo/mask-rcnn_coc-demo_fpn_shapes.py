@@ -5,7 +5,8 @@ _base_ = ['mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', './_base_/coc-demo_ba
 
 custom_imports = dict(imports=['coc_det'], allow_failed_imports=False)
 
-classes = ('circle', 'square', 'triangle')
+# the demo set's classes are the dataset type's METAINFO (coc_det.datasets.SHAPES: 3 classes)
+dataset_type = 'CocDemoShapesDataset'
 data_root = 'data/coc_demo/'
 image_size = 128
 ch = 64  # FPN / head width
@@ -18,9 +19,9 @@ model = dict(
                   anchor_generator=dict(scales=[4])),  # 16..256 px anchors for 18..50 px objects
     roi_head=dict(
         bbox_roi_extractor=dict(out_channels=ch),
-        bbox_head=dict(in_channels=ch, fc_out_channels=256, num_classes=len(classes)),
+        bbox_head=dict(in_channels=ch, fc_out_channels=256, num_classes=3),
         mask_roi_extractor=dict(out_channels=ch),
-        mask_head=dict(num_convs=2, in_channels=ch, conv_out_channels=ch, num_classes=len(classes))),
+        mask_head=dict(num_convs=2, in_channels=ch, conv_out_channels=ch, num_classes=3)),
     train_cfg=dict(
         rpn_proposal=dict(nms_pre=1000, max_per_img=300),
         rcnn=dict(sampler=dict(num=128))),
@@ -42,12 +43,12 @@ test_pipeline = [
 ]
 train_dataloader = dict(
     batch_size=4, num_workers=0, persistent_workers=False,
-    dataset=dict(data_root=data_root, metainfo=dict(classes=classes),
+    dataset=dict(type=dataset_type, data_root=data_root,
                  ann_file='annotations/instances_train.json', data_prefix=dict(img='train/'),
                  pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=4, num_workers=0, persistent_workers=False,
-    dataset=dict(data_root=data_root, metainfo=dict(classes=classes),
+    dataset=dict(type=dataset_type, data_root=data_root,
                  ann_file='annotations/instances_val.json', data_prefix=dict(img='val/'),
                  pipeline=test_pipeline))
 test_dataloader = val_dataloader

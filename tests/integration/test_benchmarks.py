@@ -107,3 +107,23 @@ def test_train_benchmark_runs_end_to_end(tmp_path):
     assert [r["impl"] for r in rows] == ["dense", "triton+compile"]
     assert all(r["ms_per_iter"] > 0 and r["infer_img_per_s"] > 0 for r in rows)
     assert "| mask-rcnn_coc-small-25_fpn_1x_coco.py | triton+compile |" in (tmp_path / "t.md").read_text()
+
+
+def test_flops_table_adds_the_mixer_to_what_mmengine_counts_anyway(tmp_path):
+    """benchmarks/flops.py: the classifier's count is mmengine's count of everything else plus the mixers' formula
+    (counted here by hand for tiny at 64x64: 2x2 centres, per pixel C*4 + C + 3*C)."""
+    from benchmarks import flops
+    from mmengine.analysis import FlopAnalyzer
+
+    import torch
+    from coc_det import ARCH_SETTINGS
+    from coc_det.classifier import ContextClusterClassifier
+    row = flops.main(["--archs", "tiny", "--det-size", "64", "64", "--md", str(tmp_path / "f.md")])[0]
+    assert "| `tiny` |" in (tmp_path / "f.md").read_text()
+    a = ARCH_SETTINGS["tiny"]
+    mixers = sum(n * (224 // 2 ** (i + 2)) ** 2 * (h * d) * (4 + 1 + 3)
+                 for i, (n, h, d) in enumerate(zip(a["layers"], a["heads"], a["head_dim"])))
+    analysis = FlopAnalyzer(ContextClusterClassifier("tiny").eval(), (torch.randn(1, 3, 224, 224),))
+    others = sum(v for k, v in analysis.by_operator().items() if k != "context_cluster")
+    assert abs(row["cls_224"] * 1e9 - (others + mixers)) < 1
+    assert row["det_4"] < row["det_25"] < row["det_49"]

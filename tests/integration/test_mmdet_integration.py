@@ -295,3 +295,31 @@ print('INFER', len(out['predictions']), sorted(out['predictions'][0]))
     assert "INIT ContextCluster ('circle', 'square', 'triangle')" in log
     assert "INFER 1 ['bboxes', 'labels', 'masks', 'scores']" in log
     assert glob.glob(str(tmp_path / "vis" / "vis" / "*.png")) and glob.glob(str(tmp_path / "vis" / "preds" / "*.json"))
+
+
+MMDET_TOOLS = osp.join(osp.dirname(__import__("mmdet").__file__), ".mim", "tools", "analysis_tools")
+
+
+def test_mmdets_get_flops_counts_the_mixer(tiny_demo):
+    """mmdet's own get_flops.py on the demo config: the mixer is one counted operator, not an unsupported one."""
+    proc = subprocess.run([sys.executable, osp.join(MMDET_TOOLS, "get_flops.py"), DEMO, "--num-images", "1",
+                           "--cfg-options", *tiny_demo["opts"]], capture_output=True, text=True, timeout=600,
+                          env=tiny_demo["env"])
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "Flops: " in log and "Input shape: (128, 128)" in log
+    unsupported = [line for line in log.splitlines() if "Unsupported operator" in line]
+    assert unsupported and not [line for line in unsupported if "coc" in line or "Cluster" in line], unsupported
+
+
+@pytest.mark.parametrize("task", ["dataloader", "dataset"])
+def test_mmdets_benchmark_tool_on_the_demo_config(tiny_demo, task):
+    """mmdet's benchmark.py (psutil from the set-up); its 'inference' task calls .cuda() and needs a GPU. The
+    dataloader task needs --max-iter batches in the set (4 images here: batch size 1)."""
+    proc = subprocess.run([sys.executable, osp.join(MMDET_TOOLS, "benchmark.py"), DEMO, "--task", task,
+                           "--max-iter", "3", "--num-warmup", "1", "--log-interval", "1", "--cfg-options",
+                           *tiny_demo["opts"], "test_dataloader.batch_size=1"],
+                          capture_output=True, text=True, timeout=600, env=tiny_demo["env"])
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "Overall fps" in log and "mem_used" in log

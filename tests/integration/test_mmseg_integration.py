@@ -165,3 +165,17 @@ def test_dist_train_two_processes_with_syncbn_on_cpu(seg_demo, tmp_path):
     assert proc.returncode == 0, log[-4000:]
     assert "GPU number: 2" in log and "Iter(train) [4/4]" in log and "mIoU" in log
     assert "SyncBN layer config(s) of the model use BN instead" in log
+
+
+@pytest.mark.parametrize("tool", ["misc/browse_dataset.py", "analysis_tools/browse_dataset.py"])
+def test_mmsegs_browse_dataset_draws_the_demo_set(seg_demo, tmp_path, tool):
+    """mmseg's own browse tools on the demo config: the classes are the dataset type's METAINFO (where
+    misc/browse_dataset.py looks), and the configs' visualizer draws their labels (mmseg's own fails in OpenCV)."""
+    script = osp.join(osp.dirname(__import__("mmseg").__file__), ".mim", "tools", tool)
+    out = tmp_path / "browse"
+    proc = subprocess.run([sys.executable, script, DEMO, "--not-show", "--output-dir", str(out), "--cfg-options",
+                           *seg_demo["opts"]], capture_output=True, text=True, timeout=600, env=seg_demo["env"],
+                          cwd=str(tmp_path))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    drawn = glob.glob(str(out / "**" / "*.png"), recursive=True)
+    assert len(drawn) == 24, drawn[:3]  # every training image

@@ -95,8 +95,11 @@ def test_forward_features_head_and_classifier_removal():
         torch.testing.assert_close(model(x), feat)
     unpooled = timm.create_model("coc_tiny", pretrained=False, num_classes=0, global_pool="")
     assert unpooled.global_pool == "" and isinstance(unpooled.get_classifier(), torch.nn.Identity)
-    with pytest.raises(ValueError, match="num_classes=0"):
-        timm.create_model("coc_tiny", pretrained=False, global_pool="")
+    dense = timm.create_model("coc_tiny", pretrained=False, num_classes=5, global_pool="").eval()
+    dense.load_state_dict(model.state_dict() | {"head.weight": torch.randn(5, 320), "head.bias": torch.randn(5)})
+    with torch.no_grad():  # logits at every position: the head's Linear per pixel (an einsum, independently)
+        want = torch.einsum("bchw,kc->bkhw", feat, dense.head.weight) + dense.head.bias[:, None, None]
+        torch.testing.assert_close(dense(x), want)
     with pytest.raises(ValueError, match="global_pool"):
         model.reset_classifier(10, "max")
 

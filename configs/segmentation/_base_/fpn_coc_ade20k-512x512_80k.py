@@ -6,6 +6,8 @@
 _base_ = 'mmseg::sem_fpn/fpn_r50_4xb4-160k_ade20k-512x512.py'
 
 custom_imports = dict(imports=['coc_det'], allow_failed_imports=False)
+# mmseg's visualizer on contiguous images (its browse_dataset.py fails otherwise: coc_det.datasets)
+visualizer = dict(type='CocSegLocalVisualizer')
 # write checkpoints that torch.load's weights-only default reads with nothing allowlisted
 custom_hooks = [dict(type='WeightsOnlyCheckpointHook')]
 
