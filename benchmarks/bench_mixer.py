@@ -4,7 +4,9 @@
 Implementations: ``dense`` (the original's formulation, the baseline every ratio refers to),
 ``dense+compile`` (torch.compile of it: what a user would try first), ``light`` (memory-light torch)
 and ``triton`` (fused kernels). For each (arch, stage, centres): median time of forward, backward and
-forward+backward, and the peak memory allocated above the inputs during forward+backward.
+forward+backward, the peak memory allocated above the inputs during forward+backward, and the bandwidth the
+time implies for the op's least memory traffic (``GB/s``: :func:`min_bytes` over the time; the memory system's
+limit is the card's HBM bandwidth, e.g. 3.35 TB/s on an H100 SXM).
 
 GPU: CUDA-event timing after warm-up. CPU (no CUDA): a reduced set - the torch paths, forward only, plus
 a tiny interpreter smoke run of the Triton path - so the script runs anywhere.
@@ -38,13 +40,22 @@ def _median_ms(fn, reps, warmup):
     return time_steps(fn, warmup, reps)[1]
 
 
+def min_bytes(x, forward_only: bool) -> int:
+    """The least memory traffic of one call, in bytes, for ``x`` (and a value map of its shape): the forward reads
+    x and value and writes y; the backward reads dy, x and value and writes dx and dvalue (the per-centre tensors
+    saved for backward are O(groups x centres x channels), ignored)."""
+    maps = 3 if forward_only else 3 + 5
+    return maps * x.numel() * x.element_size()
+
+
 def measure(impl, arch, stage, centres, batch, dtype, reps, warmup, forward_only, img=(800, 1344)):
     device = "cuda" if ON_GPU else "cpu"
     heads, p, fold = mixer_geometry(arch, stage, centres)
     x, v, a, b = make_inputs(arch, stage, batch, dtype, device, img)
     f = mixer_runner(impl, heads, p, fold)
     res = dict(impl=impl, arch=arch, stage=stage, centres=centres, batch=batch, dtype=str(dtype).split(".")[-1],
-               shape=list(x.shape))
+               shape=list(x.shape), min_mb_fwd=min_bytes(x, True) / 2 ** 20,
+               min_mb_fwd_bwd=min_bytes(x, False) / 2 ** 20)
     with torch.no_grad():
         res["fwd_ms"] = _median_ms(lambda: f(x, v, a, b), reps, warmup)
     if forward_only:
@@ -77,14 +88,17 @@ def table(rows, forward_only):
     cols = ["fwd_ms"] if forward_only else ["fwd_ms", "bwd_ms", "fwd_bwd_ms", "peak_extra_mb"]
     base = {(r["arch"], r["stage"], r["centres"]): r for r in rows if r["impl"] == "dense"}
     key = "fwd_ms" if forward_only else "fwd_bwd_ms"
-    head = "| arch | stage | centres | impl | " + " | ".join(cols) + f" | speed-up vs dense ({key}) |"
+    head = ("| arch | stage | centres | impl | " + " | ".join(cols) + f" | speed-up vs dense ({key}) | "
+            f"GB/s ({key}) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         ref = base.get((r["arch"], r["stage"], r["centres"]))
         ratio = f"{ref[key] / r[key]:.1f}x" if ref and r.get(key) else "-"
         vals = [f"{r[c]:.3f}" if isinstance(r.get(c), float) else "-" for c in cols]
+        mb = r.get("min_mb_fwd" if forward_only else "min_mb_fwd_bwd")
+        gbs = f"{mb * 2 ** 20 / (r[key] * 1e-3) / 1e9:.3g}" if mb and r.get(key) else "-"
         lines.append(f"| {r['arch']} | {r['stage']} | {r['centres']} | {r['impl']} | " + " | ".join(vals)
-                     + f" | {ratio} |")
+                     + f" | {ratio} | {gbs} |")
     return "\n".join(lines)
 
 

@@ -69,6 +69,10 @@ def test_mixer_benchmark_md_holds_its_table(tmp_path):
     assert lines[0].startswith("Mixer benchmark on")
     rows = [line for line in lines if line.startswith("| small |")]
     assert len(rows) == 4 and {r.split("|")[4].strip() for r in rows} == {"dense", "light"}
+    for r in rows:  # GB/s: x, value and y (3 maps of [1, 128, 16, 24] fp32 at stage 1) over the forward's time
+        cells = [c.strip() for c in r.split("|")]
+        numel = 128 * (64 // 4 // 2 ** (int(cells[2]) - 1)) * (96 // 4 // 2 ** (int(cells[2]) - 1))
+        assert abs(float(cells[-2]) - 3 * numel * 4 / (float(cells[5]) * 1e-3) / 1e9) < 0.01 * float(cells[-2])
 
 
 TINY_ARCH = dict(layers=[1, 1, 1, 1], embed_dims=[16, 16, 16, 16], mlp_ratios=[2] * 4, heads=[1] * 4, head_dim=[8] * 4)
