@@ -322,4 +322,6 @@ def test_mmdets_benchmark_tool_on_the_demo_config(tiny_demo, task):
                           capture_output=True, text=True, timeout=600, env=tiny_demo["env"])
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
-    assert "Overall fps" in log and "mem_used" in log
+    assert "Overall fps" in log, log[-3000:]
+    if task == "dataloader":  # psutil's process memory, which the dataloader task reports
+        assert "mem_used" in log, log[-3000:]
