@@ -11,7 +11,8 @@
 #      compiled, the fused op eager, compiled (the backbone's compile switch, with and without CUDA graphs)
 #      and with activation checkpointing,
 #   5. the Mask R-CNN training step (benchmarks/bench_train.py) where mmdet is installed.
-#   (with .gpu_old from benchmarks/prepare_gpu_check.sh: the earlier kernels' mixer times beside today's)
+#   (with .gpu_old from benchmarks/prepare_gpu_check.sh: the earlier kernels' mixer times beside today's;
+#   and today's kernels with the FMA dots of before 2026-12-03, COC_DOT_PRECISION=ieee, at stage 1)
 # Tables land in OUT_DIR (default: bench_out); a summary is printed last. Measured on an H100 (2026-11-26):
 # about 4 minutes before the compiled backbone variants were added (not yet run with them: budget for
 # 2-3 more minutes of inductor compilation). Tuning aid, not part of the check: benchmarks/sweep_configs.py.
@@ -46,6 +47,9 @@ if [ -d .gpu_old/coc_kernels ]; then
   run $PY benchmarks/bench_mixer.py --arch small --stages 1 --centres 25 49 --impls triton --profile \
       --md "$OUT/mixer_new_stage1.md"
 fi
+# the FMA dots ("ieee", the default before 2026-12-03) against today's tensor-core split dots, same run
+run env COC_DOT_PRECISION=ieee $PY benchmarks/bench_mixer.py --arch small --stages 1 --centres 25 49 --impls triton \
+    --profile --md "$OUT/mixer_ieee_stage1.md"
 # whole backbone, side by side: original eager / torch.compile of it / fused eager / fused + compile switch
 # (+ CUDA graphs) / fused + activation checkpointing; fp32 and bf16; compile time in its own column
 run $PY benchmarks/bench_backbone.py --variants small-25 medium-49 --reps 5 --json "$OUT/backbone_fp32.json" \

@@ -267,7 +267,8 @@ def _ptx_instructions(ptx: str):
 
 def ptx_profile(ptx: str, tile_lines: set) -> dict:
     """From the PTX: the loop that holds the most tile accesses (``tile_lines``: source lines of the tile-access
-    helpers), and in it the instruction count, FMAs, shared-memory loads, integer div/rem, cp.async; and the
+    helpers), and in it the instruction count, FMAs, shared-memory loads (``ld.shared`` and the tensor-core dots'
+    ``ldmatrix``), integer div/rem, cp.async; and the
     byte widths of every tile access of the kernel (``ld.global`` / ``st.global`` / ``cp.async``)."""
     items = list(_ptx_instructions(ptx))
     labels = {lab: i for i, (_, _, lab) in enumerate(items) if lab}
@@ -303,7 +304,7 @@ def ptx_profile(ptx: str, tile_lines: set) -> dict:
     out["loop"] = dict(
         instructions=len(body),
         fma=sum(bool(re.match(r"(@!?%p\d+\s+)?fma\.", c)) for c in body),
-        ld_shared=sum(bool(re.search(r"\bld\.shared", c)) for c in body),
+        ld_shared=sum(bool(re.search(r"\b(ld\.shared|ldmatrix)", c)) for c in body),  # ldmatrix: the dots' loads
         int_divrem=sum(bool(re.search(r"\b(div|rem)\.(s|u)(32|64)\b", c)) for c in body),
         cp_async=sum(bool(re.search(r"\bcp\.async\.(ca|cg|bulk)", c)) for c in body),
         tile_accesses=best[0])

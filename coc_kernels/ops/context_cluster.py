@@ -15,8 +15,13 @@ warp's lanes run along W; the image and region widths are passed as multiples of
 (``tl.range(..., num_stages=STAGES)``: the next tile's loads go out as ``cp.async``). Window membership is
 tested with multiplications (no integer division per point) and the tile's rows and columns advance as carried
 counters. Scatters over the assignment (cluster sums, their gradients) and into the pooling windows are dot
-products with one-hot / pooling-weight tiles (``input_precision="ieee"``: the argmax must match the fp32
-reference, TF32 would flip assignments). Gathers (``o[a_n]``, ``dU[a_n]``, ``c_hat[a_n]``, and the pooling
+products with one-hot / window-membership tiles, and the similarities a dot of centres and points; all run on
+tensor cores at fp32 accuracy (the "split" precision): the fp32 operand is cut into three bf16 pieces that sum
+to it exactly, the 0/1 operand is exact in bf16, so three bf16 products with fp32 accumulation lose nothing but
+the order of the sums (``_dot_exact``); the dense-by-dense similarity takes the six products above 2**-24
+(``_dot_dense``). TF32 (10 bits) would flip assignments against the fp32 reference; FMA dots ("ieee", still
+selectable, and what fp64 inputs take) cost ~1,000-2,400 FMAs per point. Window weights ``1/|window|`` are
+applied once per window after the sums. Gathers (``o[a_n]``, ``dU[a_n]``, ``c_hat[a_n]``, and the pooling
 adjoints, a point lying in at most 2x2 windows) are loads from a tiny per-program copy of the group state
 that stays in L1/L2.
 
@@ -142,14 +147,69 @@ def _windows(offs_m, M, rh, rw, ph, pw, DT: tl.constexpr):
 
 
 @triton.jit
-def _pool_w(lo_r, hi_r, lo_c, hi_c, inv, r, col, valid, ph, pw):
-    """``[points, BLOCK_M]`` adaptive-avg-pool weights of the tile: ``1/|window m|`` where the point lies in
-    window m, else 0 (multiplications and compares only)."""
-    rp = tl.where(valid, r * ph, -ph)  # points outside the region lie in no window
+def _pool_in(lo_r, hi_r, lo_c, hi_c, r, col, valid, ph, pw):
+    """``[points, BLOCK_M]`` window membership of the tile (bool): the point lies in window m."""
+    rp = tl.where(valid, r * ph, -ph)
     cp = col * pw
-    inside = (((rp + ph)[:, None] > lo_r[None, :]) & (rp[:, None] < hi_r[None, :])
-              & ((cp + pw)[:, None] > lo_c[None, :]) & (cp[:, None] < hi_c[None, :]))
-    return tl.where(inside, inv[None, :], 0.0)
+    return (((rp + ph)[:, None] > lo_r[None, :]) & (rp[:, None] < hi_r[None, :])
+            & ((cp + pw)[:, None] > lo_c[None, :]) & (cp[:, None] < hi_c[None, :]))
+
+
+@triton.jit
+def _bf16_head(t):
+    """The leading 8 significant bits of fp32 ``t`` (truncated: a bf16 number, never rounded up to inf). A NaN
+    whose payload lies in the low bits reads inf here, but the remainder ``t - head`` is NaN, so the pieces
+    still sum to NaN."""
+    return (t.to(tl.int32, bitcast=True) & -65536).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _split3(t):
+    """fp32 ``t = hi + mid + lo`` exactly, each piece a bf16 number (8 + 8 + 8 of the 24 significand bits;
+    the differences are exact in fp32), for ``|t| >= 2**-110``; below that the last piece is subnormal and bf16
+    keeps it to within ``2**-133``."""
+    hi = _bf16_head(t)
+    rest = t - hi
+    mid = _bf16_head(rest)
+    return hi, mid, rest - mid
+
+
+@triton.jit
+def _dot_exact(dense, exact, acc, PREC: tl.constexpr, OP: tl.constexpr):
+    """``acc + dense @ exact`` for an ``exact`` whose entries are bf16 numbers (0/1 masks, one-hot): with
+    ``PREC == "split"`` three tensor-core products of the bf16 pieces of ``dense`` (exact products, fp32 sums:
+    fp32 accuracy); OP is the operand type (bf16; fp32 under the interpreter, whose bf16 dots are wrong, on
+    the same bf16-exact values). Otherwise one ``tl.dot`` at input precision PREC."""
+    if PREC == "split":
+        e = exact.to(OP)
+        hi, mid, lo = _split3(dense)
+        acc = tl.dot(hi.to(OP), e, acc, input_precision="ieee")
+        acc = tl.dot(mid.to(OP), e, acc, input_precision="ieee")
+        acc = tl.dot(lo.to(OP), e, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(dense, exact, acc, input_precision=PREC)
+    return acc
+
+
+@triton.jit
+def _dot_dense(a_hi, a_mid, a_lo, b, PREC: tl.constexpr, OP: tl.constexpr):
+    """``a @ b`` for dense fp32 ``a`` given as its :func:`_split3` pieces (split once by the caller, e.g.
+    outside a loop) and dense ``b``: with ``PREC == "split"`` the six bf16 tensor-core products whose terms
+    are above 2**-24 of the result (hi.hi, hi.mid, mid.hi, hi.lo, lo.hi, mid.mid), summed smallest first;
+    otherwise one ``tl.dot`` of ``a_hi`` (then the whole of a) at input precision PREC."""
+    if PREC == "split":
+        b_hi, b_mid, b_lo = _split3(b)
+        ah, am, al = a_hi.to(OP), a_mid.to(OP), a_lo.to(OP)
+        bh, bm = b_hi.to(OP), b_mid.to(OP)
+        acc = tl.dot(am, bm, input_precision="ieee")
+        acc = tl.dot(al, bh, acc, input_precision="ieee")
+        acc = tl.dot(ah, b_lo.to(OP), acc, input_precision="ieee")
+        acc = tl.dot(am, bh, acc, input_precision="ieee")
+        acc = tl.dot(ah, bm, acc, input_precision="ieee")
+        acc = tl.dot(ah, bh, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a_hi, b, input_precision=PREC)
+    return acc
 
 
 @triton.jit
@@ -225,8 +285,10 @@ def _norm_cols(t, eps):
 @_kernel
 def _pool_kernel(x_ptr, pc_ptr, H, W_v, fh, fw, rh, rw_v, ph, pw, M, D, NC, RPC,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BW: tl.constexpr, BLOCK_D: tl.constexpr,
-                 VEC: tl.constexpr, STAGES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
-    """Partial window sums of chunk k for the centres: ``pc [G, NC, M, D]``.
+                 VEC: tl.constexpr, STAGES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
+                 OP: tl.constexpr):
+    """Partial window means of chunk k for the centres: ``pc [G, NC, M, D]`` (window sums over the chunk's
+    points, divided by the whole window's size).
 
     A window holding a non-finite x is NaN in every channel (its normalised centre is NaN either way, as
     adaptive_avg_pool2d's would be); other windows stay finite: non-finite values enter the dot as 0, since
@@ -248,13 +310,13 @@ def _pool_kernel(x_ptr, pc_ptr, H, W_v, fh, fw, rh, rw_v, ph, pw, M, D, NC, RPC,
     for _t in tl.range(0, n_tiles, num_stages=STAGES):
         r, col, valid, _n, sp = _tile(r0, row_end, c0, rw, W, BLOCK_N, BW)
         xt = _load_tile(xb, offs_d, sp, valid, D, HW, DT)
-        w = _pool_w(lo_r, hi_r, lo_c, hi_c, inv, r, col, valid, ph, pw)
+        inside = _pool_in(lo_r, hi_r, lo_c, hi_c, r, col, valid, ph, pw)
         finite = tl.abs(xt) < float("inf")  # false for NaN too
         bad_n = tl.max(tl.where(finite, 0, 1), axis=0)  # [BN]
-        bad += tl.sum(tl.where((bad_n[:, None] > 0) & (w > 0.0), 1, 0), axis=0)
-        acc += tl.dot(tl.where(finite, xt, 0.0), w, input_precision=PREC)
+        bad += tl.sum(tl.where((bad_n[:, None] > 0) & inside, 1, 0), axis=0)
+        acc = _dot_exact(tl.where(finite, xt, 0.0), inside.to(DT), acc, PREC, OP)
         r0, c0 = _next_tile(r0, c0, rw, BR, BW)
-    acc = tl.where(bad[None, :] > 0, float("nan"), acc)
+    acc = tl.where(bad[None, :] > 0, float("nan"), acc * inv[None, :])
     ptrs, mask = _cm_block(pc_ptr + (g.to(tl.int64) * NC + k) * M * D, offs_d, offs_m, D, M)
     tl.store(ptrs, acc, mask=mask)
 
@@ -264,7 +326,7 @@ def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_pt
                    H, W_v, fh, fw, rh, rw_v, ph, pw, M, D, DV, NC, RPC,
                    AGG: tl.constexpr, BY_COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BW: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, VEC: tl.constexpr,
-                   STAGES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+                   STAGES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, OP: tl.constexpr):
     """Centres from the partials (chunk 0 stores ``c [G, M, D]``); assignment ``a, sigma [G, N]`` of chunk k;
     with AGG, partial ``U + vc`` (``puv [G, NC, M, DV]``) and denominators (``pden [G, NC, M]``)."""
     g = tl.program_id(0)
@@ -291,19 +353,24 @@ def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_pt
     # NaN similarities (torch's max picks them: first NaN index, value NaN) come from a non-finite centre
     # (a whole row: the first such centre wins for every point) or a non-finite point (a whole column: 0 wins)
     nan_c = tl.min(tl.where(m_ok & ~(nrm < float("inf")), offs_m, BLOCK_M), axis=0)
+    if PREC == "split":
+        c_hi, c_mid, c_lo = _split3(c_hat)
+    else:
+        c_hi, c_mid, c_lo = c_hat, c_hat, c_hat
 
     if AGG:
         vb = v_ptr + _group_base(g, fh, fw, rh, rw, DV, H, W)
         offs_dv = tl.arange(0, BLOCK_DV)
         lo_r, hi_r, lo_c, hi_c, inv = _windows(offs_m, M, rh, rw, ph, pw, DT)
-        uv = tl.zeros((BLOCK_DV, BLOCK_M), dtype=DT)
+        uv = tl.zeros((BLOCK_DV, BLOCK_M), dtype=DT)  # U: sum of sigma v over the cluster
+        vc = tl.zeros((BLOCK_DV, BLOCK_M), dtype=DT)  # window sums of v
         den = tl.zeros((BLOCK_M,), dtype=DT)
     r0, row_end, n_tiles = _chunk(k, RPC, rh, rw, BR, BW)
     c0 = r0 * 0
     for _t in tl.range(0, n_tiles, num_stages=STAGES):
         r, col, valid, n, sp = _tile(r0, row_end, c0, rw, W, BLOCK_N, BW)
         x_hat, _xn = _norm_cols(_load_tile(xb, offs_d, sp, valid, D, HW, DT), eps)
-        cos = tl.dot(c_hat, x_hat, input_precision=PREC)  # [BM, BN]
+        cos = _dot_dense(c_hi, c_mid, c_lo, x_hat, PREC, OP)  # [BM, BN]
         s = 1.0 / (1.0 + tl.exp(-(beta + alpha * cos)))
         s = tl.where(m_ok[:, None] & (s == s), s, -1.0)
         a = tl.argmax(s, axis=0, tie_break_left=True).to(tl.int32)
@@ -319,11 +386,13 @@ def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_pt
                 den += tl.sum(onehot.to(DT), axis=0)
             else:
                 den += tl.sum(tl.where(onehot, sigma[:, None], 0.0), axis=0)
-            wgt = tl.where(onehot, sigma[:, None], 0.0) + _pool_w(lo_r, hi_r, lo_c, hi_c, inv, r, col, valid, ph, pw)
             vt = _load_tile(vb, offs_dv, sp, valid, DV, HW, DT)
-            uv += tl.dot(vt, wgt, input_precision=PREC)  # [BDV, BM]
+            uv = _dot_exact(vt * sigma[None, :], onehot.to(DT), uv, PREC, OP)  # [BDV, BM]
+            inside = _pool_in(lo_r, hi_r, lo_c, hi_c, r, col, valid, ph, pw)
+            vc = _dot_exact(vt, inside.to(DT), vc, PREC, OP)
         r0, c0 = _next_tile(r0, c0, rw, BR, BW)
     if AGG:
+        uv += vc * inv[None, :]
         part = g64 * NC + k
         ptrs, mask = _cm_block(puv_ptr + part * M * DV, offs_dv, offs_m, DV, M)
         tl.store(ptrs, uv, mask=mask)
@@ -382,7 +451,8 @@ def _dispatch_kernel(a_ptr, sig_ptr, puv_ptr, pden_ptr, o_ptr, den_ptr, scr_ptr,
 @_kernel
 def _bwd_do_kernel(dy_ptr, a_ptr, sig_ptr, pdo_ptr, H, W_v, fh, fw, rh, rw_v, M, DV, NC, RPC,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BW: tl.constexpr, BLOCK_DV: tl.constexpr,
-                   VEC: tl.constexpr, STAGES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+                   VEC: tl.constexpr, STAGES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
+                   OP: tl.constexpr):
     """Partial ``do_m = sum_{a_n = m} sigma_n dy_n`` of chunk k: ``pdo [G, NC, M, DV]``."""
     g = tl.program_id(0)
     k = tl.program_id(1)
@@ -402,8 +472,8 @@ def _bwd_do_kernel(dy_ptr, a_ptr, sig_ptr, pdo_ptr, H, W_v, fh, fw, rh, rw_v, M,
         _r, _col, valid, n, sp = _tile(r0, row_end, c0, rw, W, BLOCK_N, BW)
         a = tl.load(a_ptr + g64 * N + n, mask=valid, other=-1)
         sigma = tl.load(sig_ptr + g64 * N + n, mask=valid, other=0.0)
-        wgt = tl.where(a[:, None] == offs_m[None, :], sigma[:, None], 0.0)  # [BN, BM]
-        acc += tl.dot(_load_tile(dyb, offs_dv, sp, valid, DV, HW, DT), wgt, input_precision=PREC)
+        onehot = (a[:, None] == offs_m[None, :]).to(DT)  # [BN, BM]
+        acc = _dot_exact(_load_tile(dyb, offs_dv, sp, valid, DV, HW, DT) * sigma[None, :], onehot, acc, PREC, OP)
         r0, c0 = _next_tile(r0, c0, rw, BR, BW)
     ptrs, mask = _cm_block(pdo_ptr + (g64 * NC + k) * M * DV, offs_dv, offs_m, DV, M)
     tl.store(ptrs, acc, mask=mask)
@@ -415,7 +485,8 @@ def _bwd_main_kernel(x_ptr, v_ptr, dy_ptr, a_ptr, sig_ptr, c_ptr, o_ptr, den_ptr
                      H, W_v, fh, fw, rh, rw_v, ph, pw, M, D, DV, NC, RPC,
                      BY_COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BW: tl.constexpr,
                      BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-                     VEC: tl.constexpr, STAGES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+                     VEC: tl.constexpr, STAGES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
+                     OP: tl.constexpr):
     """Chunk k: dv (complete), the direct part of dx (fp32/fp64 ``dx``, contiguous), partial ``d c_hat``
     (``pdc [G, NC, M, D]``) and partial (dalpha, dbeta) (``pdab [G, NC, 2]``)."""
     g = tl.program_id(0)
@@ -492,7 +563,7 @@ def _bwd_main_kernel(x_ptr, v_ptr, dy_ptr, a_ptr, sig_ptr, c_ptr, o_ptr, den_ptr
         dbe += dz
         dal += dz * tl.sum(c_a * x_hat, axis=0)
         dcos = alpha * dz
-        dch += tl.dot(x_hat, tl.where(a[:, None] == offs_m[None, :], dcos[:, None], 0.0), input_precision=PREC)
+        dch = _dot_exact(x_hat * dcos[None, :], (a[:, None] == offs_m[None, :]).to(DT), dch, PREC, OP)
         dxh = dcos[None, :] * c_a
         proj = tl.where(xn > eps, tl.sum(x_hat * dxh, axis=0), 0.0)
         _store_tile(dxb, (dxh - x_hat * proj[None, :]) / tl.maximum(xn, eps)[None, :], offs_d, sp, valid, D, HW)
@@ -562,7 +633,7 @@ def _bwd_pool_kernel(dxi_ptr, dx_ptr, c_ptr, pdc_ptr, pdab_ptr, scr_ptr, dalpha_
 # ----------------------------------------------------------------------------------------------------
 #: at most this many chunks per group (each program re-reads the NC partials of its group)
 MAX_CHUNKS = 16
-DOT_PRECISIONS = ("ieee", "tf32", "tf32x3")
+DOT_PRECISIONS = ("split", "ieee", "tf32", "tf32x3")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -575,8 +646,10 @@ class LaunchPolicy:
     target_programs: int = 1024
     #: the (dalpha, dbeta) partials (one per group and chunk) are summed this many at a time, in a fixed order
     partial_block: int = 256
-    #: ``tl.dot`` precision: "ieee" (exact fp32 FMAs; the assignment must agree with the fp32 reference)
-    precision: str = "ieee"
+    #: ``tl.dot`` precision: "split" (tensor cores on bf16 pieces that sum exactly to the fp32 operands: fp32
+    #: accuracy, see ``_dot_exact``; fp64 inputs take "ieee"), "ieee" (fp32 FMAs), or the TF32 modes (less
+    #: accurate than fp32: assignments flip against the fp32 reference)
+    precision: str = "split"
     #: fill every buffer the op allocates with NaN (int: -2**31) first, so an element no kernel writes shows
     poison: bool = False
     #: per-kernel overrides of :func:`kernel_config`, e.g. ``{"assign": {"BLOCK_N": 32}}``; ``"*"``: every kernel
@@ -595,7 +668,7 @@ class LaunchPolicy:
     def from_env(cls) -> "LaunchPolicy":
         """The defaults, with ``COC_TARGET_PROGRAMS`` and ``COC_DOT_PRECISION`` where set."""
         return cls(target_programs=int(os.environ.get("COC_TARGET_PROGRAMS", 1024)),
-                   precision=os.environ.get("COC_DOT_PRECISION", "ieee"))
+                   precision=os.environ.get("COC_DOT_PRECISION", "split"))
 
 
 _POLICY = [LaunchPolicy.from_env()]
@@ -637,30 +710,31 @@ def kernel_config(kernel: str, M: int, D: int, DV: int) -> dict:
     channels.
 
     Chosen per kernel so that none spills registers at sm_80 / sm_90 with fp32, fp16 or bf16 inputs
-    (``benchmarks/kernel_resources.py`` checks every launch, with triton 3.6 and 3.8): the ``ieee`` dots
-    run on FMAs and keep their operand tiles in registers, so the kernels that hold the most state per
-    point (assignment, main backward) take 16 points per tile.
+    (``benchmarks/kernel_resources.py`` checks every launch, with triton 3.6 and 3.8) and per-point instructions
+    stay low: the split dots run on tensor cores and hold their operands in shared memory, so tiles of 32-64
+    points fit; the main backward at 4 and 49 centres does not pipeline its loop (the second stage's registers
+    spill at sm_80 / sm_90).
     """
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; one of {KERNELS}")
     bm = _pow2(M)
-    if kernel == "assign_only":  # the assignment kernel without aggregation (cluster_assignment): at 64 centres
-        cfg = dict(BLOCK_N=16, num_warps=4)  # 8 warps spill at sm_90 under triton 3.6, 4 do not
-    elif kernel in ("assign", "bwd_main"):
-        # measured on an H100 (benchmarks/sweep_configs.py): 4 warps beat 8-16 by up to 2x where they fit;
-        # at 64 centres 4 warps spill, 8 do not. The assignment at 4 centres (BM=16) spills at sm_90 with 4
-        # warps since it handles NaN as torch does (triton 3.8); 2 warps do not (not yet timed on a GPU)
-        cfg = dict(BLOCK_N=16, num_warps=8 if bm >= 64 else 2 if (kernel == "assign" and bm == 16) else 4)
-        if kernel == "bwd_main" and bm == 16:  # 4 centres: at 16 points x 4 warps ptxas caps sm_80 at 128-168
-            cfg = dict(BLOCK_N=32, num_warps=8)  # registers and spills (tiles of 16 columns); 32 x 8 does not
+    stages = PIPELINE_STAGES.get(kernel, 1)
+    if kernel == "assign":  # the most state per point: 32 points per tile (with the FMA dots of 2026-11-26, 4 warps
+        cfg = dict(BLOCK_N=32, num_warps=8 if bm >= 64 else 4)  # beat 8-16 by up to 2x on an H100)
+    elif kernel == "bwd_main":
+        cfg = dict(BLOCK_N=32, num_warps=8 if bm >= 64 else 4)
+        if bm != 32:
+            stages = 1
     elif kernel in ("dispatch", "bwd_pool"):  # gathers, no dot
         cfg = dict(BLOCK_N=64, num_warps=8)
-    elif kernel == "pool":  # one dot; 4 warps spill at 32+ centres (triton 3.6, sm_90), and at 4 centres with
-        cfg = dict(BLOCK_N=64, num_warps=8)  # bf16/fp16 inputs in 16x4 tiles (tiny2 stage 1; triton 3.6, sm_90)
-    else:  # bwd_do: one dot (4 warps spill at 64 centres)
+    elif kernel == "pool":  # 8 warps at 64 centres: 1 program per SM; 64 points x 4 warps spill at sm_80
+        cfg = dict(BLOCK_N=32 if bm >= 64 else 64, num_warps=4)
+    elif kernel == "bwd_do":  # 64 points: 176 registers, 2 programs per SM (triton 3.6); 32: 96-128, 4-5
+        cfg = dict(BLOCK_N=32, num_warps=4)
+    else:  # assign_only
         cfg = dict(BLOCK_N=64, num_warps=8 if bm >= 64 else 4)
     cfg["num_stages"] = 1
-    cfg["STAGES"] = PIPELINE_STAGES.get(kernel, 1)
+    cfg["STAGES"] = stages
     overrides = policy().config_overrides
     cfg.update(overrides.get("*", {}))
     cfg.update(overrides.get(kernel, {}))
@@ -792,6 +866,18 @@ def _dt(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _dot_constexprs(dt) -> dict:
+    """``PREC`` and ``OP`` (the split dots' operand type) of the dot kernels for compute type ``dt``."""
+    prec = policy().precision
+    if dt == tl.float64 and prec != "ieee":  # fp64 inputs: exact fp64 FMAs
+        prec = "ieee"
+    return dict(PREC=prec, OP=tl.float32 if _interpreting() else tl.bfloat16)
+
+
 class _Geom:
     """Sizes of one call, and the launch configuration they imply."""
 
@@ -889,7 +975,7 @@ def _centres_and_assign(x: Tensor, value, alpha: Tensor, beta: Tensor, q: _Geom,
     cfg, blocks = q.tiles("pool")
     _launch(_pool_kernel, q.grid,
             dict(x_ptr=x, pc_ptr=pc, **q.region("pool"), **q.sizes("ph", "pw", "D")),
-            dict(**blocks, BLOCK_D=_pow2(q.D), DT=q.dt, PREC=policy().precision), cfg)
+            dict(**blocks, BLOCK_D=_pow2(q.D), DT=q.dt, **_dot_constexprs(q.dt)), cfg)
     c = _empty((q.G, q.M, q.D), q.acc, dev)
     a = _empty((q.G, q.N), torch.int32, dev)
     sigma = _empty((q.G, q.N), q.acc, dev)
@@ -903,7 +989,7 @@ def _centres_and_assign(x: Tensor, value, alpha: Tensor, beta: Tensor, q: _Geom,
             dict(x_ptr=x, v_ptr=v, pc_ptr=pc, c_ptr=c, a_ptr=a, sig_ptr=sigma, puv_ptr=puv, pden_ptr=pden,
                  alpha_ptr=alpha, beta_ptr=beta, **q.region(name), **q.sizes("ph", "pw", "D", "DV")),
             dict(AGG=agg, BY_COUNT=by_count, **blocks, BLOCK_D=_pow2(q.D), BLOCK_DV=_pow2(q.DV), DT=q.dt,
-                 PREC=policy().precision), cfg)
+                 **_dot_constexprs(q.dt)), cfg)
     return c, a, sigma, puv, pden
 
 
@@ -946,7 +1032,7 @@ def fused_backward(dy: Tensor, x: Tensor, value: Tensor, alpha: Tensor, a: Tenso
     cfg, blocks = q.tiles("bwd_do")
     _launch(_bwd_do_kernel, q.grid,
             dict(dy_ptr=dy, a_ptr=a, sig_ptr=sigma, pdo_ptr=pdo, **q.region("bwd_do"), **q.sizes("DV")),
-            dict(**blocks, BLOCK_DV=_pow2(q.DV), DT=q.dt, PREC=policy().precision), cfg)
+            dict(**blocks, BLOCK_DV=_pow2(q.DV), DT=q.dt, **_dot_constexprs(q.dt)), cfg)
     scr = _empty((q.G, q.NC, q.M * (2 * q.DV + q.D + 1)), q.acc, dev)
     dxi = _empty(x.shape, q.acc, dev)  # direct part, completed by the last launch (in place when x is fp32)
     dv = _empty(value.shape, value.dtype, dev)
@@ -958,7 +1044,7 @@ def fused_backward(dy: Tensor, x: Tensor, value: Tensor, alpha: Tensor, a: Tenso
                  alpha_ptr=alpha, pdo_ptr=pdo, scr_ptr=scr, dx_ptr=dxi, dv_ptr=dv, pdc_ptr=pdc, pdab_ptr=pdab,
                  **q.region("bwd_main"), **q.sizes("ph", "pw", "D", "DV")),
             dict(BY_COUNT=by_count, **blocks, BLOCK_D=_pow2(q.D), BLOCK_DV=_pow2(q.DV), KH=q.KH, KW=q.KW, DT=q.dt,
-                 PREC=policy().precision), cfg)
+                 **_dot_constexprs(q.dt)), cfg)
     dx = dxi if x.dtype == q.acc else _empty(x.shape, x.dtype, dev)
     # summed and kept in the accumulation dtype; cast to each scalar's own dtype by the autograd (a 16-bit
     # alpha must not round or overflow beta's gradient)

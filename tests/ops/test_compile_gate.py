@@ -113,3 +113,34 @@ def test_launches_and_allocations_per_step_are_pinned():
     finally:
         ops._empty = real_empty
     assert counts == {"forward": (3, 10), "backward": (3, 8), "assignment": (2, 4)}
+
+
+def test_ptx_profile_counts_the_tile_loop_by_hand():
+    """The per-point proxies come from ``aot.ptx_profile``: on a hand-written PTX body, the loop with the tile
+    accesses is found by its back edge, and its instructions, FMAs, shared loads (``ld.shared`` and the
+    tensor-core dots' ``ldmatrix``), integer div/rem and ``cp.async`` are what a count by hand gives; access
+    widths come from the vector suffix and cp.async's size."""
+    from coc_kernels.ops import aot
+    ptx = "\n".join([
+        ".loc 1 5 0",
+        "mov.u32 %r1, 0;",  # before the loop: not counted
+        "$L__BB0_1:",
+        ".loc 1 10 0",  # a tile-access line
+        "ld.global.v4.b32 {%r2, %r3, %r4, %r5}, [%rd1];",
+        "cp.async.cg.shared.global [%r6], [%rd2], 16;",
+        ".loc 1 20 0",
+        "fma.rn.f32 %f1, %f2, %f3, %f1;",
+        "@%p1 fma.rn.f32 %f4, %f2, %f3, %f4;",
+        "ld.shared.f32 %f5, [%r7];",
+        "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%r8, %r9, %r10, %r11}, [%r12];",
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%f6, %f7, %f8, %f9}, {%r8, %r9, %r10, %r11}, "
+        "{%r13, %r14}, {%f6, %f7, %f8, %f9};",
+        "div.s32 %r15, %r16, %r17;",
+        "rem.u32 %r18, %r16, %r17;",
+        "@%p2 bra.uni $L__BB0_1;",
+        ".loc 1 10 0",
+        "st.global.v2.f32 [%rd3], {%f6, %f7};",  # after the loop: a tile access, not in the loop
+    ])
+    prof = aot.ptx_profile(ptx, {10})
+    assert prof["loop"] == dict(instructions=10, fma=2, ld_shared=2, int_divrem=2, cp_async=1, tile_accesses=2)
+    assert prof["tile_access_bytes"] == [8, 16]
