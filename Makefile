@@ -2,11 +2,12 @@
 #   make demo   set up everything (venv, torch, mmcv with ops, mmdet, this package), then train and evaluate
 #               Mask R-CNN + Context Cluster on the bundled synthetic shapes data
 #   make test   set up (seconds once done) and run the test suite
-# (make demo-seg: the same for semantic segmentation, Semantic FPN + CoC on the shapes as classes, mIoU)
+# (make demo-seg: the same for semantic segmentation, Semantic FPN + CoC on the shapes as classes, mIoU;
+#  make docs: the documentation site into build/site, strictly: a broken link or a missing page fails)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo demo-seg test bench
+.PHONY: setup demo demo-seg test bench docs
 setup:
 	COC_VENV=$(abspath $(VENV)) bash tools/setup_env.sh
 
@@ -21,3 +22,6 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/bench_mixer.py
+
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict

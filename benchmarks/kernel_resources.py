@@ -104,7 +104,7 @@ def access_facts(r90: dict, spec) -> dict:
                 widths=r90.get("tile_access_bytes", []), cp_async=(r90.get("loop") or {}).get("cp_async", 0))
 
 
-#: static targets at sm_90 per kernel, over every launch recorded (README "Static proxies"): at least this many
+#: static targets at sm_90 per kernel, over every launch recorded (docs/performance.md, "Static proxies"): at least this many
 #: programs per multiprocessor, at most this many layout conversions inside loops, at most this many
 #: thread-instructions per real point of the tile loop. They are the values of the split-dot kernels of
 #: 2026-12-03 (tensor-core dots; the gather kernels, dispatch and bwd_pool, as of the coalesced tiles of 2026-12-02),

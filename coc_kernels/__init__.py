@@ -5,7 +5,7 @@
 (:func:`context_cluster_op`) is the op as one torch operator, for TorchScript and torch.fx graphs. Triton is
 imported only when the Triton path is used, so the package imports (and the torch paths run) without it.
 """
-#: the version of the coc-det distribution (coc_kernels and coc_det ship together); setup.py reads it here
+#: the version of the coc-det distribution (coc_kernels and coc_det ship together); pyproject.toml reads it here
 __version__ = "0.1.0"
 
 from .functional import (IMPL_ALIASES, IMPLS, canonical_impl, check_inputs, cluster_assignment, context_cluster,

@@ -2,7 +2,7 @@
 # Create (or update) the project's virtual environment with the real MMDetection stack:
 #   torch 2.14.1 + torchvision 0.29.1 (triton comes with torch), mmengine 0.10.x,
 #   mmcv 2.1.0 *with its compiled ops* (built once from the PyPI source, cached as a wheel),
-#   mmdet 3.3.0, pycocotools, numpy, pytest, matplotlib, and this package (editable);
+#   mmdet 3.3.0, pycocotools, numpy, pytest, matplotlib, mkdocs (the docs), and this package (editable);
 #   triton 3.6.0 in <venv>/triton-3.6 for the compile gate under the GPU machines' triton.
 #
 # Environment knobs:
@@ -157,6 +157,12 @@ if ! have onnx 1.23.2 || ! have onnxruntime 1.32.0 || ! have onnxscript 0.7.2; t
   # ONNX export (tools/export_onnx.py: torch.onnx's exporter needs onnxscript; onnxruntime checks the file)
   say "installing onnx 1.23.2, onnxscript 0.7.2, onnxruntime 1.32.0"
   "${PIP[@]}" install "onnx==1.23.2" "onnxscript==0.7.2" "onnxruntime==1.32.0" "numpy<2"
+fi
+
+if ! have mkdocs 1.6.1 || ! have mkdocs-material 9.8.1 || ! have mkdocstrings-python 2.0.11; then
+  # the documentation site (make docs; tests/integration/test_docs.py builds it strictly)
+  say "installing mkdocs 1.6.1, mkdocs-material 9.8.1, mkdocstrings 1.0.8 + mkdocstrings-python 2.0.11"
+  "${PIP[@]}" install "mkdocs==1.6.1" "mkdocs-material==9.8.1" "mkdocstrings==1.0.8" "mkdocstrings-python==2.0.11"
 fi
 
 # triton 3.6 (the GPU machines' version) beside the project's own, for the compile gate under it

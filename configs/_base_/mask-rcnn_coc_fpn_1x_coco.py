@@ -25,10 +25,10 @@ model = dict(
         # 'light' choose otherwise (--cfg-options model.backbone.mixer_impl=auto)
         mixer_impl='triton',
         # the paper's Eq. 1, as today's public code and ImageNet checkpoints; tools/test.py switches to 'count'
-        # by itself for detectors trained by the original mmdet 2.x code (see README)
+        # by itself for detectors trained by the original mmdet 2.x code (see docs/op.md, "Denominator")
         denominator='similarity',
         # True: torch.compile the whole backbone as one graph (inductor fuses GroupNorm, layer scale, residuals,
-        # MLP; image sizes symbolic, so varying padded sizes do not recompile). See README "Compiled backbone".
+        # MLP; image sizes symbolic, so varying padded sizes do not recompile). See docs/performance.md, "Compiled backbone".
         compile=False,
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[64, 128, 320, 512], out_channels=256, num_outs=5))

@@ -1,5 +1,5 @@
 # Semantic FPN + CoC-medium-4 (2x2 centres per region), ADE20K 512x512, 80k iterations.
 # Original name: fpn_coc_medium_2_ade20k_80k.py (mmseg 0.19); its published mIoU: 40.2 (trained with the 'count'
-# denominator, before the public code's fix; see README).
+# denominator, before the public code's fix; see docs/op.md, "Denominator").
 _base_ = './_base_/fpn_coc_ade20k-512x512_80k.py'
 model = dict(backbone=dict(arch='medium', proposal=2))

@@ -1,5 +1,5 @@
 # Semantic FPN + CoC-small-25 (5x5 centres per region), ADE20K 512x512, 80k iterations.
 # Original name: fpn_coc_small_5_ade20k_80k.py (mmseg 0.19); its published mIoU: 36.4 (trained with the 'count'
-# denominator, before the public code's fix; see README).
+# denominator, before the public code's fix; see docs/op.md, "Denominator").
 _base_ = './_base_/fpn_coc_ade20k-512x512_80k.py'
 model = dict(backbone=dict(arch='small', proposal=5))

@@ -393,17 +393,17 @@ def test_classify_names_a_checkpoint_that_is_not_this_classifier_in_one_line(tmp
         assert "tools/test.py" in proc.stderr
 
 
-def test_setup_py_torch_floor_is_not_above_the_torch_tested_here():
-    """setup.py states the torch minimum (the oldest version the tests ran on); the torch CI installs must
+def test_torch_floor_is_not_above_the_torch_tested_here():
+    """pyproject.toml states the torch minimum (the oldest version the tests ran on); the torch CI installs must
     satisfy it, or the claim is untested."""
     import re
 
     from packaging.version import Version
-    text = open(osp.join(ROOT, "setup.py")).read()
+    text = open(osp.join(ROOT, "pyproject.toml")).read()
     floor = re.search(r'"torch>=([0-9.]+)"', text).group(1)
     assert Version(torch.__version__.split("+")[0]) >= Version(floor)
     readme = open(osp.join(ROOT, "README.md")).read()
-    assert not re.search(r"torch >= ?[0-9]", readme), "the README restates a torch floor: point to setup.py"
+    assert not re.search(r"torch >= ?[0-9]", readme), "the README restates a torch floor: point to pyproject.toml"
 
 
 # ------------------------------------------------------------------------------------ the original README's commands

@@ -1,5 +1,5 @@
 """Our models against the public model (``tests/original_coc.py``) with the same public-layout weights, in
-float64 (an fp32 near-tie flips one point's hard assignment and moves a whole cluster; README, "Fidelity"):
+float64 (an fp32 near-tie flips one point's hard assignment and moves a whole cluster; docs/testing.md, "Fidelity"):
 every arch as backbone and as classifier, the six detection backbones under their original type names,
 both denominators, and the mixer implementations."""
 import pytest

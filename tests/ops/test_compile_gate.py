@@ -81,7 +81,7 @@ def test_launches_and_allocations_per_step_are_pinned():
     """Static proxy of host time (stages 2-4 are launch-bound): the fused op's launches and buffer
     allocations per call, recorded without running anything. Today: forward 3 launches / 10 buffers, backward
     3 / 8 (fp32 x), assignment maps 2 / 4. A change that adds launches or per-step allocations fails here
-    and must say why (README "Static proxies")."""
+    and must say why (docs/performance.md, "Static proxies")."""
     import torch
 
     from coc_kernels import cluster_assignment, context_cluster
