@@ -17,8 +17,11 @@ demo: setup
 demo-seg: setup
 	$(PY) tools/run_demo.py --seg
 
+# the suite on TEST_WORKERS processes, each test file on one of them (module fixtures are built once)
+TEST_WORKERS ?= 2
+
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 bench: setup
 	$(PY) benchmarks/bench_mixer.py

@@ -159,6 +159,12 @@ if ! have onnx 1.23.2 || ! have onnxruntime 1.32.0 || ! have onnxscript 0.7.2; t
   "${PIP[@]}" install "onnx==1.23.2" "onnxscript==0.7.2" "onnxruntime==1.32.0" "numpy<2"
 fi
 
+if ! have pytest-xdist 3.8.0; then
+  # make test runs the suite on two workers (pytest -n): most tests use one core
+  say "installing pytest-xdist 3.8.0"
+  "${PIP[@]}" install "pytest-xdist==3.8.0"
+fi
+
 if ! have mkdocs 1.6.1 || ! have mkdocs-material 9.8.1 || ! have mkdocstrings-python 2.0.11; then
   # the documentation site (make docs; tests/integration/test_docs.py builds it strictly)
   say "installing mkdocs 1.6.1, mkdocs-material 9.8.1, mkdocstrings 1.0.8 + mkdocstrings-python 2.0.11"
