@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import operator
-import os
 from typing import List, Sequence, Tuple, Union
 
 import numpy as np
@@ -11,7 +10,7 @@ from torch import Tensor
 
 from .reference import (DEFAULT_DENOMINATOR, DENOMINATORS, cluster_assignment_dense, cluster_assignment_light,
                         compute_dtype, context_cluster_dense, context_cluster_export, context_cluster_light,
-                        group_map, torch_math)
+                        group_map, torch_math, triton_interpreting)
 
 IntPair = Union[int, Sequence[int]]
 IMPLS = ("auto", "triton", "light", "dense")
@@ -53,10 +52,6 @@ def triton_available() -> bool:
     except Exception:  # pragma: no cover - depends on the machine
         return False
     return True
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def _recording_dry_run() -> bool:
@@ -151,7 +146,7 @@ def resolve_impl(impl: str, x: Tensor, centres: int | None = None) -> str:
     if impl == "triton":
         if not triton_available():
             raise RuntimeError("impl='triton' needs triton, which does not import here")
-        if not x.is_cuda and not _interpreting() and not _recording_dry_run():
+        if not x.is_cuda and not triton_interpreting() and not _recording_dry_run():
             raise RuntimeError(f"impl='triton' got {x.device.type} tensors: the Triton kernels run on CUDA "
                                "devices, or on the CPU only under TRITON_INTERPRET=1 (set before importing triton)")
         if x.dtype == torch.float64 and x.is_cuda:

@@ -26,6 +26,7 @@ ADE20K models were trained).
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Tuple
 
 import torch
@@ -35,6 +36,12 @@ DENOMINATORS = ("count", "similarity")
 #: the paper's Eq. 1, the public code since 2023-05-31 and its ImageNet checkpoints re-published in Feb 2024;
 #: "count" is what the earlier code (and the COCO / ADE20K models of the paper's tables) used
 DEFAULT_DENOMINATOR = "similarity"
+
+
+def triton_interpreting() -> bool:
+    """True where ``TRITON_INTERPRET`` asks Triton to run kernels in its CPU interpreter (set before triton is
+    imported): the fused path then takes CPU tensors, and its split dots take fp32 operands."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -165,7 +165,7 @@ if ! have pytest-xdist 3.8.0; then
   "${PIP[@]}" install "pytest-xdist==3.8.0"
 fi
 
-if ! have mkdocs 1.6.1 || ! have mkdocs-material 9.8.1 || ! have mkdocstrings-python 2.0.11; then
+if ! have mkdocs 1.6.1 || ! have mkdocs-material 9.8.1 || ! have mkdocstrings 1.0.8 || ! have mkdocstrings-python 2.0.11; then
   # the documentation site (make docs; tests/integration/test_docs.py builds it strictly)
   say "installing mkdocs 1.6.1, mkdocs-material 9.8.1, mkdocstrings 1.0.8 + mkdocstrings-python 2.0.11"
   "${PIP[@]}" install "mkdocs==1.6.1" "mkdocs-material==9.8.1" "mkdocstrings==1.0.8" "mkdocstrings-python==2.0.11"

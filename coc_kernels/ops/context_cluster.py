@@ -51,7 +51,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..reference import compute_dtype, context_cluster_light, torch_math
+from ..reference import compute_dtype, context_cluster_light, torch_math, triton_interpreting
 
 
 def _kernel(fn):
@@ -149,7 +149,7 @@ def _windows(offs_m, M, rh, rw, ph, pw, DT: tl.constexpr):
 @triton.jit
 def _pool_in(lo_r, hi_r, lo_c, hi_c, r, col, valid, ph, pw):
     """``[points, BLOCK_M]`` window membership of the tile (bool): the point lies in window m."""
-    rp = tl.where(valid, r * ph, -ph)
+    rp = tl.where(valid, r * ph, -ph)  # points outside the region lie in no window
     cp = col * pw
     return (((rp + ph)[:, None] > lo_r[None, :]) & (rp[:, None] < hi_r[None, :])
             & ((cp + pw)[:, None] > lo_c[None, :]) & (cp[:, None] < hi_c[None, :]))
@@ -866,16 +866,12 @@ def _dt(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def _dot_constexprs(dt) -> dict:
     """``PREC`` and ``OP`` (the split dots' operand type) of the dot kernels for compute type ``dt``."""
     prec = policy().precision
     if dt == tl.float64 and prec != "ieee":  # fp64 inputs: exact fp64 FMAs
         prec = "ieee"
-    return dict(PREC=prec, OP=tl.float32 if _interpreting() else tl.bfloat16)
+    return dict(PREC=prec, OP=tl.float32 if triton_interpreting() else tl.bfloat16)
 
 
 class _Geom:
@@ -902,6 +898,7 @@ class _Geom:
         self.grid = (self.G, self.NC)
         self.dt = _dt(x.dtype)
         self.acc = _acc(x.dtype)
+        self.dot = _dot_constexprs(self.dt)  # PREC / OP of the dot kernels (made under the policy in force)
         self.BM = _pow2(self.M)
         # windows a point can lie in, per axis (pooling adjoint gathers)
         self.KH, self.KW = 1 + _cdiv(ph, max(self.rh, 1)), 1 + _cdiv(pw, max(self.rw, 1))
@@ -975,7 +972,7 @@ def _centres_and_assign(x: Tensor, value, alpha: Tensor, beta: Tensor, q: _Geom,
     cfg, blocks = q.tiles("pool")
     _launch(_pool_kernel, q.grid,
             dict(x_ptr=x, pc_ptr=pc, **q.region("pool"), **q.sizes("ph", "pw", "D")),
-            dict(**blocks, BLOCK_D=_pow2(q.D), DT=q.dt, **_dot_constexprs(q.dt)), cfg)
+            dict(**blocks, BLOCK_D=_pow2(q.D), DT=q.dt, **q.dot), cfg)
     c = _empty((q.G, q.M, q.D), q.acc, dev)
     a = _empty((q.G, q.N), torch.int32, dev)
     sigma = _empty((q.G, q.N), q.acc, dev)
@@ -989,7 +986,7 @@ def _centres_and_assign(x: Tensor, value, alpha: Tensor, beta: Tensor, q: _Geom,
             dict(x_ptr=x, v_ptr=v, pc_ptr=pc, c_ptr=c, a_ptr=a, sig_ptr=sigma, puv_ptr=puv, pden_ptr=pden,
                  alpha_ptr=alpha, beta_ptr=beta, **q.region(name), **q.sizes("ph", "pw", "D", "DV")),
             dict(AGG=agg, BY_COUNT=by_count, **blocks, BLOCK_D=_pow2(q.D), BLOCK_DV=_pow2(q.DV), DT=q.dt,
-                 **_dot_constexprs(q.dt)), cfg)
+                 **q.dot), cfg)
     return c, a, sigma, puv, pden
 
 
@@ -1032,7 +1029,7 @@ def fused_backward(dy: Tensor, x: Tensor, value: Tensor, alpha: Tensor, a: Tenso
     cfg, blocks = q.tiles("bwd_do")
     _launch(_bwd_do_kernel, q.grid,
             dict(dy_ptr=dy, a_ptr=a, sig_ptr=sigma, pdo_ptr=pdo, **q.region("bwd_do"), **q.sizes("DV")),
-            dict(**blocks, BLOCK_DV=_pow2(q.DV), DT=q.dt, **_dot_constexprs(q.dt)), cfg)
+            dict(**blocks, BLOCK_DV=_pow2(q.DV), DT=q.dt, **q.dot), cfg)
     scr = _empty((q.G, q.NC, q.M * (2 * q.DV + q.D + 1)), q.acc, dev)
     dxi = _empty(x.shape, q.acc, dev)  # direct part, completed by the last launch (in place when x is fp32)
     dv = _empty(value.shape, value.dtype, dev)
@@ -1044,7 +1041,7 @@ def fused_backward(dy: Tensor, x: Tensor, value: Tensor, alpha: Tensor, a: Tenso
                  alpha_ptr=alpha, pdo_ptr=pdo, scr_ptr=scr, dx_ptr=dxi, dv_ptr=dv, pdc_ptr=pdc, pdab_ptr=pdab,
                  **q.region("bwd_main"), **q.sizes("ph", "pw", "D", "DV")),
             dict(BY_COUNT=by_count, **blocks, BLOCK_D=_pow2(q.D), BLOCK_DV=_pow2(q.DV), KH=q.KH, KW=q.KW, DT=q.dt,
-                 **_dot_constexprs(q.dt)), cfg)
+                 **q.dot), cfg)
     dx = dxi if x.dtype == q.acc else _empty(x.shape, x.dtype, dev)
     # summed and kept in the accumulation dtype; cast to each scalar's own dtype by the autograd (a 16-bit
     # alpha must not round or overflow beta's gradient)
