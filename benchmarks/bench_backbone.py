@@ -121,6 +121,10 @@ def main(argv=None):
             except torch.cuda.OutOfMemoryError:
                 r = dict(variant=variant, impl=impl, error="OOM")
                 torch.cuda.empty_cache()
+            except Exception as e:  # one failing row (a compile error) is a finding, not the end of the table
+                first_line = (str(e).splitlines() or [""])[0][:120].replace("|", "/")
+                r = dict(variant=variant, impl=impl, error=f"{type(e).__name__}: {first_line}")
+                torch._dynamo.reset()
             rows.append(r)
             print(json.dumps(r), flush=True)
     dev = torch.cuda.get_device_name() if ON_GPU else f"CPU ({torch.get_num_threads()} threads)"

@@ -108,6 +108,47 @@ class GroupNorm(nn.GroupNorm):
         super().__init__(1, num_channels, **kwargs)
 
 
+#: True while the ``compile`` switch runs the backbone: its convolutions then enter the graph as matrix products
+#: (:func:`conv2d_as_matmul`). Read by dynamo as a global (it guards on it), set only around the switch's call,
+#: so ``torch.compile(model)`` from outside still sees the convolutions.
+_CONV_FREE = False
+
+
+def conv2d_as_matmul(x: torch.Tensor, weight: torch.Tensor, bias, stride: int, padding: int) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, stride, padding)`` as one matrix product of the strided taps,
+    ``[B, C, H, W] -> [B, O, Ho, Wo]``, for ``H + 2*padding`` and ``W + 2*padding`` divisible by ``stride``.
+
+    Why: inductor (torch 2.14) pins symbolic image sizes at a convolution's backward: its lowering guards the
+    gradient's strides to integers, and on the CPU its channels-last layout choice makes AOT autograd restride
+    saved activations with integer strides; a training graph then compiles once per image size. Taps come
+    from reshapes and slices (``x = [B, C, n, s, ...]`` with row ``s*(o+q) + r`` at ``[o+q, r]``), so the
+    sizes stay products of the symbolic ones; a matrix product's backward keeps them symbolic."""
+    B, C, H, W = x.shape
+    O, _, kh, kw = weight.shape
+    s = stride
+    if kh == kw == s == 1 and padding == 0:
+        y = torch.matmul(weight.flatten(1), x.flatten(2))
+        ho, wo = H, W
+    else:
+        if padding:
+            x = torch.nn.functional.pad(x, (padding, padding, padding, padding))
+        nh, nw = (H + 2 * padding) // s, (W + 2 * padding) // s
+        ho, wo = nh - (kh - 1) // s, nw - (kw - 1) // s  # (n*s - k)//s + 1
+        x6 = x.unflatten(3, (nw, s)).unflatten(2, (nh, s))  # [B, C, nh, s, nw, s]
+        taps = [x6[:, :, i // s:i // s + ho, i % s, j // s:j // s + wo, j % s] for i in range(kh) for j in range(kw)]
+        y = torch.matmul(weight.flatten(1), torch.stack(taps, 2).flatten(1, 2).flatten(2))  # [B, O, Ho*Wo]
+    if bias is not None:
+        y = y + bias.to(y.dtype)[:, None]
+    return y.unflatten(2, (ho, wo))
+
+
+def _conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)``; as :func:`conv2d_as_matmul` while the ``compile`` switch runs."""
+    if _CONV_FREE:
+        return conv2d_as_matmul(x, conv.weight, conv.bias, conv.stride[0], conv.padding[0])
+    return conv(x)
+
+
 class PointRecuder(nn.Module):
     """Strided conv that reduces the point set (the original's name, kept for checkpoint keys)."""
 
@@ -118,7 +159,10 @@ class PointRecuder(nn.Module):
                               device=device, dtype=dtype)
 
     def forward(self, x):
-        return self.proj(x)
+        if torch.jit.is_scripting():
+            return self.proj(x)
+        else:
+            return _conv(self.proj, x)
 
 
 class DropPath(nn.Module):
@@ -155,17 +199,17 @@ class Cluster(nn.Module):
         self.sim_beta = nn.Parameter(torch.zeros(1, **dd))
 
     def forward(self, x):
-        value = self.v(x)
-        feat = self.f(x)
         if torch.jit.is_scripting():
-            out = self._operator(feat, value)
-        elif _recording_graph():
-            out = self._operator(feat, value)
+            return self.proj(self._operator(self.f(x), self.v(x)))
         else:
-            out = context_cluster(feat, value, self.sim_alpha, self.sim_beta, heads=self.heads,
-                                  proposal=self.proposal, fold=self.fold, impl=self.impl,
-                                  denominator=self.denominator)
-        return self.proj(out)
+            value, feat = _conv(self.v, x), _conv(self.f, x)
+            if _recording_graph():
+                out = self._operator(feat, value)
+            else:
+                out = context_cluster(feat, value, self.sim_alpha, self.sim_beta, heads=self.heads,
+                                      proposal=self.proposal, fold=self.fold, impl=self.impl,
+                                      denominator=self.denominator)
+            return _conv(self.proj, out)
 
     def _operator(self, feat: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """The op as the torch operator a graph records (TorchScript, torch.fx, torch.jit.trace)."""
@@ -247,10 +291,13 @@ class ContextCluster(BaseModule):
             more forward of each block in backward).
         compile: ``True`` (or a dict of ``torch.compile`` arguments that update :data:`COMPILE_DEFAULTS`)
             compiles the whole backbone, stem to output norms, as one graph with inductor: GroupNorm, layer
-            scale, residuals, MLP and 1x1 convs fused; the fused mixer stays one opaque custom op. Image height
-            and width are symbolic, so detection's varying padded image sizes reuse one graph; the batch
-            size is static (one graph per batch size: training's and batch-1 inference's).
-            Works with ``with_cp``, frozen stages, autocast and DDP. Results equal eager.
+            scale, residuals, MLP and 1x1 convs fused; the fused mixer stays one opaque custom op. The numbers
+            of ``size_divisor`` blocks along height and width are symbolic, so detection's varying padded image
+            sizes reuse one graph, in training too; the batch size is static (one graph per batch size:
+            training's and batch-1 inference's). In the graph the convolutions are matrix products
+            (:func:`conv2d_as_matmul`) and the mixers' pooling too: inductor's lowering of both would pin the
+            sizes. Works with ``with_cp``, frozen stages, autocast and DDP. Results equal eager (summation
+            order aside).
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` loads an ImageNet CoC checkpoint.
         device, dtype: where and in which dtype the weights are made (``device='meta'``: no memory).
 
@@ -447,10 +494,21 @@ class ContextCluster(BaseModule):
         self._check_input(x)
         if self.compile_cfg is None or torch.compiler.is_compiling():
             return body(self, x)
-        if self.compile_cfg.get("dynamic") is None:  # image height and width symbolic, the rest static
-            torch._dynamo.maybe_mark_dynamic(x, 2)
-            torch._dynamo.maybe_mark_dynamic(x, 3)
-        return compiled(body, self.compile_cfg)(self, x)
+        # The graph sees the image as [B, 3, h, d, w, d] (d = size_divisor) with the numbers of blocks h and w
+        # as its symbolic sizes (see _in_blocks), and its convolutions as matrix products (conv2d_as_matmul).
+        # A copy, not a view: dynamo rebuilds a view from its base, whose pixel sizes would be the symbols
+        # again (the 3-channel image: 26 MB at 2x800x1344 fp32).
+        global _CONV_FREE
+        d = self.size_divisor
+        blocks = x.unflatten(3, (x.shape[3] // d, d)).unflatten(2, (x.shape[2] // d, d)).clone()
+        if self.compile_cfg.get("dynamic") is None:  # the numbers of blocks symbolic, the rest static
+            torch._dynamo.maybe_mark_dynamic(blocks, 2)
+            torch._dynamo.maybe_mark_dynamic(blocks, 4)
+        conv_free, _CONV_FREE = _CONV_FREE, True
+        try:
+            return compiled(_in_blocks(body), self.compile_cfg)(self, blocks)
+        finally:
+            _CONV_FREE = conv_free
 
     def forward_stages(self, x: torch.Tensor) -> List[torch.Tensor]:
         """Every stage's output (before the output norms): ``[B, embed_dims[i], H/2**(i+2), W/2**(i+2)]``."""
@@ -473,9 +531,9 @@ class ContextCluster(BaseModule):
 
 
 #: ``torch.compile`` arguments of ``ContextCluster(compile=True)``: one graph for the whole backbone (a graph
-#: break is an error, not a silent slowdown); with ``dynamic=None`` the input's height and width are marked
-#: symbolic (no recompile per padded image size) and everything else stays static (``dynamic=True`` would make
-#: channel counts and eps symbolic too, and tracing several times slower)
+#: break is an error, not a silent slowdown); with ``dynamic=None`` the input's numbers of ``size_divisor``
+#: blocks along height and width are marked symbolic (no recompile per padded image size) and everything else
+#: stays static (``dynamic=True`` would make channel counts and eps symbolic too, and tracing several times slower)
 COMPILE_DEFAULTS = dict(fullgraph=True, dynamic=None)
 _COMPILED: Dict[tuple, object] = {}
 
@@ -502,6 +560,28 @@ def check_compile_options(options: dict) -> None:
             raise ValueError(f"compile: mode must be one of {modes}, got {mode!r}")
         if options.get("options") is not None:
             raise ValueError("compile: give mode or options, not both (torch.compile takes one of them)")
+
+
+_BLOCK_BODIES: Dict[object, object] = {}
+
+
+def _in_blocks(body):
+    """``body(self, x)`` as a function of the image in blocks, ``[B, 3, h, d, w, d] -> body(self, [B, 3, h*d, w*d])``
+    (one function per body, so that torch.compile caches one graph for it).
+
+    Why: marked symbolic, the image height ``s0`` reaches every stage as nested floor divisions (stage 2 of the
+    default folds has ``((s0//4) - 1)//2 + 1`` rows, a reshape ``(4*(s1//8)*(s0//8)) // (s0//4)``). Inductor
+    orders strides built from them with sympy, which knows only that ``s0`` is a positive integer:
+    ``2*((s0//4 - 1)//2)*... + 2 < 2`` is false for every accepted image but undecidable there (with convolutions
+    in the graph, lowering a training step stopped with "cannot determine truth value of Relational"), and
+    simplifying such sizes is slow.
+    With the numbers of blocks ``h, w`` symbolic, the sizes are ``8*h``, ``4*h*w``, ...: products of positive
+    symbols, which sympy orders at once (a training step of the test model compiles in 85 s instead of 136 s)."""
+    if body not in _BLOCK_BODIES:
+        def run_in_blocks(self, blocks):
+            return body(self, blocks.flatten(4, 5).flatten(2, 3))
+        _BLOCK_BODIES[body] = run_in_blocks
+    return _BLOCK_BODIES[body]
 
 
 def compiled(body, options: dict):

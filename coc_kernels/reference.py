@@ -84,9 +84,18 @@ def from_groups(t: torch.Tensor, B: int, heads: int, fold: Tuple[int, int]) -> t
     return t.reshape(B, heads * c, fh * rh, fw * rw)
 
 
+def _pool(t: torch.Tensor, size) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(t, size)``; under ``torch.compile`` as :func:`adaptive_avg_pool_matmul`, the same
+    windows: inductor's lowering of the adaptive pooling pins the input's height and width to integers (a
+    symbolic image size would compile a new graph for every size)."""
+    if torch.compiler.is_compiling():
+        return adaptive_avg_pool_matmul(t, size)
+    return F.adaptive_avg_pool2d(t, size)
+
+
 def _dense_similarity(xg: torch.Tensor, alpha, beta, proposal) -> torch.Tensor:
     """``s = sigmoid(beta + alpha * cos(centre, point))`` of groups ``xg [G, d, rh, rw]``: ``[G, M, N]``."""
-    centres = F.adaptive_avg_pool2d(xg, proposal)  # [G, d, ph, pw]
+    centres = _pool(xg, proposal)  # [G, d, ph, pw]
     c_hat = F.normalize(centres.flatten(2).transpose(1, 2), dim=-1)  # [G, M, d]
     x_hat = F.normalize(xg.flatten(2).transpose(1, 2), dim=-1)  # [G, N, d]
     return torch.sigmoid(beta + alpha * torch.matmul(c_hat, x_hat.transpose(-2, -1)))
@@ -98,7 +107,7 @@ def context_cluster_dense(x, value, alpha, beta, *, heads: int, proposal, fold, 
     xg = to_groups(x, heads, fold)  # [G, d, rh, rw]
     vg = to_groups(value, heads, fold)  # [G, dv, rh, rw]
     G, d, rh, rw = xg.shape
-    vcentres = F.adaptive_avg_pool2d(vg, proposal).flatten(2).transpose(1, 2)  # [G, M, dv]
+    vcentres = _pool(vg, proposal).flatten(2).transpose(1, 2)  # [G, M, dv]
     sim = _dense_similarity(xg, alpha, beta, proposal)  # [G, M, N]
     _, idx = sim.max(dim=1, keepdim=True)
     mask = torch.zeros_like(sim)
@@ -205,11 +214,11 @@ def context_cluster_light(x, value, alpha, beta, *, heads: int, proposal, fold, 
     similarity entries, so that the passes over each chunk run from cache (the path is memory-bound);
     every chunk is an independent set of groups, written into its slice of the output. Under ``torch.compile``
     the call is one piece (the same math, no chunk loop): the loop's bounds depend on H and W, so dynamo would
-    guard on them and compile a new graph for every image size. On the meta device (shapes only, no memory to
-    keep in cache) it is one piece too.
+    guard on them and compile a new graph for every image size; its pooling is then :func:`_pool`'s matrix form.
+    On the meta device (shapes only, no memory to keep in cache) it is one piece too.
     """
     if torch.compiler.is_compiling() or x.device.type == "meta":
-        return _light(x, value, alpha, beta, heads, proposal, fold, denominator)
+        return _light(x, value, alpha, beta, heads, proposal, fold, denominator, pool=_pool)
     B, C, H, W = x.shape
     (ph, pw), (fh, fw) = proposal, fold
     d, dv, rh = C // heads, value.shape[1] // heads, H // fh
