@@ -17,14 +17,16 @@ demo: setup
 demo-seg: setup
 	$(PY) tools/run_demo.py --seg
 
-# the suite on TEST_WORKERS processes, each test file on one of them (module fixtures are built once)
+# the linter (ruff, configured in pyproject.toml), then the suite on TEST_WORKERS processes, each test file on one
+# of them (module fixtures are built once)
 TEST_WORKERS ?= 2
 
 test: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 bench: setup
-	$(PY) benchmarks/bench_mixer.py
+	$(PY) -m benchmarks.bench_mixer
 
 docs: setup
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict

@@ -11,7 +11,7 @@ import torch
 
 from coc_det.backbone import ARCH_SETTINGS, PROPOSAL_OF_CENTRES
 from coc_kernels import context_cluster
-from coc_kernels.functional import _pair
+from coc_kernels.functional import pair
 from coc_kernels.reference import context_cluster_dense
 
 ON_GPU = torch.cuda.is_available()
@@ -86,7 +86,7 @@ def _original_forward(self, x):
     """The original Cluster.forward's arithmetic as it ran: the dense formulation called directly, so an
     enclosing autocast applies to it (the public op computes in fp32 inside on every path instead)."""
     out = context_cluster_dense(self.f(x), self.v(x), self.sim_alpha, self.sim_beta, heads=self.heads,
-                                proposal=_pair(self.proposal, "proposal"), fold=_pair(self.fold, "fold"),
+                                proposal=pair(self.proposal, "proposal"), fold=pair(self.fold, "fold"),
                                 denominator=self.denominator)
     return self.proj(out)
 

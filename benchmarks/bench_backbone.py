@@ -2,7 +2,7 @@
 """Whole Context Cluster backbone, forward+backward at detection size: ours vs the original, eager and compiled,
 side by side in one run.
 
-    python benchmarks/bench_backbone.py [--variants small-25 medium-49] [--batch 2] [--size 800 1344] [--amp]
+    python -m benchmarks.bench_backbone [--variants small-25 medium-49] [--batch 2] [--size 800 1344] [--amp]
                                         [--impls dense dense+compile triton triton+compile ...] [--json F] [--md F]
 
 Implementations (``MIXER[+FLAG...]``):
@@ -24,16 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks._harness import (ON_GPU, baseline_rows, compile_options, parse_impl, peak_extra_gb,  # noqa: E402
-                                set_impl, time_steps)
-from benchmarks._report import report  # noqa: E402
-from coc_det.backbone import COMPILE_DEFAULTS, PROPOSAL_OF_CENTRES, ContextCluster  # noqa: E402
+from benchmarks._harness import (ON_GPU, baseline_rows, compile_options, parse_impl, peak_extra_gb,
+                                 set_impl, time_steps)
+from benchmarks._report import report
+from coc_det.backbone import COMPILE_DEFAULTS, PROPOSAL_OF_CENTRES, ContextCluster
 
 
 def build(impl: str, arch: str, proposal: int, device: str, backend: str = "inductor"):
@@ -76,7 +73,7 @@ def bench(variant, impl, batch, size, amp, reps, warmup, backend="inductor"):
     peak = peak_extra_gb(step)
     if peak is not None:
         res["peak_extra_gb"] = peak
-    del model, run
+    model = run = None  # free them before the next row (not del: the closures above name them)
     if ON_GPU:
         torch.cuda.empty_cache()
     return res
@@ -129,7 +126,8 @@ def main(argv=None):
             print(json.dumps(r), flush=True)
     dev = torch.cuda.get_device_name() if ON_GPU else f"CPU ({torch.get_num_threads()} threads)"
     what = "fwd+bwd" if ON_GPU else "forward only"
-    title = (f"Backbone benchmark on {dev}, torch {torch.__version__}, batch {args.batch}, {args.size[0]}x{args.size[1]}, "
+    title = (f"Backbone benchmark on {dev}, torch {torch.__version__}, batch {args.batch}, "
+             f"{args.size[0]}x{args.size[1]}, "
              f"{'bf16 autocast' if args.amp else 'fp32'}, {what}, compile backend {args.backend}, "
              f"median of {args.reps}")
     report(table(rows, title), rows, dev, args.json, args.md)

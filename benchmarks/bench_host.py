@@ -4,25 +4,23 @@ of a detection backbone (batch 2, 800x1344, fp32) with its kernel launches recor
 tensors (``torch.empty`` of untouched buffers costs no page faults): what the op's Python costs per call
 (checks, geometry, launch arguments, buffer allocations, autograd), without triton's own launcher. Printed beside
 a plain torch op (``torch.add`` of two one-element tensors, forward + backward, same run) as a ratio, since the
-machine's speed cancels out of it. Triton's launcher adds its own few microseconds per launch on a GPU (6 launches per call).
+machine's speed cancels out of it. Triton's launcher adds its own few microseconds per launch on a GPU (6 launches
+per call).
 
-    python benchmarks/bench_host.py [--arch small] [--centres 25] [--reps 200]
+    python -m benchmarks.bench_host [--arch small] [--centres 25] [--reps 200]
 """
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks._harness import make_inputs, mixer_geometry  # noqa: E402
-from benchmarks._report import report  # noqa: E402
-from coc_kernels import context_cluster  # noqa: E402
-from coc_kernels.ops.context_cluster import _GEOMETRIES, record_launches  # noqa: E402
+from benchmarks._harness import make_inputs, mixer_geometry
+from benchmarks._report import report
+from coc_kernels import context_cluster
+from coc_kernels.ops.context_cluster import clear_geometries, record_launches
 
 
 def _median_us(step, reps: int) -> float:
@@ -52,7 +50,7 @@ def measure(arch: str, centres: int, reps: int) -> list:
             counts["launches"] = len(rec)
 
         def fused_fresh():  # as before 2026-12-02: the launch geometry rebuilt on every call
-            _GEOMETRIES.clear()
+            clear_geometries()
             fused()
 
         def plain():

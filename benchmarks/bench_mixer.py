@@ -11,7 +11,7 @@ limit is the card's HBM bandwidth, e.g. 3.35 TB/s on an H100 SXM).
 GPU: CUDA-event timing after warm-up. CPU (no CUDA): a reduced set - the torch paths, forward only, plus
 a tiny interpreter smoke run of the Triton path - so the script runs anywhere.
 
-    python benchmarks/bench_mixer.py [--arch small medium] [--centres 4 25 49] [--stages 1 2 3 4]
+    python -m benchmarks.bench_mixer [--arch small medium] [--centres 4 25 49] [--stages 1 2 3 4]
                                      [--batch 2] [--impls ...] [--json out.json] [--md out.md]
 """
 from __future__ import annotations
@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 
 import torch
@@ -29,9 +28,7 @@ ON_GPU = torch.cuda.is_available()
 if not ON_GPU:  # the Triton smoke run needs the interpreter, set before triton is imported
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks._harness import (kernel_times, make_inputs, mixer_geometry, mixer_runner,  # noqa: E402
-                                 time_steps)
+from benchmarks._harness import kernel_times, make_inputs, mixer_geometry, mixer_runner, time_steps  # noqa: E402
 from benchmarks._report import report  # noqa: E402
 from coc_kernels import context_cluster  # noqa: E402
 from coc_kernels.reference import context_cluster_dense  # noqa: E402
@@ -72,7 +69,7 @@ def measure(impl, arch, stage, centres, batch, dtype, reps, warmup, forward_only
         torch.autograd.grad(y, (x, v, a, b), dy, retain_graph=True)
 
     res["bwd_ms"] = _median_ms(bwd, reps, warmup)
-    del y
+    y = None  # free it (not del: bwd above names it)
     res["fwd_bwd_ms"] = _median_ms(fwd_bwd, reps, warmup)
     if ON_GPU:
         torch.cuda.synchronize()

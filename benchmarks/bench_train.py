@@ -2,7 +2,7 @@
 """The job itself: one Mask R-CNN training iteration (and batch-1 inference) with the Context Cluster backbone,
 original mixer vs fused, eager vs compiled backbone, side by side in one run. Needs mmdet (mmcv with ops).
 
-    python benchmarks/bench_train.py [--configs configs/mask-rcnn_coc-small-25_fpn_1x_coco.py ...]
+    python -m benchmarks.bench_train [--configs configs/mask-rcnn_coc-small-25_fpn_1x_coco.py ...]
         [--impls dense dense+compile triton triton+compile] [--batch 2] [--size 800 1344] [--iters 10]
         [--amp] [--backend inductor] [--json F] [--md F]
 
@@ -12,8 +12,9 @@ The detector is mmdet's, built from the config (COCO's 80 classes); the batch is
 bf16). Implementations: ``dense`` = the original mixer (dense formulation, eager), ``dense+compile`` = that
 backbone under ``torch.compile`` with torch's defaults (the user's alternative), ``triton`` = the fused
 mixer, ``triton+compile`` = the backbone's ``compile=True`` switch; ``light`` = the memory-light torch
-path; ``+graphs`` and ``+cp`` as in ``bench_backbone.py`` (CUDA graphs, activation checkpointing). Reported: median ms per iteration after warm-up, the first iteration (compilation included), peak
-memory, and inference images/s at batch 1 (``model.test_step``, test mode).
+path; ``+graphs`` and ``+cp`` as in ``bench_backbone.py`` (CUDA graphs, activation checkpointing). Reported:
+median ms per iteration after warm-up, the first iteration (compilation included), peak memory, and inference
+images/s at batch 1 (``model.test_step``, test mode).
 """
 from __future__ import annotations
 
@@ -21,17 +22,16 @@ import argparse
 import ast
 import json
 import os
-import sys
 import time
 
 import torch
 
+from benchmarks._harness import (ON_GPU, baseline_rows, compile_options, parse_impl, peak_extra_gb, set_impl, sync,
+                                 time_steps)
+from benchmarks._report import report
+from coc_det.backbone import COMPILE_DEFAULTS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from benchmarks._harness import (ON_GPU, baseline_rows, compile_options, parse_impl,  # noqa: E402
-                                 peak_extra_gb, set_impl, sync, time_steps)
-from benchmarks._report import report  # noqa: E402
-from coc_det.backbone import COMPILE_DEFAULTS  # noqa: E402
 
 CONFIGS = [os.path.join(ROOT, "configs", f"mask-rcnn_coc-{v}_fpn_1x_coco.py") for v in ("small-25", "medium-49")]
 
@@ -101,7 +101,7 @@ def bench(config, impl, batch, size, iters, warmup, amp, backend, infer_iters, c
                 model.test_step(one)
             sync()
         res["infer_img_per_s"] = infer_iters / (time.perf_counter() - t)
-    del model, optim
+    model = optim = None  # free them (not del: the lambdas above name them)
     if ON_GPU:
         torch.cuda.empty_cache()
     return res

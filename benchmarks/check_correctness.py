@@ -13,22 +13,20 @@ every assignment agrees; dalpha/dbeta are judged only when all assignments agree
 agreement drops below 99.99 %, a flip is not a near-tie, or a relative error exceeds 1e-4 (fp32) /
 2e-2 (bf16).
 
-    python benchmarks/check_correctness.py [--arch small medium] [--batch 2] [--dtype float32 bfloat16]
+    python -m benchmarks.check_correctness [--arch small medium] [--batch 2] [--dtype float32 bfloat16]
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from coc_kernels import cluster_assignment, context_cluster  # noqa: E402
-from coc_kernels.reference import from_groups, to_groups  # noqa: E402
-from benchmarks._report import report  # noqa: E402
-from benchmarks._harness import make_inputs, mixer_geometry  # noqa: E402
+from coc_kernels import cluster_assignment, context_cluster
+from coc_kernels.reference import from_groups, to_groups
+from benchmarks._report import report
+from benchmarks._harness import make_inputs, mixer_geometry
 
 TOL = {"float32": 1e-4, "bfloat16": 2e-2}
 TIE = 1e-5  # largest similarity gap a disagreeing pixel may have in the float64 reference
@@ -76,7 +74,8 @@ def check(arch, stage, centres, batch, dtype, img=(800, 1344)):
     dy = torch.randn_like(x)
     out = {}
     for impl in ("triton", "dense"):
-        xi, vi = (x, v) if impl == "triton" else (x.detach().float().requires_grad_(), v.detach().float().requires_grad_())
+        xi, vi = (x, v) if impl == "triton" else (x.detach().float().requires_grad_(),
+                                                  v.detach().float().requires_grad_())
         y = context_cluster(xi, vi, a, b, impl=impl, **kw)
         out[impl] = (y,) + torch.autograd.grad(y, (xi, vi, a, b), dy.to(y.dtype))
         del y
@@ -119,7 +118,8 @@ def main(argv=None):
                     judged = errs[:3] if n_flip else errs  # dalpha/dbeta sum over the flipped groups too
                     ok = agree >= 0.9999 and gap <= TIE and max(judged) <= TOL[dtype]
                     ok_all &= ok
-                    cells = [f"{e:.1e}" for e in errs[:3]] + [f"{e:.1e}" + (" (n/a)" if n_flip else "") for e in errs[3:]]
+                    cells = ([f"{e:.1e}" for e in errs[:3]]
+                             + [f"{e:.1e}" + (" (n/a)" if n_flip else "") for e in errs[3:]])
                     lines.append(f"| {dtype} | {arch} | {stage} | {centres} | {100 * agree:.4f} % | {gap:.1e} | "
                                  f"{n_flip} | " + " | ".join(cells) + f" | {'yes' if ok else 'NO'} |")
                     print(lines[-1], flush=True)

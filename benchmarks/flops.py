@@ -2,7 +2,7 @@
 """GFLOPs and parameters of every arch, counted by mmengine's complexity analysis (``FlopAnalyzer``, the counter
 behind mmdet's and mmseg's ``get_flops.py``) with the mixer's handle of :mod:`coc_det.flops`.
 
-    python benchmarks/flops.py [--archs tiny small ...] [--det-size 800 1344] [--md F]
+    python -m benchmarks.flops [--archs tiny small ...] [--det-size 800 1344] [--md F]
 
 Columns: the classifier at 224x224 (the public models' evaluation size), and the backbone alone at the detection
 size for 4 / 25 / 49 centres per region (the detection and segmentation configs' ``-4 / -25 / -49``). mmengine's
@@ -11,16 +11,13 @@ Runs on the CPU with the memory-light path (mmengine traces with torch.jit, whic
 take): about a minute for every arch.
 """
 import argparse
-import os
-import sys
 import warnings
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import coc_det  # noqa: E402,F401  (registers the mixer's flop handle)
-from coc_det.backbone import ARCH_SETTINGS, PROPOSAL_OF_CENTRES, ContextCluster  # noqa: E402
-from coc_det.classifier import ContextClusterClassifier  # noqa: E402
+from coc_det.backbone import ARCH_SETTINGS, PROPOSAL_OF_CENTRES, ContextCluster
+from coc_det.classifier import ContextClusterClassifier
 
 
 def gflops(model, shape) -> float:
@@ -55,7 +52,8 @@ def main(argv=None):
         warnings.simplefilter("ignore")
         table = rows(args.archs, args.det_size)
     h, w = args.det_size
-    head = (f"| arch | params (classifier) | GFLOPs classifier 224x224 | GFLOPs backbone {h}x{w}, 4 / 25 / 49 centres |\n"
+    head = ("| arch | params (classifier) | GFLOPs classifier 224x224 | "
+            f"GFLOPs backbone {h}x{w}, 4 / 25 / 49 centres |\n"
             "|---|---|---|---|")
 
     def padded(r):

@@ -20,7 +20,11 @@
 set -uo pipefail
 OUT=${1:-bench_out}
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+# the scripts run as modules from the repository root (python -m benchmarks.NAME): the root comes first on the
+# path, so the package in the working tree is the one measured, installed or not
 PY=${PYTHON:-python}
 export PYTHONUNBUFFERED=1
 status=0
@@ -30,35 +34,38 @@ status=0
 T0=$SECONDS
 run() { echo "== [$((SECONDS - T0)) s] $*"; local t=$SECONDS; "$@" || status=1; echo "   ($((SECONDS - t)) s)"; }
 run $PY -m pytest -q -p no:cacheprovider tests/ops tests/models
-run $PY benchmarks/check_correctness.py --md "$OUT/correctness.md"
-run $PY benchmarks/bench_mixer.py --impls dense triton --json "$OUT/mixer.json" --md "$OUT/mixer.md"
-run $PY benchmarks/bench_mixer.py --arch small --dtype bfloat16 --impls dense triton --json "$OUT/mixer_bf16.json" \
+run $PY -m benchmarks.check_correctness --md "$OUT/correctness.md"
+run $PY -m benchmarks.bench_mixer --impls dense triton --json "$OUT/mixer.json" --md "$OUT/mixer.md"
+run $PY -m benchmarks.bench_mixer --arch small --dtype bfloat16 --impls dense triton --json "$OUT/mixer_bf16.json" \
     --md "$OUT/mixer_bf16.md"
-run $PY benchmarks/bench_mixer.py --arch small --stages 1 --centres 25 49 --impls dense+compile triton \
+run $PY -m benchmarks.bench_mixer --arch small --stages 1 --centres 25 49 --impls dense+compile triton \
     --json "$OUT/mixer_compile.json" --md "$OUT/mixer_compile.md" --profile
-run $PY benchmarks/bench_mixer.py --arch small --stages 4 --centres 49 --impls triton --profile --reps 5
+run $PY -m benchmarks.bench_mixer --arch small --stages 4 --centres 49 --impls triton --profile --reps 5
 # the earlier kernels in the same run (benchmarks/prepare_gpu_check.sh puts them in .gpu_old, carried along):
 # the op and its per-kernel times at stage 1, then every stage, so old and new read side by side
+# (run from .gpu_old, which comes first on the path: its coc_kernels, the rest from the root; until 2026-12-05 the
+# scripts put the root first themselves, so these rows timed today's kernels a second time)
+old() { (cd .gpu_old && PYTHONPATH="$ROOT" "$@"); }
 if [ -d .gpu_old/coc_kernels ]; then
   echo "== earlier kernels: $(cat .gpu_old/COMMIT 2>/dev/null)" | tee "$OUT/mixer_old.md"
-  run env PYTHONPATH=.gpu_old $PY benchmarks/bench_mixer.py --arch small --stages 1 --centres 25 49 --impls triton \
+  run old $PY -m benchmarks.bench_mixer --arch small --stages 1 --centres 25 49 --impls triton \
       --profile --md "$OUT/mixer_old_stage1.md"
-  run env PYTHONPATH=.gpu_old $PY benchmarks/bench_mixer.py --arch small --impls triton --md "$OUT/mixer_old.md"
-  run $PY benchmarks/bench_mixer.py --arch small --stages 1 --centres 25 49 --impls triton --profile \
+  run old $PY -m benchmarks.bench_mixer --arch small --impls triton --md "$OUT/mixer_old.md"
+  run $PY -m benchmarks.bench_mixer --arch small --stages 1 --centres 25 49 --impls triton --profile \
       --md "$OUT/mixer_new_stage1.md"
 fi
 # the FMA dots ("ieee", the default before 2026-12-03) against today's tensor-core split dots, same run
-run env COC_DOT_PRECISION=ieee $PY benchmarks/bench_mixer.py --arch small --stages 1 --centres 25 49 --impls triton \
+run env COC_DOT_PRECISION=ieee $PY -m benchmarks.bench_mixer --arch small --stages 1 --centres 25 49 --impls triton \
     --profile --md "$OUT/mixer_ieee_stage1.md"
 # whole backbone, side by side: original eager / torch.compile of it / fused eager / fused + compile switch
 # (+ CUDA graphs) / fused + activation checkpointing; fp32 and bf16; compile time in its own column
-run $PY benchmarks/bench_backbone.py --variants small-25 medium-49 --reps 5 --json "$OUT/backbone_fp32.json" \
+run $PY -m benchmarks.bench_backbone --variants small-25 medium-49 --reps 5 --json "$OUT/backbone_fp32.json" \
     --md "$OUT/backbone_fp32.md"
-run $PY benchmarks/bench_backbone.py --variants small-25 --reps 5 --amp --json "$OUT/backbone_bf16.json" \
+run $PY -m benchmarks.bench_backbone --variants small-25 --reps 5 --amp --json "$OUT/backbone_bf16.json" \
     --md "$OUT/backbone_bf16.md"
 # the Mask R-CNN training step needs mmdet (mmcv with CUDA ops), which this machine may not have
 if $PY -c 'import mmdet, mmcv.ops' 2>/dev/null; then
-  run $PY benchmarks/bench_train.py --configs configs/mask-rcnn_coc-small-25_fpn_1x_coco.py --iters 5 \
+  run $PY -m benchmarks.bench_train --configs configs/mask-rcnn_coc-small-25_fpn_1x_coco.py --iters 5 \
       --json "$OUT/train.json" --md "$OUT/train.md"
 else
   echo "== bench_train.py skipped: mmdet / mmcv ops not installed here" | tee "$OUT/train.md"

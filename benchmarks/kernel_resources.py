@@ -12,7 +12,7 @@ The launches are recorded from the public op itself (``context_cluster`` forward
 fp32/fp16/bf16 inputs and both denominators, at batch 2 and 800x1344; each distinct specialisation is
 compiled once. Exits non-zero on any compile error, or on any spill at sm_80/sm_90.
 
-    python benchmarks/kernel_resources.py [--arch tiny small medium] [--md table.md] [--jobs 2] [--no-sm100]
+    python -m benchmarks.kernel_resources [--arch tiny small medium] [--md table.md] [--jobs 2] [--no-sm100]
 
 Run it under another triton with ``PYTHONPATH=DIR`` (``tools/setup_env.sh`` puts triton 3.6, the GPU machines'
 version, in ``.venv/triton-3.6``); the table names the version.
@@ -32,14 +32,13 @@ if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
 # found by their source lines
 os.environ["TRITON_ALWAYS_COMPILE"] = "1"
 
-import torch  # noqa: E402
+import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks._report import report  # noqa: E402
-from coc_det.backbone import ARCH_SETTINGS, PROPOSAL_OF_CENTRES, size_divisor  # noqa: E402
-from coc_kernels import DENOMINATORS, cluster_assignment, context_cluster  # noqa: E402
-from coc_kernels.ops import aot  # noqa: E402
-from coc_kernels.ops.context_cluster import points_per_tile, record_launches  # noqa: E402
+from benchmarks._report import report
+from coc_det.backbone import ARCH_SETTINGS, PROPOSAL_OF_CENTRES, size_divisor
+from coc_kernels import DENOMINATORS, cluster_assignment, context_cluster
+from coc_kernels.ops import aot
+from coc_kernels.ops.context_cluster import points_per_tile, record_launches
 
 CHECKED = (80, 90)  # compiled, and must not spill
 COMPILE_ONLY = (100,)  # must compile
@@ -104,7 +103,8 @@ def access_facts(r90: dict, spec) -> dict:
                 widths=r90.get("tile_access_bytes", []), cp_async=(r90.get("loop") or {}).get("cp_async", 0))
 
 
-#: static targets at sm_90 per kernel, over every launch recorded (docs/performance.md, "Static proxies"): at least this many
+#: static targets at sm_90 per kernel, over every launch recorded (docs/performance.md, "Static proxies"): at least
+#: this many
 #: programs per multiprocessor, at most this many layout conversions inside loops, at most this many
 #: thread-instructions per real point of the tile loop. They are the values of the split-dot kernels of
 #: 2026-12-03 (tensor-core dots; the gather kernels, dispatch and bwd_pool, as of the coalesced tiles of 2026-12-02),

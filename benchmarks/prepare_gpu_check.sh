@@ -9,3 +9,10 @@ rm -rf .gpu_old && mkdir -p .gpu_old
 git archive "$COMMIT" coc_kernels | tar -x -C .gpu_old
 echo "$COMMIT" > .gpu_old/COMMIT
 echo "kernels of $(git log -1 --format='%h %ad %s' --date=short "$COMMIT") in .gpu_old/coc_kernels"
+# the old kernels run under today's coc_det and benchmarks (gpu_check.sh): refuse a pair that does not import
+if ! (cd .gpu_old && PYTHONPATH="$OLDPWD" python -c '
+import os, coc_kernels, coc_det.backbone, benchmarks._harness
+assert os.path.abspath(coc_kernels.__file__).startswith(os.getcwd()), coc_kernels.__file__'); then
+  echo "the kernels of $COMMIT do not import under today's coc_det / benchmarks: pick a later commit" >&2
+  exit 1
+fi

@@ -3,24 +3,22 @@
 
 For each candidate (overrides of ``kernel_config`` per kernel, or of the chunking target) and each case,
 the CUDA time of every kernel of one forward+backward (torch.profiler, mean of 10 steps). The defaults
-in ``coc_kernels/ops/context_cluster.py`` are chosen from this table; each must then pass the compile gate
-(``benchmarks/kernel_resources.py``: no spills).
+in ``coc_kernels/ops/context_cluster/config.py`` (``KERNEL_CONFIGS``) are chosen from this table; each must then
+pass the compile gate (``benchmarks/kernel_resources.py``: no spills).
 
-    python benchmarks/sweep_configs.py [--md out.md]
+    python -m benchmarks.sweep_configs [--md out.md]
 """
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks._harness import kernel_times  # noqa: E402
-from coc_kernels.ops import context_cluster as ops  # noqa: E402
+from benchmarks._harness import kernel_times
+from coc_kernels.ops import context_cluster as ops
 
-KERNELS = ["pool", "assign", "dispatch", "bwd_do", "bwd_main", "bwd_pool"]
+#: the kernels one forward+backward launches (the table's, less the assignment-maps-only form)
+KERNELS = [k for k in ops.KERNELS if k != "assign_only"]
 CANDIDATES = {
     "default": {},
     "stages=2": {"*": {"num_stages": 2}},

@@ -14,13 +14,17 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 from typing import Dict, List, Sequence, Union
 
 import torch
 import torch.nn as nn
 
-from coc_kernels import DEFAULT_DENOMINATOR, DENOMINATORS, canonical_impl, context_cluster
-from coc_kernels.functional import _pair
+from coc_kernels import DEFAULT_DENOMINATOR, canonical_impl, context_cluster
+from coc_kernels.functional import check_denominator, pair
+
+from .checkpoint import (CheckpointError, compare_state_dicts, read_checkpoint, state_dict_of,
+                         trained_denominator)
 
 try:  # mmengine's BaseModule when available (init_cfg handling, logging of initialisation)
     from mmengine.model import BaseModule
@@ -124,7 +128,7 @@ def conv2d_as_matmul(x: torch.Tensor, weight: torch.Tensor, bias, stride: int, p
     from reshapes and slices (``x = [B, C, n, s, ...]`` with row ``s*(o+q) + r`` at ``[o+q, r]``), so the
     sizes stay products of the symbolic ones; a matrix product's backward keeps them symbolic."""
     B, C, H, W = x.shape
-    O, _, kh, kw = weight.shape
+    _, _, kh, kw = weight.shape
     s = stride
     if kh == kw == s == 1 and padding == 0:
         y = torch.matmul(weight.flatten(1), x.flatten(2))
@@ -189,8 +193,8 @@ class Cluster(nn.Module):
         dd = dict(device=device, dtype=dtype)
         self.heads, self.proposal, self.fold = heads, proposal, fold
         # the same as [h, w] lists, as the operator form takes them (TorchScript, torch.fx)
-        self.proposal_hw: List[int] = list(_pair(proposal, "proposal"))
-        self.fold_hw: List[int] = list(_pair(fold, "fold"))
+        self.proposal_hw: List[int] = list(pair(proposal, "proposal"))
+        self.fold_hw: List[int] = list(pair(fold, "fold"))
         self.impl, self.denominator = impl, denominator
         self.f = nn.Conv2d(dim, heads * head_dim, 1, **dd)
         self.v = nn.Conv2d(dim, heads * head_dim, 1, **dd)
@@ -337,8 +341,7 @@ class ContextCluster(BaseModule):
         if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= n:
             raise ValueError(f"frozen_stages must be -1 (nothing) .. {n} (all stages), got {frozen_stages!r}")
         mixer_impl = canonical_impl(mixer_impl, "mixer_impl")
-        if denominator not in DENOMINATORS:
-            raise ValueError(f"denominator must be one of {DENOMINATORS}, got {denominator!r}")
+        check_denominator(denominator)
         self.embed_dims, self.out_indices, self.frozen_stages = dims, tuple(out_indices), frozen_stages
         self.with_cp = with_cp
         if not isinstance(compile, (bool, dict)):
@@ -415,7 +418,6 @@ class ContextCluster(BaseModule):
         a shape that differs, raises :class:`~coc_det.checkpoint.CheckpointError` naming them (a
         checkpoint of another arch or model), and the module is left unchanged.
         """
-        from .checkpoint import CheckpointError, compare_state_dicts, read_checkpoint, state_dict_of
         state = state_dict_of(read_checkpoint(checkpoint))
         if prefix is None and any(k.startswith("backbone.") for k in state):
             prefix = "backbone."
@@ -442,11 +444,11 @@ class ContextCluster(BaseModule):
     def _log_mixer_impl(self, x: torch.Tensor):
         """Say once which mixer implementation runs (``'auto'`` resolved for x's device); an implementation
         that cannot run here (``'triton'`` without CUDA or the interpreter) raises its error now."""
-        from coc_kernels.functional import _pair, resolve_impl
+        from coc_kernels.functional import resolve_impl
         pairs = set()
         for m in self.modules():
             if isinstance(m, Cluster):
-                ph, pw = _pair(m.proposal, "proposal")
+                ph, pw = m.proposal_hw
                 pairs.add((m.impl, resolve_impl(m.impl, x, ph * pw)))
         resolved = ", ".join(f"{i!r} -> {r!r}" if i == "auto" else repr(i) for i, r in sorted(pairs))
         _log(f"ContextCluster: mixer implementation {resolved} on {x.device.type}")
@@ -643,3 +645,25 @@ class record_assignments:
         self._handles.clear()
         self.model.compile_cfg = self._compile_cfg
         return False
+
+
+def set_denominator(model: torch.nn.Module, denominator: str) -> int:
+    """Give every Context Cluster mixer of ``model`` this denominator; returns how many there were."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, Cluster):
+            m.denominator, n = denominator, n + 1
+    return n
+
+
+def match_trained_denominator(model: torch.nn.Module, ckpt) -> str:
+    """After loading ``ckpt`` (a checkpoint dict, or its path) into ``model``: switch the model's mixers to the
+    denominator the weights were trained with (:func:`coc_det.checkpoint.trained_denominator`); returns what
+    was done, for the tool to print (empty when the checkpoint does not say)."""
+    if isinstance(ckpt, (str, os.PathLike)):
+        ckpt = read_checkpoint(os.fspath(ckpt))
+    denominator, why = trained_denominator(ckpt)
+    if denominator is None:
+        return ""
+    set_denominator(model, denominator)
+    return f"the checkpoint was {why}: its mixers run with denominator={denominator!r}"

@@ -134,28 +134,5 @@ def trained_denominator(ckpt) -> tuple[str | None, str]:
                      "by their point count")
 
 
-def set_denominator(model: torch.nn.Module, denominator: str) -> int:
-    """Give every Context Cluster mixer of ``model`` this denominator; returns how many there were."""
-    from .backbone import Cluster
-    n = 0
-    for m in model.modules():
-        if isinstance(m, Cluster):
-            m.denominator, n = denominator, n + 1
-    return n
-
-
-def match_trained_denominator(model: torch.nn.Module, ckpt) -> str:
-    """After loading ``ckpt`` (a checkpoint dict, or its path) into ``model``: switch the model's mixers to the
-    denominator the weights were trained with (:func:`trained_denominator`); returns what was done, for the
-    tool to print (empty when the checkpoint does not say)."""
-    if isinstance(ckpt, (str, os.PathLike)):
-        ckpt = read_checkpoint(os.fspath(ckpt))
-    denominator, why = trained_denominator(ckpt)
-    if denominator is None:
-        return ""
-    set_denominator(model, denominator)
-    return f"the checkpoint was {why}: its mixers run with denominator={denominator!r}"
-
-
-__all__ = ["CheckpointError", "LOADER_SAFE_CLASSES", "compare_state_dicts", "match_trained_denominator",
-           "original_code_version", "read_checkpoint", "set_denominator", "state_dict_of", "trained_denominator"]
+__all__ = ["CheckpointError", "LOADER_SAFE_CLASSES", "compare_state_dicts", "original_code_version", "read_checkpoint",
+           "state_dict_of", "trained_denominator"]

@@ -230,7 +230,8 @@ def _register_timm():
     from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
     from timm.models._registry import get_pretrained_cfg
 
-    globals()["default_cfgs"] = generate_default_cfgs({name: pretrained_cfg(arch) for name, arch in TIMM_MODELS.items()})
+    globals()["default_cfgs"] = generate_default_cfgs(
+        {name: pretrained_cfg(arch) for name, arch in TIMM_MODELS.items()})
 
     def entrypoint(name, arch):
         def fn(pretrained: bool = False, **kwargs):

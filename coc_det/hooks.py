@@ -93,7 +93,10 @@ def plain_data(obj):
 def _history_buffer(obj):
     if isinstance(obj, dict) and set(obj) == {BUFFER_TAG}:
         d = obj[BUFFER_TAG]
-        as_np = (lambda t: t.numpy() if isinstance(t, torch.Tensor) else np.array(t))
+
+        def as_np(t):
+            return t.numpy() if isinstance(t, torch.Tensor) else np.array(t)
+
         return HistoryBuffer(as_np(d["log"]), as_np(d["count"]), int(d["max_length"]))
     return obj
 

@@ -12,6 +12,7 @@ from .functional import (IMPL_ALIASES, IMPLS, canonical_impl, check_inputs, clus
                          context_cluster_op, triton_available)
 from .reference import DEFAULT_DENOMINATOR, DENOMINATORS, context_cluster_dense, context_cluster_light
 
-__all__ = ["__version__", "context_cluster", "context_cluster_op", "cluster_assignment", "check_inputs", "triton_available",
+__all__ = ["__version__", "context_cluster", "context_cluster_op", "cluster_assignment", "check_inputs",
+           "triton_available",
            "IMPLS", "IMPL_ALIASES", "canonical_impl", "DENOMINATORS", "DEFAULT_DENOMINATOR", "context_cluster_dense",
            "context_cluster_light"]

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .reference import (DEFAULT_DENOMINATOR, DENOMINATORS, cluster_assignment_dense, cluster_assignment_light,
                         compute_dtype, context_cluster_dense, context_cluster_export, context_cluster_light,
-                        group_map, torch_math, triton_interpreting)
+                        group_map, input_grads, torch_math, triton_interpreting)
 
 IntPair = Union[int, Sequence[int]]
 IMPLS = ("auto", "triton", "light", "dense")
@@ -34,7 +34,8 @@ def _int(v, name: str) -> int:
         raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}") from None
 
 
-def _pair(v: IntPair, name: str) -> Tuple[int, int]:
+def pair(v: IntPair, name: str) -> Tuple[int, int]:
+    """``v`` (an int, or a pair of ints) as a pair of positive ints; anything else is named (as ``name``)."""
     if isinstance(v, (list, tuple)):
         if len(v) != 2:
             raise ValueError(f"{name} must be an int or a pair of ints, got {len(v)} values {tuple(v)}")
@@ -98,7 +99,7 @@ def check_inputs(x: Tensor, value: Tensor | None, alpha: Tensor, beta: Tensor, h
     heads = _int(heads, "heads")
     if heads < 1:
         raise ValueError(f"heads must be positive, got {heads}")
-    proposal, fold = _pair(proposal, "proposal"), _pair(fold, "fold")
+    proposal, fold = pair(proposal, "proposal"), pair(fold, "fold")
     B, C, H, W = x.shape
     if C == 0:
         raise ValueError(f"x has no channels (shape {tuple(x.shape)}): the similarity needs at least one per head")
@@ -131,6 +132,14 @@ def canonical_impl(impl, name: str = "impl") -> str:
     if impl not in IMPLS:
         raise ValueError(f"{name} must be one of {IMPLS}, got {impl!r}")
     return impl
+
+
+def check_denominator(denominator, name: str = "denominator") -> str:
+    """``denominator`` if it is one of :data:`~coc_kernels.reference.DENOMINATORS`; anything else is named (as
+    ``name``, the argument it came from)."""
+    if not isinstance(denominator, str) or denominator not in DENOMINATORS:
+        raise ValueError(f"{name} must be one of {DENOMINATORS}, got {denominator!r}")
+    return denominator
 
 
 def resolve_impl(impl: str, x: Tensor, centres: int | None = None) -> str:
@@ -202,8 +211,7 @@ def context_cluster(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, *, he
         raise TypeError("value must be a torch.Tensor [B, heads*dv, H, W], got NoneType "
                         "(cluster_assignment takes x alone)")
     heads, proposal, fold = check_inputs(x, value, alpha, beta, heads, proposal, fold)
-    if not isinstance(denominator, str) or denominator not in DENOMINATORS:
-        raise ValueError(f"denominator must be one of {DENOMINATORS}, got {denominator!r}")
+    check_denominator(denominator)
     kw = dict(heads=heads, proposal=proposal, fold=fold, denominator=denominator)
     if torch.onnx.is_in_onnx_export():  # standard ops whatever impl says (see context_cluster_export)
         return torch_math(context_cluster_export, x, value, alpha.reshape(1), beta.reshape(1), **kw)
@@ -248,15 +256,12 @@ def _context_cluster_op_setup(ctx, inputs, output):
 
 def _context_cluster_op_backward(ctx, dy):
     heads, proposal, fold, impl, denominator = ctx.settings
-    want = [i for i in range(4) if ctx.needs_input_grad[i]]
+    needs = ctx.needs_input_grad[:4]
     create_graph = torch.is_grad_enabled()  # backward(create_graph=True): gradients with a graph
     with torch.enable_grad():
-        ins = [t.detach().requires_grad_(i in want) for i, t in enumerate(ctx.saved_tensors)]
+        ins = [t.detach().requires_grad_(need) for t, need in zip(ctx.saved_tensors, needs)]
         y = context_cluster(*ins, heads=heads, proposal=proposal, fold=fold, impl=impl, denominator=denominator)
-        got = torch.autograd.grad(y, [ins[i] for i in want], dy, create_graph=create_graph, allow_unused=True)
-    grads = [None] * 4
-    for i, g in zip(want, got):
-        grads[i] = torch.zeros_like(ins[i]) if g is None else g
+        grads = input_grads(y, ins, needs, dy, create_graph)
     return (*grads, None, None, None, None, None)
 
 
@@ -289,5 +294,5 @@ def cluster_assignment(x: Tensor, alpha: Tensor, beta: Tensor, *, heads: int, pr
     return group_map(a.long(), B, heads, (fh, fw), (H // fh, W // fw))
 
 
-__all__ = ["context_cluster", "context_cluster_op", "cluster_assignment", "torch_math", "check_inputs", "resolve_impl", "triton_available",
-           "IMPLS", "IMPL_ALIASES", "MAX_FUSED_CENTRES"]
+__all__ = ["context_cluster", "context_cluster_op", "cluster_assignment", "torch_math", "check_inputs", "resolve_impl",
+           "check_denominator", "pair", "triton_available", "IMPLS", "IMPL_ALIASES", "MAX_FUSED_CENTRES"]

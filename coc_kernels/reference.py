@@ -64,6 +64,17 @@ def torch_math(fn, x: torch.Tensor, value: torch.Tensor, alpha: torch.Tensor, be
     return y.to(value.dtype)
 
 
+def input_grads(y: torch.Tensor, inputs, needs_grad, dy: torch.Tensor, create_graph: bool) -> list:
+    """Gradients of ``y`` (seeded with ``dy``) for the inputs whose ``needs_grad`` is true, None for the rest;
+    an input ``y`` does not depend on gets zeros (what autograd expects of a backward that was asked for it)."""
+    want = [i for i, need in enumerate(needs_grad) if need]
+    got = torch.autograd.grad(y, [inputs[i] for i in want], dy, create_graph=create_graph, allow_unused=True)
+    grads = [None] * len(inputs)
+    for i, g in zip(want, got):
+        grads[i] = torch.zeros_like(inputs[i]) if g is None else g
+    return grads
+
+
 def to_groups(t: torch.Tensor, heads: int, fold: Tuple[int, int]) -> torch.Tensor:
     """``[B, heads*c, H, W] -> [G, c, rh, rw]`` with ``G = B*heads*fh*fw``.
 

@@ -23,16 +23,18 @@ import tempfile
 import time
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-K, R, F_, B, T = ("coc_kernels/ops/context_cluster.py", "coc_kernels/reference.py", "coc_kernels/functional.py",
-                  "coc_det/backbone.py", "tests/ops/test_context_cluster.py")
+R, F_, B, T = ("coc_kernels/reference.py", "coc_kernels/functional.py", "coc_det/backbone.py",
+               "tests/ops/test_context_cluster.py")
+#: the fused op's files: forward and backward kernels, tile helpers, geometry
+KF, KB, KT, KG = (f"coc_kernels/ops/context_cluster/{n}.py" for n in ("fwd", "bwd", "tiles", "geometry"))
 MATCH = "tests/ops/test_context_cluster.py::test_matches_dense"
 ORACLE = "tests/models/test_original_model.py"
 
 #: (name, file, text, replacement, pytest arguments, needs a GPU)
 MUTANTS = [
     # the model around the op (caught only by the comparison with the public model)
-    ("f/v convs swapped", B, "        value = self.v(x)\n        feat = self.f(x)",
-     "        value = self.f(x)\n        feat = self.v(x)", [ORACLE, "-k", "tiny"], False),
+    ("f/v convs swapped", B, "value, feat = _conv(self.v, x), _conv(self.f, x)",
+     "value, feat = _conv(self.f, x), _conv(self.v, x)", [ORACLE, "-k", "tiny"], False),
     ("layer scales swapped", B, "self.layer_scale_1[:, None, None] * self.token_mixer",
      "self.layer_scale_2[:, None, None] * self.token_mixer", [ORACLE, "-k", "tiny"], False),
     ("tanh GELU", B, "self.act = nn.GELU()", 'self.act = nn.GELU(approximate="tanh")', [ORACLE, "-k", "tiny"], False),
@@ -51,35 +53,35 @@ MUTANTS = [
      "        s_max, a = s.flip(-1).max(dim=-1)\n        a = s.shape[-1] - 1 - a",
      [T, "-k", "identical_points and light"], False),
     # the fused kernels (interpreter)
-    ("kernel: dispatch denominator + 2", K, "    o = uv / (den + 1.0)[:, None]", "    o = uv / (den + 2.0)[:, None]",
+    ("kernel: dispatch denominator + 2", KF, "    o = uv / (den + 1.0)[:, None]", "    o = uv / (den + 2.0)[:, None]",
      [MATCH, "-k", "triton and regions_5x7"], False),
-    ("kernel: backward denominator + 2", K, "    inv = 1.0 / (den + 1.0)", "    inv = 1.0 / (den + 2.0)",
+    ("kernel: backward denominator + 2", KB, "    inv = 1.0 / (den + 1.0)", "    inv = 1.0 / (den + 2.0)",
      [MATCH, "-k", "triton and regions_5x7"], False),
-    ("kernel: floor for ceil in a pooling window's size", K, "    rows = (lo_r + rh + ph - 1) // ph - lo_r // ph",
+    ("kernel: floor for ceil in a pooling window's size", KT, "    rows = (lo_r + rh + ph - 1) // ph - lo_r // ph",
      "    rows = (lo_r + rh) // ph - lo_r // ph", [MATCH, "-k", "triton and regions_5x7"], False),
-    ("kernel: a point one row past its pooling window", K, "(rp[:, None] < hi_r[None, :])",
+    ("kernel: a point one row past its pooling window", KT, "(rp[:, None] < hi_r[None, :])",
      "(rp[:, None] <= hi_r[None, :])", [MATCH, "-k", "triton and fold_4"], False),
-    ("kernel: one window too few in the pooling adjoint", K,
-     "self.KH, self.KW = 1 + _cdiv(ph, max(self.rh, 1)), 1 + _cdiv(pw, max(self.rw, 1))",
-     "self.KH, self.KW = _cdiv(ph, max(self.rh, 1)), _cdiv(pw, max(self.rw, 1))",
+    ("kernel: one window too few in the pooling adjoint", KG,
+     "self.KH, self.KW = 1 + cdiv(ph, max(self.rh, 1)), 1 + cdiv(pw, max(self.rw, 1))",
+     "self.KH, self.KW = cdiv(ph, max(self.rh, 1)), cdiv(pw, max(self.rw, 1))",
      # also caught by test_gradcheck_float64_overlapping_windows, but a failing gradcheck recomputes every
      # Jacobian column for its message: 4 minutes in the interpreter
      [MATCH, "-k", "triton and regions_5x7"], False),
-    ("kernel: centre gradient dropped from dx", K,
-     "        dxt += _pool_adjoint(scr, offs_d, D, r, col, valid, rh, rw, ph, pw, KH, KW, DT)",
-     "        dxt += 0.0 * _pool_adjoint(scr, offs_d, D, r, col, valid, rh, rw, ph, pw, KH, KW, DT)",
+    ("kernel: centre gradient dropped from dx", KB,
+     "        dxt += pool_adjoint(scr, offs_d, D, r, col, valid, rh, rw, ph, pw, KH, KW, DT)",
+     "        dxt += 0.0 * pool_adjoint(scr, offs_d, D, r, col, valid, rh, rw, ph, pw, KH, KW, DT)",
      [MATCH, "-k", "triton and regions_5x7"], False),
-    ("kernel: eps clamp of the norm dropped", K, "    return t / tl.maximum(nrm, eps)[None, :], nrm",
+    ("kernel: eps clamp of the norm dropped", KT, "    return t / tl.maximum(nrm, eps)[None, :], nrm",
      "    return t / nrm[None, :], nrm", [T, "-k", "zero_norm and triton"], False),
-    ("kernel: only the first block of dalpha/dbeta partials", K, "        for p0 in range(0, NPART, BLOCK_P):",
+    ("kernel: only the first block of dalpha/dbeta partials", KB, "        for p0 in range(0, NPART, BLOCK_P):",
      "        for p0 in range(0, BLOCK_P, BLOCK_P):", [T, "-k", "every_block_of_partials"], False),
-    ("kernel: last index on ties", K, "tl.argmax(s, axis=0, tie_break_left=True)",
+    ("kernel: last index on ties", KF, "tl.argmax(s, axis=0, tie_break_left=True)",
      "tl.argmax(s, axis=0, tie_break_left=False)", [T, "-k", "ties_first_index or identical_points"], True),
     # tools and loading
-    ("tools/test.py: mmseg 0.x checkpoints not switched to count", "tools/test.py", '("mmseg", "0.")',
+    ("mmseg 0.x checkpoints not switched to count", "coc_det/checkpoint.py", '("mmseg", "0.")',
      '("mmseg", "9.")', ["tests/integration/test_tools.py", "-k", "count_denominator"], False),
-    ("import allowlists getattr", "coc_det/__init__.py", '"""\nfrom .backbone import',
-     '"""\nimport torch as _t\n_t.serialization.add_safe_globals([getattr])\nfrom .backbone import',
+    ("import allowlists getattr", "coc_det/__init__.py", '"""\nfrom coc_kernels import __version__',
+     '"""\nimport torch as _t\n_t.serialization.add_safe_globals([getattr])\nfrom coc_kernels import __version__',
      ["tests/integration/test_checkpoint.py", "-k", "allowlists_nothing or imported_coc_det"], False),
 ]
 

@@ -20,7 +20,8 @@ def open_rgb(path: str) -> Image.Image:
     try:
         with Image.open(path) as img:
             if img.width * img.height > MAX_PIXELS:
-                raise ImageError(f"{path} is {img.width}x{img.height}: more than {MAX_PIXELS:,} pixels; resize it first")
+                raise ImageError(f"{path} is {img.width}x{img.height}: more than {MAX_PIXELS:,} pixels; "
+                                 "resize it first")
             img.load()
             if img.mode in WIDE_MODES:
                 arr = np.asarray(img, dtype=np.int64)

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os.path as osp
-import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def build(model_name: str, checkpoint: str | None, device: str):

@@ -35,7 +35,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 #: a traced batch of 1 would be specialised to 1; the example batch is 2 and the exported batch symbolic
 EXAMPLE_BATCH = 2
@@ -89,7 +88,7 @@ def build(target: str, checkpoint: str | None):
     """``(module, input side divisor, output names, what)`` for an arch, a timm name or a config."""
     from coc_det.backbone import ARCH_SETTINGS, ContextCluster
     from coc_det.classifier import TIMM_MODELS, ContextClusterClassifier, load_classifier_checkpoint
-    from coc_det.checkpoint import match_trained_denominator
+    from coc_det.backbone import match_trained_denominator
     if target in ARCH_SETTINGS:
         model = ContextCluster(target)
         if checkpoint:
@@ -113,7 +112,7 @@ def _build_from_config(path: str, checkpoint: str | None):
         from mmengine.config import Config
     except ImportError:
         raise SystemExit(f"{path!r} is neither an arch ({_choices()}) nor, without mmengine, a config") from None
-    from _common import resolve_config
+    from _config import resolve_config
     path = resolve_config(path)
     if not osp.isfile(path):
         raise SystemExit(f"{path!r} is not an arch or timm name ({_choices()}) nor a config file")

@@ -185,7 +185,8 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
     for split, n in (("train", args.train), ("val", args.val)):
         if args.layout == "ade":
-            print(f"wrote {n} images and label maps in {write_seg_split(args.out, SEG_SPLITS[split], n, args.size, rng)}")
+            where = write_seg_split(args.out, SEG_SPLITS[split], n, args.size, rng)
+            print(f"wrote {n} images and label maps in {where}")
         else:
             print(f"wrote {n} images and {write_split(args.out, split, n, args.size, rng)}")
     _mark(args.out, args.layout, complete=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import os
 import os.path as osp
 import sys
 

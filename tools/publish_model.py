@@ -13,10 +13,8 @@ import argparse
 import hashlib
 import os
 import os.path as osp
-import sys
 import tempfile
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 DROP = ("optimizer", "param_schedulers", "message_hub")
 

@@ -9,12 +9,10 @@ it on this machine (CPU or GPU), then evaluate the final checkpoint and print CO
 import argparse
 import os
 import os.path as osp
-import sys
 import time
 
 HERE = osp.dirname(osp.abspath(__file__))
 ROOT = osp.dirname(HERE)
-sys.path.insert(0, HERE)
 CONFIG = osp.join(ROOT, "configs", "demo", "mask-rcnn_coc-demo_fpn_shapes.py")
 SEG_CONFIG = osp.join(ROOT, "configs", "demo", "fpn_coc-demo_shapes.py")
 
@@ -48,7 +46,7 @@ def main(argv=None):
 
     import torch
     from mmengine.runner import Runner
-    from _common import load_config
+    from _config import load_config
 
     ns = argparse.Namespace(config=CONFIG, cfg_options=None, work_dir=args.work_dir, launcher="none", local_rank=0)
     cfg = load_config(ns)
@@ -113,7 +111,7 @@ def set_seg_iters(cfg, iters: int) -> None:
 def seg_demo(args):
     import torch
     from mmengine.runner import Runner
-    from _common import load_config
+    from _config import load_config
 
     work_dir = args.work_dir or osp.join(ROOT, "work_dirs", "demo_seg")
     data = (args.data or osp.join(ROOT, "data", "coc_demo_seg")).rstrip("/") + "/"

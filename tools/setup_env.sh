@@ -165,6 +165,12 @@ if ! have pytest-xdist 3.8.0; then
   "${PIP[@]}" install "pytest-xdist==3.8.0"
 fi
 
+if ! have ruff 0.17.6; then
+  # the linter make test runs first (configured in pyproject.toml)
+  say "installing ruff 0.17.6"
+  "${PIP[@]}" install "ruff==0.17.6"
+fi
+
 if ! have mkdocs 1.6.1 || ! have mkdocs-material 9.8.1 || ! have mkdocstrings 1.0.8 || ! have mkdocstrings-python 2.0.11; then
   # the documentation site (make docs; tests/integration/test_docs.py builds it strictly)
   say "installing mkdocs 1.6.1, mkdocs-material 9.8.1, mkdocstrings 1.0.8 + mkdocstrings-python 2.0.11"

@@ -17,12 +17,10 @@ import argparse
 import logging
 import os
 import os.path as osp
-import sys
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-
-from _common import (add_common_args, add_legacy_test_args, apply_legacy_test_args, close_distributed,  # noqa: E402
-                     load_config, resolve_config, select_gpu)
+from _config import add_common_args, load_config, resolve_config
+from _distributed import close_distributed
+from _legacy_args import add_legacy_test_args, apply_legacy_test_args, select_gpu
 
 
 def parse_args(argv=None):

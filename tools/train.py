@@ -8,13 +8,11 @@ The mmdet 2.x flags (--gpus/--gpu-ids/--gpu-id for one GPU, --no-validate, --opt
 --auto-resume) and the original repository's config names are taken, each with a one-line note.
 """
 import argparse
-import os.path as osp
-import sys
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-
-from _common import (add_common_args, add_legacy_train_args, apply_legacy_train_args, close_distributed,  # noqa: E402
-                     load_config, resume_checkpoint, select_gpu)
+from _config import add_common_args, load_config
+from _distributed import close_distributed
+from _legacy_args import add_legacy_train_args, apply_legacy_train_args, select_gpu
+from _resume import resume_checkpoint
 
 
 def parse_args(argv=None):

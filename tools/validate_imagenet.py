@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import os
 import os.path as osp
-import sys
 import time
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
 
 class ToImageNetIndex:

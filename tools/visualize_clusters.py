@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os.path as osp
-import sys
 
 import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _image import ImageError, open_rgb  # noqa: E402
+from _image import ImageError, open_rgb
 
 MEAN = np.array([123.675, 116.28, 103.53])
 STD = np.array([58.395, 57.12, 57.375])
@@ -90,7 +87,7 @@ def build_backbone(config: str, checkpoint: str | None):
     bb["init_cfg"] = None
     model = ContextCluster(**bb)
     if checkpoint:
-        from coc_det.checkpoint import match_trained_denominator
+        from coc_det.backbone import match_trained_denominator
         model.load_pretrained(checkpoint)  # raises when the checkpoint does not fit the model
         note = match_trained_denominator(model, checkpoint)
         if note:

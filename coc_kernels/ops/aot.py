@@ -129,17 +129,17 @@ def compile_spec(spec: Spec, cc: int, resources: bool = True) -> dict:
     file, lines = tile_helper_lines(spec.module)
     if lines:
         out["accesses"] = tile_accesses(k.asm.get("ttgir", ""), file, lines)
-        out.update(ptx_profile(k.asm["ptx"], lines))
+        out.update(ptx_profile(k.asm["ptx"], file, lines))
     return out
 
 
 def tile_helper_lines(module: str):
-    """``(file, source lines)`` of the module's ``TILE_ACCESS_HELPERS`` (the functions that make every
-    ``[B, C, H, W]`` tile load and store), from the decorator to one line past the body: compilers differ by a
-    line in where they place the load of a ``return tl.load(...)``."""
+    """``(file, source lines)`` of the tile-access helpers the module's kernels call (the names in it marked
+    ``tile_access``: the functions that make every ``[B, C, H, W]`` tile load and store), from the decorator to
+    one line past the body: compilers differ by a line in where they place the load of a ``return tl.load(...)``."""
     import importlib
     import inspect
-    helpers = getattr(importlib.import_module(module), "TILE_ACCESS_HELPERS", ())
+    helpers = [v for v in vars(importlib.import_module(module)).values() if getattr(v, "tile_access", False)]
     lines, file = set(), None
     for h in helpers:
         fn = getattr(h, "fn", h)
@@ -247,13 +247,15 @@ def lanes_along_points(access: dict, bw: int) -> bool:
 
 
 def _ptx_instructions(ptx: str):
-    """``(source line or None, instruction text, label or None)`` per PTX line of interest, in order."""
+    """``((source file, line) or None, instruction text, label or None)`` per PTX line of interest, in order
+    (``.loc`` names the innermost place of inlined code, its file by a ``.file`` index)."""
+    files = {int(n): os.path.realpath(p) for n, p in re.findall(r'^\s*\.file\s+(\d+)\s+"([^"]+)"', ptx, re.M)}
     cur = None
     for raw in ptx.splitlines():
         s = raw.strip()
         if s.startswith(".loc"):
             parts = s.split()
-            cur = int(parts[2].rstrip(",")) if len(parts) > 2 else None
+            cur = (files.get(int(parts[1])), int(parts[2].rstrip(","))) if len(parts) > 2 else None
             continue
         m = re.match(r"^(\$L__\w+):", s)
         if m:
@@ -265,11 +267,11 @@ def _ptx_instructions(ptx: str):
         yield cur, code, None
 
 
-def ptx_profile(ptx: str, tile_lines: set) -> dict:
-    """From the PTX: the loop that holds the most tile accesses (``tile_lines``: source lines of the tile-access
-    helpers), and in it the instruction count, FMAs, shared-memory loads (``ld.shared`` and the tensor-core dots'
-    ``ldmatrix``), integer div/rem, cp.async; and the
-    byte widths of every tile access of the kernel (``ld.global`` / ``st.global`` / ``cp.async``)."""
+def ptx_profile(ptx: str, tile_file: str, tile_lines: set) -> dict:
+    """From the PTX: the loop that holds the most tile accesses (``tile_lines`` of ``tile_file``: the source lines of
+    the tile-access helpers), and in it the instruction count, FMAs, shared-memory loads (``ld.shared`` and the
+    tensor-core dots' ``ldmatrix``), integer div/rem, cp.async; and the byte widths of every tile access of the
+    kernel (``ld.global`` / ``st.global`` / ``cp.async``)."""
     items = list(_ptx_instructions(ptx))
     labels = {lab: i for i, (_, _, lab) in enumerate(items) if lab}
     loops = []
@@ -278,8 +280,11 @@ def ptx_profile(ptx: str, tile_lines: set) -> dict:
         if m and m.group(1) in labels and labels[m.group(1)] < i:
             loops.append((labels[m.group(1)], i))
 
-    def is_tile_access(line, code):
-        return line in tile_lines and re.search(r"\b(ld\.global|st\.global|cp\.async\.(ca|cg))", code)
+    tile_file = os.path.realpath(tile_file)
+
+    def is_tile_access(loc, code):
+        return (loc is not None and loc[0] == tile_file and loc[1] in tile_lines
+                and re.search(r"\b(ld\.global|st\.global|cp\.async\.(ca|cg))", code))
 
     widths = []
     for line, code, _ in items:

@@ -28,7 +28,8 @@ model = dict(
         # by itself for detectors trained by the original mmdet 2.x code (see docs/op.md, "Denominator")
         denominator='similarity',
         # True: torch.compile the whole backbone as one graph (inductor fuses GroupNorm, layer scale, residuals,
-        # MLP; image sizes symbolic, so varying padded sizes do not recompile). See docs/performance.md, "Compiled backbone".
+        # MLP; image sizes symbolic, so varying padded sizes do not recompile). See docs/performance.md,
+        # "Compiled backbone".
         compile=False,
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[64, 128, 320, 512], out_channels=256, num_outs=5))

@@ -99,6 +99,8 @@ def _tool_argv(argv):
     argv = [a for a in argv if not re.match(r"^[A-Z_]+=", a)]  # environment assignments
     if argv[0] == "python" and len(argv) > 1 and argv[1].endswith(".py"):
         return argv[1], argv[2:]
+    if argv[0] == "python" and len(argv) > 2 and argv[1] == "-m" and argv[2].startswith(("benchmarks.", "tools.")):
+        return argv[2].replace(".", "/") + ".py", argv[3:]
     name = osp.basename(argv[0])
     if name == "dist_train.sh":
         return "tools/train.py", [argv[1]] + argv[3:]
@@ -133,6 +135,8 @@ def test_tool_commands_in_the_docs_parse(page, line, argv, monkeypatch):
     for token in args:
         if re.match(r"^configs/\S+\.py$", token):
             assert osp.isfile(osp.join(ROOT, token)), f"{page}: `{line}` names {token}, which does not exist"
+    # as python puts them first on the path: the script's folder (python tools/x.py), or the root (python -m)
+    monkeypatch.syspath_prepend(ROOT if "-m" in argv else osp.dirname(path))
     mod = runpy.run_path(path, run_name="docs_check")
     entry = mod.get("main") or mod.get("parse_args")
     assert entry, f"{script} has no main(argv) or parse_args(argv)"

@@ -100,7 +100,8 @@ def test_timm_create_model_loads_a_public_checkpoint_with_its_head(tmp_path):
     with torch.no_grad():  # float64: see test_original_model.py
         torch.testing.assert_close(model.double()(x.double()), src(x.double()), rtol=1e-9, atol=1e-9)
     model.float()
-    assert model.get_classifier() is model.head and model.forward_head(model.forward_features(x), True).shape == (2, 320)
+    assert model.get_classifier() is model.head
+    assert model.forward_head(model.forward_features(x), True).shape == (2, 320)
     cfg = timm.data.resolve_data_config({}, model=model)
     assert cfg["crop_pct"] == 0.9 and cfg["interpolation"] == "bicubic" and cfg["input_size"] == (3, 224, 224)
     with pytest.raises(ValueError, match="checkpoint_path"):

@@ -34,7 +34,8 @@ def test_roi_align_matches_torchvision(aligned):
     g = torch.Generator().manual_seed(1)
     feats = torch.randn(2, 8, 32, 40, generator=g, requires_grad=True)
     xy = torch.rand(20, 2, generator=g) * 100
-    rois = torch.cat([torch.randint(0, 2, (20, 1), generator=g).float(), xy, xy + torch.rand(20, 2, generator=g) * 60 + 4], 1)
+    rois = torch.cat([torch.randint(0, 2, (20, 1), generator=g).float(), xy,
+                      xy + torch.rand(20, 2, generator=g) * 60 + 4], 1)
     out = mmcv_ops.RoIAlign((7, 7), spatial_scale=0.25, sampling_ratio=2, aligned=aligned)(feats, rois)
     ref = torchvision.ops.roi_align(feats, rois, (7, 7), spatial_scale=0.25, sampling_ratio=2, aligned=aligned)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

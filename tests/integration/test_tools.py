@@ -157,7 +157,8 @@ def test_test_py_checks_arguments_before_building_anything(tmp_path, case):
 
 # ------------------------------------------------------------------------------------ backbone arguments
 @pytest.mark.parametrize("kw,msg", [(dict(frozen_stages=5), "frozen_stages"), (dict(frozen_stages=-2), "frozen_stages"),
-                                    (dict(mixer_impl="bogus"), "mixer_impl"), (dict(denominator="bogus"), "denominator")])
+                                    (dict(mixer_impl="bogus"), "mixer_impl"),
+                                    (dict(denominator="bogus"), "denominator")])
 def test_backbone_rejects_bad_settings_at_construction(kw, msg):
     from coc_det import ContextCluster
     with pytest.raises(ValueError, match=msg):
@@ -342,7 +343,7 @@ def test_run_demo_seg_iters_gives_a_schedule_that_runs(iters):
     from mmengine.registry import PARAM_SCHEDULERS
 
     import run_demo
-    from _common import load_config
+    from _config import load_config
     cfg = load_config(argparse.Namespace(config=run_demo.SEG_CONFIG, cfg_options=None, work_dir="unused",
                                          launcher="none", local_rank=0))
     run_demo.set_seg_iters(cfg, iters)

@@ -29,7 +29,8 @@ assert coc_kernels.__version__ == coc_det.__version__ == md.version("coc-det"), 
 assert not coc_det.HAS_MMDET
 from coc_kernels import context_cluster, context_cluster_dense
 g = torch.Generator().manual_seed(0)
-x, v = torch.randn(1, 64, 8, 12, generator=g, dtype=torch.float64), torch.randn(1, 64, 8, 12, generator=g, dtype=torch.float64)
+x = torch.randn(1, 64, 8, 12, generator=g, dtype=torch.float64)
+v = torch.randn(1, 64, 8, 12, generator=g, dtype=torch.float64)
 a, b = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
 y = context_cluster(x, v, a, b, heads=2, proposal=2, fold=2)
 ref = context_cluster_dense(x, v, a, b, heads=2, proposal=(2, 2), fold=(2, 2))

@@ -75,7 +75,8 @@ def test_pretrained_classification_checkpoint_loads(tmp_path, wrap, caplog):
     assert torch.equal(got["norm0.weight"], before["norm0.weight"])
     model2 = ContextCluster("small", init_cfg=dict(type="Pretrained", checkpoint=str(path)))
     model2.init_weights()  # the init_cfg route that mmengine's runner takes
-    assert torch.equal(model2.state_dict()["network.2.1.token_mixer.f.weight"], state["network.2.1.token_mixer.f.weight"])
+    key = "network.2.1.token_mixer.f.weight"
+    assert torch.equal(model2.state_dict()[key], state[key])
 
 
 def test_detector_checkpoint_gives_its_backbone(tmp_path):

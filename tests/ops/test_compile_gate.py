@@ -15,7 +15,7 @@ from conftest import ROOT  # noqa: E402
 
 #: triton 3.6, the GPU machines' version, installed beside the project's own by tools/setup_env.sh
 TRITON_36 = os.environ.get("COC_TRITON36_DIR", os.path.join(ROOT, ".venv", "triton-3.6"))
-#: what `make test` compiles (the whole sweep, fp16 and sm_100 too, is `python benchmarks/kernel_resources.py`, run
+#: what `make test` compiles (the whole sweep, fp16 and sm_100 too, is `python -m benchmarks.kernel_resources`, run
 #: by hand after every kernel change): fp16 specialisations differ from bf16 ones only in the conversion after each
 #: load. 16-bit ones are not fp32's twins: the pool kernel at 4 centres spilled with bf16 only (triton 3.6)
 GATE_DTYPES = ("float32", "bfloat16")
@@ -26,8 +26,8 @@ def _run_gate(tmp_path, triton_dir=None, args=(), dtypes=GATE_DTYPES):
     if triton_dir:
         env["PYTHONPATH"] = os.pathsep.join([triton_dir] + [p for p in [env.get("PYTHONPATH")] if p])
     md = tmp_path / "resources.md"
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "kernel_resources.py"), "--md", str(md),
-                        "--no-sm100", "--dtype", *dtypes, *args], env=env, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "benchmarks.kernel_resources", "--md", str(md),
+                        "--no-sm100", "--dtype", *dtypes, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=1500)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-4000:]
     return md.read_text()
@@ -66,7 +66,7 @@ def test_detection_launches_hold_the_gate_under_triton_36(tmp_path):
     2026-12-02 read every tile with a warp's lanes along channels): the small detection backbone's launches
     in fp32 and bf16 (medium and base give the same specialisations; fp16 and the other tile widths of the zoo
     are in the full sweep,
-    ``PYTHONPATH=.venv/triton-3.6 python benchmarks/kernel_resources.py``)."""
+    ``PYTHONPATH=.venv/triton-3.6 python -m benchmarks.kernel_resources``)."""
     import triton
     here = triton.__version__.startswith("3.6.")  # the GPU machines run it as their own
     assert here or os.path.isdir(os.path.join(TRITON_36, "triton")), (
@@ -86,14 +86,15 @@ def test_launches_and_allocations_per_step_are_pinned():
 
     from coc_kernels import cluster_assignment, context_cluster
     from coc_kernels.ops import context_cluster as ops
+    from coc_kernels.ops.context_cluster import host
     allocated = []
-    real_empty = ops._empty
+    real_empty = host.empty
 
     def counting_empty(shape, dtype, device):
         allocated.append(tuple(shape))
         return real_empty(shape, dtype, device)
 
-    ops._empty = counting_empty
+    host.empty = counting_empty
     try:
         x = torch.empty(2, 64, 32, 48, requires_grad=True)
         v = torch.empty(2, 64, 32, 48, requires_grad=True)
@@ -111,7 +112,7 @@ def test_launches_and_allocations_per_step_are_pinned():
             cluster_assignment(x, a, b, heads=2, proposal=5, fold=4, impl="triton")
         counts["assignment"] = (len(rec), len(allocated))
     finally:
-        ops._empty = real_empty
+        host.empty = real_empty
     assert counts == {"forward": (3, 10), "backward": (3, 8), "assignment": (2, 4)}
 
 
@@ -119,7 +120,8 @@ def test_ptx_profile_counts_the_tile_loop_by_hand():
     """The per-point proxies come from ``aot.ptx_profile``: on a hand-written PTX body, the loop with the tile
     accesses is found by its back edge, and its instructions, FMAs, shared loads (``ld.shared`` and the
     tensor-core dots' ``ldmatrix``), integer div/rem and ``cp.async`` are what a count by hand gives; access
-    widths come from the vector suffix and cp.async's size."""
+    widths come from the vector suffix and cp.async's size. Tile accesses are those of the helpers' file: a kernel
+    in another file has an access on the same line number, which is not one."""
     from coc_kernels.ops import aot
     ptx = "\n".join([
         ".loc 1 5 0",
@@ -128,6 +130,8 @@ def test_ptx_profile_counts_the_tile_loop_by_hand():
         ".loc 1 10 0",  # a tile-access line
         "ld.global.v4.b32 {%r2, %r3, %r4, %r5}, [%rd1];",
         "cp.async.cg.shared.global [%r6], [%rd2], 16;",
+        ".loc 2 10 0",  # the same line of the kernel's own file: not a tile access
+        "st.global.b32 [%rd4], %r19;",
         ".loc 1 20 0",
         "fma.rn.f32 %f1, %f2, %f3, %f1;",
         "@%p1 fma.rn.f32 %f4, %f2, %f3, %f4;",
@@ -140,7 +144,9 @@ def test_ptx_profile_counts_the_tile_loop_by_hand():
         "@%p2 bra.uni $L__BB0_1;",
         ".loc 1 10 0",
         "st.global.v2.f32 [%rd3], {%f6, %f7};",  # after the loop: a tile access, not in the loop
+        '.file 1 "/k/tiles.py"',
+        '.file 2 "/k/fwd.py"',
     ])
-    prof = aot.ptx_profile(ptx, {10})
-    assert prof["loop"] == dict(instructions=10, fma=2, ld_shared=2, int_divrem=2, cp_async=1, tile_accesses=2)
+    prof = aot.ptx_profile(ptx, "/k/tiles.py", {10})
+    assert prof["loop"] == dict(instructions=11, fma=2, ld_shared=2, int_divrem=2, cp_async=1, tile_accesses=2)
     assert prof["tile_access_bytes"] == [8, 16]

@@ -1,5 +1,6 @@
 """The fused Triton op (interpreter) and the memory-light torch path against the dense restatement of the
-original code: forward, gradients of all four inputs, each kernel on its own, dtypes, bad inputs."""
+original code: forward, gradients of all four inputs, the saved state, dtypes, bad inputs. (Launch
+configuration: test_launch_config.py; the split dots: test_dots.py.)"""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,29 +9,7 @@ from coc_kernels import cluster_assignment, context_cluster
 from coc_kernels.reference import context_cluster_dense, to_groups
 from coc_kernels.ops import context_cluster as ops
 from conftest import DEVICE, only_compiled_can_fail
-
-
-def make(B, heads, d, dv, H, W, alpha=1.0, beta=0.0, dtype=torch.float32, device=DEVICE):
-    x = torch.randn(B, heads * d, H, W, dtype=dtype).to(device)
-    v = torch.randn(B, heads * dv, H, W, dtype=dtype).to(device)
-    return x, v, torch.tensor([alpha], dtype=dtype, device=device), torch.tensor([beta], dtype=dtype, device=device)
-
-
-def fwd_bwd(impl, x, v, a, b, dy=None, **kw):
-    ins = [t.detach().clone().requires_grad_(True) for t in (x, v, a, b)]
-    y = context_cluster(*ins, impl=impl, **kw)
-    if dy is None:
-        dy = torch.randn_like(y)
-    grads = torch.autograd.grad(y, ins, dy)
-    return y, grads, dy
-
-
-def assert_matches_dense(impl, x, v, a, b, rtol=1e-5, atol=1e-5, **kw):
-    y_ref, g_ref, dy = fwd_bwd("dense", x, v, a, b, **kw)
-    y, g, _ = fwd_bwd(impl, x, v, a, b, dy=dy, **kw)
-    torch.testing.assert_close(y, y_ref, rtol=rtol, atol=atol)
-    for name, got, ref in zip(("dx", "dvalue", "dalpha", "dbeta"), g, g_ref):
-        torch.testing.assert_close(got, ref, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+from op_helpers import assert_matches_dense, fwd_bwd, make
 
 
 # (B, heads, d, dv, H, W, proposal, fold, alpha, beta)
@@ -70,7 +49,7 @@ def test_dense_is_the_original_formulation(denominator):
     """The oracle itself: same numbers as a literal transcription of the original Cluster.forward body (its
     current form divides by sim.sum + 1, the form before 2023-05-31 by mask.sum + 1)."""
     x, v, a, b = make(2, 2, 8, 8, 8, 8)
-    heads, fold, prop = 2, 2, 2
+    heads, prop = 2, 2  # fold 2: the 8x8 map as 2x2 regions of 4x4
     # original: rearrange 'b (e c) w h -> (b e) c w h', then '(f1 w) (f2 h) -> (b f1 f2)'
     xe = x.reshape(2 * heads, 8, 8, 8)
     ve = v.reshape(2 * heads, 8, 8, 8)
@@ -227,7 +206,7 @@ def test_dalpha_dbeta_sum_every_block_of_partials():
     minute in the interpreter): dalpha/dbeta equal dense, so no block of partials is dropped."""
     x, v, a, b = make(1, 2, 8, 8, 8, 10, alpha=1.0, beta=0.2)
     with ops.launch_policy(partial_block=16):
-        q = ops._Geom(x, v, 2, 2, 2, 4, 5)
+        q = ops.Geometry(x, v, 2, 2, 2, 4, 5)
         assert q.G * q.NC == 40
         assert_matches_dense("triton", x, v, a, b, heads=2, proposal=2, fold=(4, 5))
 
@@ -277,99 +256,6 @@ def test_saved_state_against_torch(by_count):
     torch.testing.assert_close(o, ref_o, rtol=1e-5, atol=1e-6)
     ref_y = ref_sigma[..., None] * torch.gather(ref_o, 1, ref_idx[..., None].expand(-1, -1, dv))
     torch.testing.assert_close(to_groups(y, heads, (fh, fw)).flatten(2).transpose(1, 2), ref_y, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("target", [1, 4, 10 ** 6], ids=["one_chunk", "some_chunks", "max_chunks"])
-def test_chunked_groups(target):
-    """A group's points split over several programs (few groups) gives the dense result: the per-chunk
-    partials and their fixed-order sums (centres, aggregates, do, d c_hat, dalpha/dbeta) are complete."""
-    x, v, a, b = make(1, 2, 16, 16, 20, 26, alpha=1.3, beta=-0.2)  # 2 groups of N = 520 points
-    with ops.launch_policy(target_programs=target):
-        q = ops._Geom(x, v, 2, 3, 2, 1, 1)
-        # chunks are whole multiples of the tallest tile's rows (row_unit) of the 20 region rows
-        expected = {1: 1, 4: 2, 10 ** 6: min(ops.MAX_CHUNKS, -(-20 // q.row_unit))}[target]
-        assert q.NC == expected and (target < 10 ** 6 or q.NC > 2)
-        assert_matches_dense("triton", x, v, a, b, heads=2, proposal=(3, 2), fold=1, denominator="similarity")
-
-
-def test_the_launch_geometry_is_made_once_per_shape_and_policy():
-    """The per-shape geometry is reused (host time), and never across launch policies or shapes: a chunking
-    changed by the policy shows in the next call's launches."""
-    x, v, a, b = make(1, 2, 16, 16, 20, 26, device="cpu")
-    nc = {}
-    for target in (1, 10 ** 6, 1):
-        with ops.launch_policy(target_programs=target):
-            q = ops._geometry(x, v, 2, 3, 2, 1, 1)
-            assert ops._geometry(x, v, 2, 3, 2, 1, 1) is q
-            assert ops._geometry(x[:, :, :, :24], v[:, :, :, :24], 2, 3, 2, 1, 1) is not q
-            with ops.record_launches(execute=False) as rec:
-                context_cluster(x, v, a, b, heads=2, proposal=(3, 2), fold=1, impl="triton")
-            nc.setdefault(target, set()).update(launch.args["NC"] for launch in rec)
-    assert nc[1] == {1} and min(nc[10 ** 6]) > 1
-    with pytest.raises(AttributeError, match="fixed once made"):
-        q.NC = 3
-
-
-def test_launches_are_recorded_without_running():
-    """record_launches(execute=False) sees the forward's and backward's launches and runs none of them."""
-    x, v, a, b = make(1, 2, 16, 16, 8, 8, device="cpu")
-    x.requires_grad_(True)
-    with ops.record_launches(execute=False) as rec:
-        y = context_cluster(x, v, a, b, heads=2, proposal=2, fold=2, impl="triton")
-        y.backward(torch.ones_like(y))
-    names = [launch.kernel.__name__ for launch in rec]
-    assert names == ["_pool_kernel", "_assign_kernel", "_dispatch_kernel",
-                     "_bwd_do_kernel", "_bwd_main_kernel", "_bwd_pool_kernel"]
-    assert all(launch.grid == (2 * 2 * 2, 1) for launch in rec)
-
-
-def test_every_launch_names_its_arguments():
-    """Kernels are launched by parameter name: the recorded launches give every runtime parameter and every
-    constexpr of their kernel, by name (geometry from an independent source: the recorded tensors and sizes),
-    and a launch that leaves one out or adds one is refused before anything runs."""
-    x, v, a, b = make(1, 2, 16, 16, 8, 12, device="cpu")
-    with ops.record_launches(execute=False) as rec:
-        context_cluster(x, v, a, b, heads=2, proposal=(2, 3), fold=(2, 3), impl="triton")
-    for launch in rec:
-        runtime, const = ops.kernel_params(launch.kernel)
-        assert set(launch.args) == set(runtime) and set(launch.constexprs) == set(const)
-        vec = launch.constexprs["VEC"]
-        region = {k: launch.args[k] for k in ("H", "fh", "fw", "rh")}
-        assert region == dict(H=8, fh=2, fw=3, rh=4), launch.kernel.__name__
-        assert (launch.args["W_v"] * vec, launch.args["rw_v"] * vec) == (12, 4), launch.kernel.__name__
-        if "ph" in launch.args:
-            assert (launch.args["ph"], launch.args["pw"], launch.args["M"]) == (2, 3, 6)
-    pool = rec[0]
-    with ops.record_launches(execute=False):
-        with pytest.raises(TypeError, match=r"missing \['pw'\].*unknown \['pww'\]"):
-            args = {("pww" if k == "pw" else k): val for k, val in pool.args.items()}
-            ops._launch(pool.kernel, pool.grid, args, pool.constexprs, dict(num_warps=4, num_stages=1))
-
-
-def test_tile_and_vector_widths():
-    """Tiles of BW columns with the fewest masked columns (widest on a tie, at least 8 where the region is that
-    wide), and the vector width VEC dividing the region width, the image width and BW; counted by hand."""
-    # rw=42: BW 8 and 16 both take 48 columns, 32 and 64 take 64 -> 16; rw=7 -> 8; rw=26: 8/16/32 all take 32
-    assert [ops.tile_width(rw, 64) for rw in (42, 7, 26, 2, 336, 3)] == [16, 8, 32, 2, 16, 4]
-    assert ops.tile_width(42, 16) == 16 and ops.tile_width(26, 16) == 16  # never wider than the tile
-    # (rw, W, BW): 42 = 2*21, 336 = 16*21, 7 odd, 12 = 4*3
-    assert [ops.vector_width(*c) for c in ((42, 336, 16), (336, 336, 16), (7, 56, 8), (12, 24, 16), (2, 8, 2))] \
-        == [2, 4, 1, 4, 2]
-
-
-def test_launch_policy_is_scoped_and_checked():
-    """launch_policy changes the policy for its block only, also when the block raises; bad values are refused."""
-    before = ops.policy()
-    with pytest.raises(RuntimeError, match="inside"):
-        with ops.launch_policy(target_programs=5, partial_block=16):
-            assert ops.policy().partial_block == 16 and ops.chunking(1, 10, 1)[0] == 5
-            raise RuntimeError("inside")
-    assert ops.policy() is before and ops.chunking(1, 10, 1)[0] == 10
-    for bad in (dict(partial_block=12), dict(target_programs=0), dict(precision="tf16")):
-        with pytest.raises(ValueError):
-            with ops.launch_policy(**bad):
-                pass
-    assert ops.policy() is before
 
 
 def test_nonfinite_alpha_makes_output_nan_on_the_fused_path(monkeypatch):
@@ -477,72 +363,3 @@ def test_auto_on_cpu_is_light():
     y = context_cluster(d["x"], d["value"], d["alpha"], d["beta"], heads=2, proposal=2, fold=2)
     ref = context_cluster(d["x"], d["value"], d["alpha"], d["beta"], heads=2, proposal=2, fold=2, impl="light")
     assert torch.equal(y, ref)
-
-
-# ------------------------------------------------------------------------------------ the split dots
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
-
-from coc_kernels.ops.context_cluster import _dot_dense, _dot_exact, _split3  # noqa: E402
-
-
-@triton.jit
-def _split_probe(x_ptr, hi_ptr, mid_ptr, lo_ptr, N: tl.constexpr):
-    offs = tl.arange(0, N)
-    hi, mid, lo = _split3(tl.load(x_ptr + offs))
-    tl.store(hi_ptr + offs, hi)
-    tl.store(mid_ptr + offs, mid)
-    tl.store(lo_ptr + offs, lo)
-
-
-@triton.jit
-def _dots_probe(a_ptr, b_ptr, e_ptr, dense_ptr, exact_ptr, M: tl.constexpr, K: tl.constexpr, N: tl.constexpr,
-                PREC: tl.constexpr):
-    om, ok, on = tl.arange(0, M), tl.arange(0, K), tl.arange(0, N)
-    a = tl.load(a_ptr + om[:, None] * K + ok[None, :])
-    b = tl.load(b_ptr + ok[:, None] * N + on[None, :])
-    e = tl.load(e_ptr + ok[:, None] * N + on[None, :])
-    a_hi, a_mid, a_lo = _split3(a)
-    tl.store(dense_ptr + om[:, None] * N + on[None, :], _dot_dense(a_hi, a_mid, a_lo, b, PREC, tl.float32))
-    acc = tl.zeros((M, N), dtype=tl.float32)
-    tl.store(exact_ptr + om[:, None] * N + on[None, :], _dot_exact(a, e, acc, PREC, tl.float32))
-
-
-@pytest.mark.skipif(DEVICE == "cuda", reason="the probes run in the interpreter")
-def test_split3_pieces_are_bf16_and_sum_exactly():
-    """The split dots' premise: every fp32 value is hi + mid + lo exactly, each a bf16 number, so products with
-    bf16-exact (one-hot, membership) operands on bf16 tensor cores lose nothing; NaN and inf stay non-finite."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1024, generator=g) * torch.exp2(torch.randint(-60, 60, (1024,), generator=g).float())
-    x[:8] = torch.tensor([0.0, -0.0, 1.0, 3.4e38, -3.4e38, 1e-38, float("nan"), float("inf")])
-    hi, mid, lo = (torch.empty_like(x) for _ in range(3))
-    _split_probe[(1,)](x, hi, mid, lo, N=1024)
-    normal = torch.isfinite(x) & ((x.abs() >= 2.0 ** -110) | (x == 0))  # every piece a normal fp32 number
-    assert normal.sum() > 1000 and not normal[5]
-    for piece in (hi, mid, lo):
-        assert torch.equal(piece[normal], piece[normal].bfloat16().float())
-    total = (hi.double() + mid.double()) + lo.double()  # exact in float64
-    assert torch.equal(total[normal].float(), x[normal])
-    # below 2**-110 the last piece is subnormal: what bf16 keeps of it is within 2**-133
-    as_bf16 = (hi.bfloat16().double() + mid.bfloat16().double()) + lo.bfloat16().double()
-    assert (as_bf16[5] - x[5].double()).abs() < 2.0 ** -133
-    assert not torch.isfinite(total[6:8]).any()
-
-
-@pytest.mark.skipif(DEVICE == "cuda", reason="the probes run in the interpreter")
-def test_split_dots_keep_fp32_accuracy():
-    """``_dot_exact`` (dense @ a 0/1 matrix) and ``_dot_dense`` (dense @ dense, six bf16 products) against
-    float64: within a few fp32 roundings, where one bf16 product would be off by ~1e-3 and dropping the last
-    piece by ~1e-5 (relative)."""
-    g = torch.Generator().manual_seed(1)
-    M, K, N = 16, 32, 16
-    a, b = torch.randn(M, K, generator=g), torch.randn(K, N, generator=g)
-    e = (torch.rand(K, N, generator=g) < 0.3).float()
-    dense, exact = torch.empty(M, N), torch.empty(M, N)
-    _dots_probe[(1,)](a, b, e, dense, exact, M=M, K=K, N=N, PREC="split")
-    scale = a.abs().double() @ b.abs().double()  # the size of the sum's terms
-    err_dense = ((dense.double() - a.double() @ b.double()).abs() / scale).max().item()
-    err_exact = ((exact.double() - a.double() @ e.double()).abs() / (a.abs().double() @ e.double()).clamp_min(
-        1e-30)).max().item()
-    eps = torch.finfo(torch.float32).eps
-    assert err_dense < 8 * eps and err_exact < 8 * eps, (err_dense, err_exact)

@@ -311,8 +311,10 @@ def test_the_earlier_impl_name_reference_still_means_light():
     from coc_kernels.functional import resolve_impl
     x, v, a, b = make(B=1, C=4, H=8, W=8, dtype=torch.float64)
     kw = dict(heads=2, proposal=2, fold=2)
-    assert torch.equal(context_cluster(x, v, a, b, impl="reference", **kw), context_cluster(x, v, a, b, impl="light", **kw))
-    assert torch.equal(cluster_assignment(x, a, b, impl="reference", **kw), cluster_assignment(x, a, b, impl="light", **kw))
+    assert torch.equal(context_cluster(x, v, a, b, impl="reference", **kw),
+                       context_cluster(x, v, a, b, impl="light", **kw))
+    assert torch.equal(cluster_assignment(x, a, b, impl="reference", **kw),
+                       cluster_assignment(x, a, b, impl="light", **kw))
     assert resolve_impl("reference", x) == "light"
     assert {m.impl for m in ContextCluster("tiny", mixer_impl="reference").modules() if hasattr(m, "impl")} == {"light"}
     with pytest.raises(ValueError, match="impl must be one of"):

@@ -31,7 +31,8 @@ model = dict(
         mixer_impl='triton',  # the fused kernels (GPU recipe); 'auto' or 'light' elsewhere
         denominator='similarity',  # today's public ImageNet checkpoints; the paper's ADE20K models used 'count'
         # True: torch.compile the whole backbone as one graph (inductor fuses GroupNorm, layer scale, residuals,
-        # MLP; image sizes symbolic, so varying padded sizes do not recompile). See docs/performance.md, "Compiled backbone".
+        # MLP; image sizes symbolic, so varying padded sizes do not recompile). See docs/performance.md,
+        # "Compiled backbone".
         compile=False,
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[64, 128, 320, 512]),

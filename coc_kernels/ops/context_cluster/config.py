@@ -1,0 +1,170 @@
+"""Launch configuration: the policy in force (per block of code), one table of per-kernel settings, and the
+tile width, vector width and chunking a shape implies. Nothing here is read off the device, so with the
+shipped table every GPU launches the same configurations and computes the same results."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from typing import Mapping
+
+
+#: at most this many chunks per group (each program re-reads the NC partials of its group)
+MAX_CHUNKS = 16
+DOT_PRECISIONS = ("split", "ieee", "tf32", "tf32x3")
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchPolicy:
+    """How the op launches its kernels. Nothing here is read off the device, so the chunking, and with it
+    every result, is the same on every GPU. The one in force is :func:`policy`; change it for a block with
+    :func:`launch_policy` (tests, tuning sweeps, the compile gate)."""
+
+    #: programs a launch aims for: groups are split into chunks until G * NC reaches this
+    target_programs: int = 1024
+    #: the (dalpha, dbeta) partials (one per group and chunk) are summed this many at a time, in a fixed order
+    partial_block: int = 256
+    #: ``tl.dot`` precision: "split" (tensor cores on bf16 pieces that sum exactly to the fp32 operands: fp32
+    #: accuracy, see ``dots.dot_exact``; fp64 inputs take "ieee"), "ieee" (fp32 FMAs), or the TF32 modes (less
+    #: accurate than fp32: assignments flip against the fp32 reference)
+    precision: str = "split"
+    #: fill every buffer the op allocates with NaN (int: -2**31) first, so an element no kernel writes shows
+    poison: bool = False
+    #: per-kernel overrides of :func:`kernel_config`, e.g. ``{"assign": {"BLOCK_N": 32}}``; ``"*"``: every kernel
+    config_overrides: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.target_programs, int) or self.target_programs < 1:
+            raise ValueError(f"target_programs must be a positive int, got {self.target_programs!r}")
+        if not isinstance(self.partial_block, int) or self.partial_block < 1 or self.partial_block & (
+                self.partial_block - 1):
+            raise ValueError(f"partial_block must be a power of two, got {self.partial_block!r}")
+        if self.precision not in DOT_PRECISIONS:
+            raise ValueError(f"precision must be one of {DOT_PRECISIONS}, got {self.precision!r}")
+
+    @classmethod
+    def from_env(cls) -> "LaunchPolicy":
+        """The defaults, with ``COC_TARGET_PROGRAMS`` and ``COC_DOT_PRECISION`` where set."""
+        return cls(target_programs=int(os.environ.get("COC_TARGET_PROGRAMS", 1024)),
+                   precision=os.environ.get("COC_DOT_PRECISION", "split"))
+
+
+_POLICY = [LaunchPolicy.from_env()]
+
+
+def policy() -> LaunchPolicy:
+    """The launch policy in force."""
+    return _POLICY[0]
+
+
+@contextlib.contextmanager
+def launch_policy(**changes):
+    """Run the block under the current policy with ``changes`` (fields of :class:`LaunchPolicy`); the previous
+    policy is back afterwards, also on an error."""
+    prev = _POLICY[0]
+    _POLICY[0] = dataclasses.replace(prev, **changes)
+    try:
+        yield _POLICY[0]
+    finally:
+        _POLICY[0] = prev
+
+
+def pow2(n: int) -> int:
+    """Tile size for n (a power of two, at least 16: tl.dot's minimum)."""
+    return max(16, 1 << (int(n) - 1).bit_length())
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+#: centre classes: ``BLOCK_M``, the centre tile (the centres per region rounded up to a power of two, at least
+#: 16: tl.dot's minimum); the fused op takes at most 64 centres, so every call falls in one of these
+CENTRE_CLASSES = (16, 32, 64)
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelConfig:
+    """Launch settings of one kernel, one value per centre class (:data:`CENTRE_CLASSES`): ``BLOCK_N`` points
+    per tile, warps per program, ``STAGES`` the software-pipelining depth of the tile loop
+    (``tl.range(..., num_stages=STAGES)``: the next tile's loads go out as ``cp.async`` while this one
+    computes). The same for every dtype. ``why``: what chose them."""
+    BLOCK_N: tuple
+    num_warps: tuple
+    STAGES: tuple
+    why: str = ""
+
+    def at(self, block_m: int) -> dict:
+        i = CENTRE_CLASSES.index(block_m)
+        return dict(BLOCK_N=self.BLOCK_N[i], num_warps=self.num_warps[i], num_stages=1, STAGES=self.STAGES[i])
+
+
+#: every kernel, in launch order (forward, then backward; ``assign_only`` is the assignment without aggregation),
+#: and its launch settings by centre class (4 / 25 / 49 centres are the classes 16 / 32 / 64). Chosen so that
+#: none spills registers at sm_80 / sm_90 with fp32, fp16 or bf16 inputs (``benchmarks/kernel_resources.py``
+#: checks every launch, with triton 3.6 and 3.8) and per-point instructions stay low: the split dots run on
+#: tensor cores and hold their operands in shared memory, so tiles of 32-64 points fit.
+KERNEL_CONFIGS = {
+    "pool": KernelConfig(BLOCK_N=(64, 64, 32), num_warps=(4, 4, 4), STAGES=(2, 2, 2),
+                         why="8 warps at 64 centres: 1 program per SM; 64 points x 4 warps spill at sm_80"),
+    "assign": KernelConfig(BLOCK_N=(32, 32, 32), num_warps=(4, 4, 8), STAGES=(2, 2, 2),
+                           why="the most state per point (with the FMA dots of 2026-11-26, 4 warps beat 8-16 by "
+                               "up to 2x on an H100)"),
+    "assign_only": KernelConfig(BLOCK_N=(64, 64, 64), num_warps=(4, 4, 8), STAGES=(2, 2, 2)),
+    "dispatch": KernelConfig(BLOCK_N=(64, 64, 64), num_warps=(8, 8, 8), STAGES=(2, 2, 2), why="gathers, no dot"),
+    "bwd_do": KernelConfig(BLOCK_N=(32, 32, 32), num_warps=(4, 4, 4), STAGES=(1, 1, 1),
+                           why="64 points: 176 registers, 2 programs per SM (triton 3.6); 32: 96-128, 4-5; "
+                               "pipelined, it spills (255 registers at sm_90, triton 3.6 and 3.8)"),
+    "bwd_main": KernelConfig(BLOCK_N=(32, 32, 32), num_warps=(4, 4, 8), STAGES=(1, 2, 1),
+                             why="at 4 and 49 centres the second pipeline stage's registers spill at sm_80 / sm_90"),
+    "bwd_pool": KernelConfig(BLOCK_N=(64, 64, 64), num_warps=(8, 8, 8), STAGES=(2, 2, 2), why="gathers, no dot"),
+}
+KERNELS = tuple(KERNEL_CONFIGS)
+
+
+def kernel_config(kernel: str, M: int, D: int, DV: int) -> dict:
+    """``BLOCK_N``, ``num_warps``, ``num_stages`` (triton's launch stages: 1) and ``STAGES`` of one kernel for M
+    centres and D / DV channels: its row of :data:`KERNEL_CONFIGS`, then the policy's ``config_overrides``."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; one of {KERNELS}")
+    cfg = KERNEL_CONFIGS[kernel].at(min(max(pow2(M), CENTRE_CLASSES[0]), CENTRE_CLASSES[-1]))
+    overrides = policy().config_overrides
+    cfg.update(overrides.get("*", {}))
+    cfg.update(overrides.get(kernel, {}))
+    n = cfg["BLOCK_N"]
+    if n < 16 or n & (n - 1):
+        raise ValueError(f"BLOCK_N of {kernel} must be a power of two >= 16, got {n}")
+    return cfg
+
+
+def tile_width(rw: int, block_n: int) -> int:
+    """``BW``: columns per tile row for regions ``rw`` wide, a power of two. The fewest masked columns
+    (``ceil(rw / BW) * BW - rw``) among widths of at least ``min(8, rw)`` rounded up, the widest on a tie: 16 for
+    the detection models' ``rw = 42`` (48 columns, 12.5 % masked), 8 for ImageNet's 7."""
+    best, bw = None, 1
+    while bw < min(8, rw):
+        bw *= 2
+    while bw <= block_n:
+        cost = cdiv(max(rw, 1), bw) * bw
+        if best is None or cost <= best[0]:
+            best = (cost, bw)
+        bw *= 2
+    return best[1]
+
+
+def vector_width(rw: int, W: int, bw: int) -> int:
+    """``VEC``: elements per vector access, the largest of 4, 2, 1 that divides the region width, the image
+    width and ``BW`` (every row segment of a tile then starts on a multiple of it)."""
+    for vec in (4, 2):
+        if rw % vec == 0 and W % vec == 0 and bw % vec == 0:
+            return vec
+    return 1
+
+
+def chunking(G: int, rh: int, row_unit: int):
+    """``(NC, rows per chunk)``: a group's ``rh`` region rows split into NC chunks of whole multiples of
+    ``row_unit`` rows (the tallest tile of any kernel), until ``G * NC`` reaches the policy's target."""
+    units = max(1, cdiv(rh, row_unit))
+    nc = max(1, min(units, MAX_CHUNKS, cdiv(policy().target_programs, max(G, 1))))
+    per = cdiv(units, nc)
+    return cdiv(units, per), per * row_unit

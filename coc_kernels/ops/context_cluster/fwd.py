@@ -1,0 +1,169 @@
+"""Forward kernels (3 launches, each on a ``(G, NC)`` grid; see the package's plan):
+
+1. ``_pool_kernel``: partial window sums of x, the centres' numerators;
+2. ``_assign_kernel``: centres, similarities, the hard assignment ``a, sigma`` and (AGG) partial cluster sums;
+3. ``_dispatch_kernel``: ``o = (U + vc) / (den + 1)`` and ``y_n = sigma_n o[a_n]``.
+"""
+from __future__ import annotations
+
+import triton.language as tl
+
+from .dots import dot_dense, dot_exact, split3
+from .tiles import (chunk, cm_block, group_base, kernel, load_assignment, load_tile, next_tile, norm_cols,
+                    pool_in, store_tile, sum_partials, sum_vec_partials, tile, windows)
+
+
+@kernel
+def _pool_kernel(x_ptr, pc_ptr, H, W_v, fh, fw, rh, rw_v, ph, pw, M, D, NC, RPC,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BW: tl.constexpr, BLOCK_D: tl.constexpr,
+                 VEC: tl.constexpr, STAGES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
+                 OP: tl.constexpr):
+    """Partial window means of chunk k for the centres: ``pc [G, NC, M, D]`` (window sums over the chunk's
+    points, divided by the whole window's size).
+
+    A window holding a non-finite x is NaN in every channel (its normalised centre is NaN either way, as
+    adaptive_avg_pool2d's would be); other windows stay finite: non-finite values enter the dot as 0, since
+    ``inf * 0`` would otherwise reach every window of the group."""
+    g = tl.program_id(0)
+    k = tl.program_id(1)
+    W = W_v * VEC
+    rw = rw_v * VEC
+    HW = H * W
+    xb = x_ptr + group_base(g, fh, fw, rh, rw, D, H, W)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    lo_r, hi_r, lo_c, hi_c, inv = windows(offs_m, M, rh, rw, ph, pw, DT)
+    acc = tl.zeros((BLOCK_D, BLOCK_M), dtype=DT)
+    bad = tl.zeros((BLOCK_M,), dtype=tl.int32)  # non-finite points per window
+    r0, c0, row_end, n_tiles = chunk(k, RPC, rh, rw, BLOCK_N, BW)
+    for _t in tl.range(0, n_tiles, num_stages=STAGES):
+        r, col, valid, _n, sp = tile(r0, row_end, c0, rw, W, BLOCK_N, BW)
+        xt = load_tile(xb, offs_d, sp, valid, D, HW, DT)
+        inside = pool_in(lo_r, hi_r, lo_c, hi_c, r, col, valid, ph, pw)
+        finite = tl.abs(xt) < float("inf")  # false for NaN too
+        bad_n = tl.max(tl.where(finite, 0, 1), axis=0)  # [BN]
+        bad += tl.sum(tl.where((bad_n[:, None] > 0) & inside, 1, 0), axis=0)
+        acc = dot_exact(tl.where(finite, xt, 0.0), inside.to(DT), acc, PREC, OP)
+        r0, c0 = next_tile(r0, c0, rw, BLOCK_N, BW)
+    acc = tl.where(bad[None, :] > 0, float("nan"), acc * inv[None, :])
+    ptrs, mask = cm_block(pc_ptr + (g.to(tl.int64) * NC + k) * M * D, offs_d, offs_m, D, M)
+    tl.store(ptrs, acc, mask=mask)
+
+
+@kernel
+def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_ptr, alpha_ptr, beta_ptr,
+                   H, W_v, fh, fw, rh, rw_v, ph, pw, M, D, DV, NC, RPC,
+                   AGG: tl.constexpr, BY_COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BW: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, VEC: tl.constexpr,
+                   STAGES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, OP: tl.constexpr):
+    """Centres from the partials (chunk 0 stores ``c [G, M, D]``); assignment ``a, sigma [G, N]`` of chunk k;
+    with AGG, partial ``U + vc`` (``puv [G, NC, M, DV]``) and denominators (``pden [G, NC, M]``)."""
+    g = tl.program_id(0)
+    k = tl.program_id(1)
+    g64 = g.to(tl.int64)
+    eps = 1e-12
+    W = W_v * VEC
+    rw = rw_v * VEC
+    HW = H * W
+    N = rh * rw
+    xb = x_ptr + group_base(g, fh, fw, rh, rw, D, H, W)
+    alpha = tl.load(alpha_ptr).to(DT)
+    beta = tl.load(beta_ptr).to(DT)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok = offs_m < M
+
+    c = sum_partials(pc_ptr + g64 * NC * M * D, offs_m, offs_d, M, D, NC, D, 1)  # [BM, BD]
+    c_mask = m_ok[:, None] & (offs_d < D)[None, :]
+    tl.store(c_ptr + g64 * M * D + offs_m[:, None] * D + offs_d[None, :], c, mask=c_mask & (k == 0))
+    nrm = tl.sqrt(tl.sum(c * c, axis=1))
+    c_hat = c / tl.maximum(nrm, eps)[:, None]
+    # NaN similarities (torch's max picks them: first NaN index, value NaN) come from a non-finite centre
+    # (a whole row: the first such centre wins for every point) or a non-finite point (a whole column: 0 wins)
+    nan_c = tl.min(tl.where(m_ok & ~(nrm < float("inf")), offs_m, BLOCK_M), axis=0)
+    if PREC == "split":
+        c_hi, c_mid, c_lo = split3(c_hat)
+    else:
+        c_hi, c_mid, c_lo = c_hat, c_hat, c_hat
+
+    if AGG:
+        vb = v_ptr + group_base(g, fh, fw, rh, rw, DV, H, W)
+        offs_dv = tl.arange(0, BLOCK_DV)
+        lo_r, hi_r, lo_c, hi_c, inv = windows(offs_m, M, rh, rw, ph, pw, DT)
+        uv = tl.zeros((BLOCK_DV, BLOCK_M), dtype=DT)  # U: sum of sigma v over the cluster
+        vc = tl.zeros((BLOCK_DV, BLOCK_M), dtype=DT)  # window sums of v
+        den = tl.zeros((BLOCK_M,), dtype=DT)
+    r0, c0, row_end, n_tiles = chunk(k, RPC, rh, rw, BLOCK_N, BW)
+    for _t in tl.range(0, n_tiles, num_stages=STAGES):
+        r, col, valid, n, sp = tile(r0, row_end, c0, rw, W, BLOCK_N, BW)
+        x_hat, _xn = norm_cols(load_tile(xb, offs_d, sp, valid, D, HW, DT), eps)
+        cos = dot_dense(c_hi, c_mid, c_lo, x_hat, PREC, OP)  # [BM, BN]
+        s = 1.0 / (1.0 + tl.exp(-(beta + alpha * cos)))
+        s = tl.where(m_ok[:, None] & (s == s), s, -1.0)
+        a = tl.argmax(s, axis=0, tie_break_left=True).to(tl.int32)
+        sigma = tl.max(s, axis=0)
+        bad_x = sigma < 0.0  # every similarity NaN: a non-finite point
+        a = tl.where(bad_x, 0, tl.where(nan_c < BLOCK_M, nan_c, a))
+        sigma = tl.where(bad_x | (nan_c < BLOCK_M), float("nan"), sigma)
+        tl.store(a_ptr + g64 * N + n, a, mask=valid)
+        tl.store(sig_ptr + g64 * N + n, sigma, mask=valid)
+        if AGG:
+            onehot = (a[:, None] == offs_m[None, :]) & valid[:, None]  # [BN, BM]
+            if BY_COUNT:
+                den += tl.sum(onehot.to(DT), axis=0)
+            else:
+                den += tl.sum(tl.where(onehot, sigma[:, None], 0.0), axis=0)
+            vt = load_tile(vb, offs_dv, sp, valid, DV, HW, DT)
+            uv = dot_exact(vt * sigma[None, :], onehot.to(DT), uv, PREC, OP)  # [BDV, BM]
+            inside = pool_in(lo_r, hi_r, lo_c, hi_c, r, col, valid, ph, pw)
+            vc = dot_exact(vt, inside.to(DT), vc, PREC, OP)
+        r0, c0 = next_tile(r0, c0, rw, BLOCK_N, BW)
+    if AGG:
+        uv += vc * inv[None, :]
+        part = g64 * NC + k
+        ptrs, mask = cm_block(puv_ptr + part * M * DV, offs_dv, offs_m, DV, M)
+        tl.store(ptrs, uv, mask=mask)
+        tl.store(pden_ptr + part * M + offs_m, den, mask=m_ok)
+
+
+@kernel
+def _dispatch_kernel(a_ptr, sig_ptr, puv_ptr, pden_ptr, o_ptr, den_ptr, scr_ptr, y_ptr, alpha_ptr, beta_ptr,
+                     H, W_v, fh, fw, rh, rw_v, M, DV, NC, RPC,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BW: tl.constexpr, BLOCK_DV: tl.constexpr,
+                     VEC: tl.constexpr, STAGES: tl.constexpr, DT: tl.constexpr):
+    """``o = (U + vc) / (den + 1)`` (chunk 0 stores ``o [G, M, DV]``, ``den [G, M]``); ``y_n = sigma_n o[a_n]``.
+    y is NaN everywhere if alpha or beta is not finite (checked here rather than by a host sync)."""
+    g = tl.program_id(0)
+    k = tl.program_id(1)
+    g64 = g.to(tl.int64)
+    W = W_v * VEC
+    rw = rw_v * VEC
+    HW = H * W
+    N = rh * rw
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    m_ok = offs_m < M
+    uv = sum_partials(puv_ptr + g64 * NC * M * DV, offs_m, offs_dv, M, DV, NC, DV, 1)  # [BM, BDV]
+    den = sum_vec_partials(pden_ptr + g64 * NC * M, offs_m, M, NC)
+    o = uv / (den + 1.0)[:, None]
+    o_offs = offs_m[:, None] * DV + offs_dv[None, :]
+    o_mask = m_ok[:, None] & (offs_dv < DV)[None, :]
+    tl.store(o_ptr + g64 * M * DV + o_offs, o, mask=o_mask & (k == 0))
+    tl.store(den_ptr + g64 * M + offs_m, den, mask=m_ok & (k == 0))
+    scr = scr_ptr + (g64 * NC + k) * M * DV  # this program's copy of o, read back by gathers
+    tl.store(scr + o_offs, o, mask=o_mask)
+    tl.debug_barrier()
+
+    nan_if_bad = tl.load(alpha_ptr).to(DT) * 0.0 + tl.load(beta_ptr).to(DT) * 0.0  # 0, or NaN
+    # a non-finite value in channel c (o[:, c] not finite) makes channel c of the whole group NaN, as the
+    # original's dense sums do (inf * 0)
+    chan_nan = tl.sum(tl.where(o_mask, o * 0.0, 0.0), axis=0)  # [BDV]: 0, or NaN
+    yb = y_ptr + group_base(g, fh, fw, rh, rw, DV, H, W)
+    r0, c0, row_end, n_tiles = chunk(k, RPC, rh, rw, BLOCK_N, BW)
+    for _t in tl.range(0, n_tiles, num_stages=STAGES):
+        _r, _col, valid, n, sp = tile(r0, row_end, c0, rw, W, BLOCK_N, BW)
+        a, sigma = load_assignment(a_ptr, sig_ptr, g64 * N, n, valid, 0)
+        gmask = (offs_dv < DV)[:, None] & valid[None, :]
+        o_a = tl.load(scr + a[None, :] * DV + offs_dv[:, None], mask=gmask, other=0.0)  # [BDV, BN]
+        store_tile(yb, o_a * sigma[None, :] + (chan_nan[:, None] + nan_if_bad), offs_dv, sp, valid, DV, HW)
+        r0, c0 = next_tile(r0, c0, rw, BLOCK_N, BW)

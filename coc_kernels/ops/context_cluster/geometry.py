@@ -1,0 +1,114 @@
+"""Geometry of one call: the sizes of a ``[B, C, H, W]`` input split into groups and chunks, and the launch
+configuration (tiles, vector widths, chunking, dot precision) they imply, made once per shape and policy
+(:func:`geometry`)."""
+from __future__ import annotations
+
+import torch
+import triton.language as tl
+from torch import Tensor
+
+from ...reference import compute_dtype, triton_interpreting
+from .config import KERNELS, cdiv, chunking, kernel_config, policy, pow2, tile_width, vector_width
+
+
+def _dt(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _dot_constexprs(dt) -> dict:
+    """``PREC`` and ``OP`` (the split dots' operand type) of the dot kernels for compute type ``dt``."""
+    prec = policy().precision
+    if dt == tl.float64 and prec != "ieee":  # fp64 inputs: exact fp64 FMAs
+        prec = "ieee"
+    return dict(PREC=prec, OP=tl.float32 if triton_interpreting() else tl.bfloat16)
+
+
+class Geometry:
+    """Sizes of one call, and the launch configuration they imply."""
+
+    def __init__(self, x: Tensor, value, heads: int, ph: int, pw: int, fh: int, fw: int):
+        dv_channels = (x if value is None else value).shape[1]
+        self.B, C, self.H, self.W = x.shape
+        for t in (x,) if value is None else (x, value):
+            if t.shape[1] * t.shape[2] * t.shape[3] >= 2 ** 31:
+                raise ValueError(f"one image of {tuple(t.shape)} spans 2**31 elements or more: the kernels "
+                                 "address an image with 32-bit offsets")
+        self.heads, self.ph, self.pw, self.fh, self.fw = heads, ph, pw, fh, fw
+        self.D, self.DV = C // heads, dv_channels // heads
+        self.rh, self.rw = self.H // fh, self.W // fw
+        self.G, self.N, self.M = self.B * heads * fh * fw, self.rh * self.rw, ph * pw
+        self.cfg = {}
+        for name in KERNELS:
+            cfg = kernel_config(name, self.M, self.D, self.DV)
+            bw = tile_width(self.rw, cfg["BLOCK_N"])
+            self.cfg[name] = (cfg, bw, vector_width(self.rw, self.W, bw))
+        self.row_unit = max(cfg["BLOCK_N"] // bw for cfg, bw, _ in self.cfg.values())
+        self.NC, self.rpc = chunking(self.G, self.rh, self.row_unit)
+        self.grid = (self.G, self.NC)
+        self.dt = _dt(x.dtype)
+        self.acc = compute_dtype(x.dtype)
+        self.dot = _dot_constexprs(self.dt)  # PREC / OP of the dot kernels (made under the policy in force)
+        self.BM = pow2(self.M)
+        # windows a point can lie in, per axis (pooling adjoint gathers)
+        self.KH, self.KW = 1 + cdiv(ph, max(self.rh, 1)), 1 + cdiv(pw, max(self.rw, 1))
+
+    def tiles(self, name: str):
+        """(config, tile constexprs) of one kernel."""
+        cfg, bw, vec = self.cfg[name]
+        return cfg, dict(BLOCK_M=self.BM, BLOCK_N=cfg["BLOCK_N"], BW=bw, VEC=vec, STAGES=cfg["STAGES"])
+
+    def region(self, name: str) -> dict:
+        """The image and group geometry every kernel takes (see ``tiles.group_base``): widths in units of VEC."""
+        vec = self.cfg[name][2]
+        return dict(H=self.H, W_v=self.W // vec, fh=self.fh, fw=self.fw, rh=self.rh, rw_v=self.rw // vec)
+
+    def __setattr__(self, name, value):  # shared between calls of one shape (geometry): set once, in __init__
+        if name in self.__dict__:
+            raise AttributeError(f"Geometry.{name} is fixed once made")
+        object.__setattr__(self, name, value)
+
+    def sizes(self, *names: str) -> dict:
+        """``M, NC, RPC`` and the named ones of ``ph, pw, D, DV``."""
+        return dict(M=self.M, NC=self.NC, RPC=self.rpc, **{n: getattr(self, n) for n in names})
+
+    def tiles_per_group(self, name: str) -> int:
+        """Tile iterations one group takes in kernel ``name`` (over all its chunks)."""
+        cfg, bw, _ = self.cfg[name]
+        br = cfg["BLOCK_N"] // bw
+        rows = [min(self.rh, (k + 1) * self.rpc) - k * self.rpc for k in range(self.NC)]
+        return sum(cdiv(r, br) for r in rows) * cdiv(self.rw, bw)
+
+
+#: geometries of recent calls, by what they depend on (a training step repeats the same few shapes; building one
+#: costs more host time than the rest of the op's arguments): key -> (policy it was made under, Geometry)
+_GEOMETRIES: dict = {}
+_MAX_GEOMETRIES = 256
+
+
+def geometry(x: Tensor, value, heads: int, ph: int, pw: int, fh: int, fw: int) -> Geometry:
+    """``Geometry(x, value, ...)``, reused while the launch policy in force is the one it was made under."""
+    key = (tuple(x.shape), None if value is None else value.shape[1], x.dtype, heads, ph, pw, fh, fw)
+    hit = _GEOMETRIES.get(key)
+    if hit is not None and hit[0] is policy():
+        return hit[1]
+    if len(_GEOMETRIES) >= _MAX_GEOMETRIES:
+        _GEOMETRIES.clear()
+    q = Geometry(x, value, heads, ph, pw, fh, fw)
+    _GEOMETRIES[key] = (policy(), q)
+    return q
+
+
+def clear_geometries():
+    """Forget the geometries made so far (host-time benchmarks time the first call of a shape)."""
+    _GEOMETRIES.clear()
+
+
+def points_per_tile(launch) -> float:
+    """Real (unmasked) points per tile iteration of a recorded launch, averaged over its groups: what the
+    compile gate divides a loop's instruction count by."""
+    a, c = launch.args, launch.constexprs
+    rh, rw = a["rh"], a["rw_v"] * c["VEC"]
+    br, bw = c["BLOCK_N"] // c["BW"], c["BW"]
+    rows = [min(rh, (k + 1) * a["RPC"]) - k * a["RPC"] for k in range(a["NC"])]
+    tiles = sum(cdiv(r, br) for r in rows) * cdiv(rw, bw)
+    return rh * rw / max(tiles, 1)

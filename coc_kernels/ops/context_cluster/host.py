@@ -1,0 +1,110 @@
+"""Host functions of the fused op: the forward (3 launches), the backward (3 launches) and the assignment alone
+(2 launches), each allocating its buffers and launching by keyword through :func:`launch.launch`."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .bwd import _bwd_do_kernel, _bwd_main_kernel, _bwd_pool_kernel
+from .config import policy, pow2
+from .fwd import _assign_kernel, _dispatch_kernel, _pool_kernel
+from .geometry import Geometry, geometry
+from .launch import empty, launch
+
+
+def _contiguous(t: Tensor) -> Tensor:
+    """The kernels address ``[B, C, H, W]`` tensors as contiguous (W stride 1 known to the compiler)."""
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def _centres_and_assign(x: Tensor, value, alpha: Tensor, beta: Tensor, q: Geometry, by_count: bool):
+    """Launches 1 and 2 of the forward (value None: assignment only). Returns c, a, sigma, puv, pden."""
+    dev = x.device
+    pc = empty((q.G, q.NC, q.M, q.D), q.acc, dev)
+    cfg, blocks = q.tiles("pool")
+    launch(_pool_kernel, q.grid,
+            dict(x_ptr=x, pc_ptr=pc, **q.region("pool"), **q.sizes("ph", "pw", "D")),
+            dict(**blocks, BLOCK_D=pow2(q.D), DT=q.dt, **q.dot), cfg)
+    c = empty((q.G, q.M, q.D), q.acc, dev)
+    a = empty((q.G, q.N), torch.int32, dev)
+    sigma = empty((q.G, q.N), q.acc, dev)
+    agg = value is not None
+    puv = empty((q.G, q.NC, q.M, q.DV), q.acc, dev) if agg else pc
+    pden = empty((q.G, q.NC, q.M), q.acc, dev) if agg else pc
+    v = value if agg else x
+    name = "assign" if agg else "assign_only"
+    cfg, blocks = q.tiles(name)
+    launch(_assign_kernel, q.grid,
+            dict(x_ptr=x, v_ptr=v, pc_ptr=pc, c_ptr=c, a_ptr=a, sig_ptr=sigma, puv_ptr=puv, pden_ptr=pden,
+                 alpha_ptr=alpha, beta_ptr=beta, **q.region(name), **q.sizes("ph", "pw", "D", "DV")),
+            dict(AGG=agg, BY_COUNT=by_count, **blocks, BLOCK_D=pow2(q.D), BLOCK_DV=pow2(q.DV), DT=q.dt,
+                 **q.dot), cfg)
+    return c, a, sigma, puv, pden
+
+
+def assignment(x: Tensor, alpha: Tensor, beta: Tensor, heads: int, ph: int, pw: int, fh: int, fw: int):
+    """Hard assignment of every point: ``a [G, N]`` int32 and ``sigma [G, N]`` (launches 1-2 of the forward)."""
+    x = _contiguous(x)
+    q = geometry(x, None, heads, ph, pw, fh, fw)
+    _, a, sigma, _, _ = _centres_and_assign(x, None, alpha, beta, q, True)
+    return a, sigma
+
+
+def fused_forward(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, heads: int, ph: int, pw: int, fh: int, fw: int,
+            by_count: bool):
+    """Fused forward (3 launches). Returns ``y`` (value's dtype, contiguous) and the saved
+    ``a, sigma, c, o, den``."""
+    x, value = _contiguous(x), _contiguous(value)
+    q = geometry(x, value, heads, ph, pw, fh, fw)
+    dev = x.device
+    c, a, sigma, puv, pden = _centres_and_assign(x, value, alpha, beta, q, by_count)
+    o = empty((q.G, q.M, q.DV), q.acc, dev)
+    den = empty((q.G, q.M), q.acc, dev)
+    scr = empty((q.G, q.NC, q.M, q.DV), q.acc, dev)
+    y = empty((q.B, heads * q.DV, q.H, q.W), value.dtype, dev)
+    cfg, blocks = q.tiles("dispatch")
+    launch(_dispatch_kernel, q.grid,
+            dict(a_ptr=a, sig_ptr=sigma, puv_ptr=puv, pden_ptr=pden, o_ptr=o, den_ptr=den, scr_ptr=scr, y_ptr=y,
+                 alpha_ptr=alpha, beta_ptr=beta, **q.region("dispatch"), **q.sizes("DV")),
+            dict(**blocks, BLOCK_DV=pow2(q.DV), DT=q.dt), cfg)
+    return y, a, sigma, c, o, den
+
+
+def fused_backward(dy: Tensor, x: Tensor, value: Tensor, alpha: Tensor, a: Tensor, sigma: Tensor, c: Tensor, o: Tensor,
+             den: Tensor, heads: int, ph: int, pw: int, fh: int, fw: int, by_count: bool):
+    """Fused backward (3 launches): ``dx`` (x's dtype), ``dvalue`` (value's dtype), both contiguous;
+    ``dalpha``, ``dbeta`` shaped like alpha, in the accumulation dtype (fp32, or fp64 for fp64 x)."""
+    dy, x, value = _contiguous(dy), _contiguous(x), _contiguous(value)
+    q = geometry(x, value, heads, ph, pw, fh, fw)
+    dev = x.device
+    pdo = empty((q.G, q.NC, q.M, q.DV), q.acc, dev)
+    cfg, blocks = q.tiles("bwd_do")
+    launch(_bwd_do_kernel, q.grid,
+            dict(dy_ptr=dy, a_ptr=a, sig_ptr=sigma, pdo_ptr=pdo, **q.region("bwd_do"), **q.sizes("DV")),
+            dict(**blocks, BLOCK_DV=pow2(q.DV), DT=q.dt, **q.dot), cfg)
+    scr = empty((q.G, q.NC, q.M * (2 * q.DV + q.D + 1)), q.acc, dev)
+    dxi = empty(x.shape, q.acc, dev)  # direct part, completed by the last launch (in place when x is fp32)
+    dv = empty(value.shape, value.dtype, dev)
+    pdc = empty((q.G, q.NC, q.M, q.D), q.acc, dev)
+    pdab = empty((q.G, q.NC, 2), q.acc, dev)
+    cfg, blocks = q.tiles("bwd_main")
+    launch(_bwd_main_kernel, q.grid,
+            dict(x_ptr=x, v_ptr=value, dy_ptr=dy, a_ptr=a, sig_ptr=sigma, c_ptr=c, o_ptr=o, den_ptr=den,
+                 alpha_ptr=alpha, pdo_ptr=pdo, scr_ptr=scr, dx_ptr=dxi, dv_ptr=dv, pdc_ptr=pdc, pdab_ptr=pdab,
+                 **q.region("bwd_main"), **q.sizes("ph", "pw", "D", "DV")),
+            dict(BY_COUNT=by_count, **blocks, BLOCK_D=pow2(q.D), BLOCK_DV=pow2(q.DV), KH=q.KH, KW=q.KW, DT=q.dt,
+                 **q.dot), cfg)
+    dx = dxi if x.dtype == q.acc else empty(x.shape, x.dtype, dev)
+    # summed and kept in the accumulation dtype; cast to each scalar's own dtype by the autograd (a 16-bit
+    # alpha must not round or overflow beta's gradient)
+    dalpha = empty(alpha.shape, q.acc, dev)
+    dbeta = empty(alpha.shape, q.acc, dev)
+    cfg, blocks = q.tiles("bwd_pool")
+    launch(_bwd_pool_kernel, q.grid,
+            dict(dxi_ptr=dxi, dx_ptr=dx, c_ptr=c, pdc_ptr=pdc, pdab_ptr=pdab, scr_ptr=scr, dalpha_ptr=dalpha,
+                 dbeta_ptr=dbeta, **q.region("bwd_pool"), **q.sizes("ph", "pw", "D"), NPART=q.G * q.NC),
+            dict(**blocks, BLOCK_D=pow2(q.D), BLOCK_P=policy().partial_block, KH=q.KH, KW=q.KW, DT=q.dt), cfg)
+    if q.G * q.NC == 0:  # empty input: no program ran
+        dalpha.zero_()
+        dbeta.zero_()
+    return dx, dv, dalpha, dbeta

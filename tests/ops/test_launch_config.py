@@ -1,0 +1,101 @@
+"""Launch configuration of the fused op: chunking, the per-shape geometry, recorded keyword launches, tile and
+vector widths, the launch policy."""
+import pytest
+import torch
+
+from coc_kernels import context_cluster
+from coc_kernels.ops import context_cluster as ops
+from op_helpers import assert_matches_dense, make
+
+
+@pytest.mark.parametrize("target", [1, 4, 10 ** 6], ids=["one_chunk", "some_chunks", "max_chunks"])
+def test_chunked_groups(target):
+    """A group's points split over several programs (few groups) gives the dense result: the per-chunk
+    partials and their fixed-order sums (centres, aggregates, do, d c_hat, dalpha/dbeta) are complete."""
+    x, v, a, b = make(1, 2, 16, 16, 20, 26, alpha=1.3, beta=-0.2)  # 2 groups of N = 520 points
+    with ops.launch_policy(target_programs=target):
+        q = ops.Geometry(x, v, 2, 3, 2, 1, 1)
+        # chunks are whole multiples of the tallest tile's rows (row_unit) of the 20 region rows
+        expected = {1: 1, 4: 2, 10 ** 6: min(ops.MAX_CHUNKS, -(-20 // q.row_unit))}[target]
+        assert q.NC == expected and (target < 10 ** 6 or q.NC > 2)
+        assert_matches_dense("triton", x, v, a, b, heads=2, proposal=(3, 2), fold=1, denominator="similarity")
+
+
+def test_the_launch_geometry_is_made_once_per_shape_and_policy():
+    """The per-shape geometry is reused (host time), and never across launch policies or shapes: a chunking
+    changed by the policy shows in the next call's launches."""
+    x, v, a, b = make(1, 2, 16, 16, 20, 26, device="cpu")
+    nc = {}
+    for target in (1, 10 ** 6, 1):
+        with ops.launch_policy(target_programs=target):
+            q = ops.geometry(x, v, 2, 3, 2, 1, 1)
+            assert ops.geometry(x, v, 2, 3, 2, 1, 1) is q
+            assert ops.geometry(x[:, :, :, :24], v[:, :, :, :24], 2, 3, 2, 1, 1) is not q
+            with ops.record_launches(execute=False) as rec:
+                context_cluster(x, v, a, b, heads=2, proposal=(3, 2), fold=1, impl="triton")
+            nc.setdefault(target, set()).update(launch.args["NC"] for launch in rec)
+    assert nc[1] == {1} and min(nc[10 ** 6]) > 1
+    with pytest.raises(AttributeError, match="fixed once made"):
+        q.NC = 3
+
+
+def test_launches_are_recorded_without_running():
+    """record_launches(execute=False) sees the forward's and backward's launches and runs none of them."""
+    x, v, a, b = make(1, 2, 16, 16, 8, 8, device="cpu")
+    x.requires_grad_(True)
+    with ops.record_launches(execute=False) as rec:
+        y = context_cluster(x, v, a, b, heads=2, proposal=2, fold=2, impl="triton")
+        y.backward(torch.ones_like(y))
+    names = [launch.kernel.__name__ for launch in rec]
+    assert names == ["_pool_kernel", "_assign_kernel", "_dispatch_kernel",
+                     "_bwd_do_kernel", "_bwd_main_kernel", "_bwd_pool_kernel"]
+    assert all(launch.grid == (2 * 2 * 2, 1) for launch in rec)
+
+
+def test_every_launch_names_its_arguments():
+    """Kernels are launched by parameter name: the recorded launches give every runtime parameter and every
+    constexpr of their kernel, by name (geometry from an independent source: the recorded tensors and sizes),
+    and a launch that leaves one out or adds one is refused before anything runs."""
+    x, v, a, b = make(1, 2, 16, 16, 8, 12, device="cpu")
+    with ops.record_launches(execute=False) as rec:
+        context_cluster(x, v, a, b, heads=2, proposal=(2, 3), fold=(2, 3), impl="triton")
+    for launch in rec:
+        runtime, const = ops.kernel_params(launch.kernel)
+        assert set(launch.args) == set(runtime) and set(launch.constexprs) == set(const)
+        vec = launch.constexprs["VEC"]
+        region = {k: launch.args[k] for k in ("H", "fh", "fw", "rh")}
+        assert region == dict(H=8, fh=2, fw=3, rh=4), launch.kernel.__name__
+        assert (launch.args["W_v"] * vec, launch.args["rw_v"] * vec) == (12, 4), launch.kernel.__name__
+        if "ph" in launch.args:
+            assert (launch.args["ph"], launch.args["pw"], launch.args["M"]) == (2, 3, 6)
+    pool = rec[0]
+    with ops.record_launches(execute=False):
+        with pytest.raises(TypeError, match=r"missing \['pw'\].*unknown \['pww'\]"):
+            args = {("pww" if k == "pw" else k): val for k, val in pool.args.items()}
+            ops.launch(pool.kernel, pool.grid, args, pool.constexprs, dict(num_warps=4, num_stages=1))
+
+
+def test_tile_and_vector_widths():
+    """Tiles of BW columns with the fewest masked columns (widest on a tie, at least 8 where the region is that
+    wide), and the vector width VEC dividing the region width, the image width and BW; counted by hand."""
+    # rw=42: BW 8 and 16 both take 48 columns, 32 and 64 take 64 -> 16; rw=7 -> 8; rw=26: 8/16/32 all take 32
+    assert [ops.tile_width(rw, 64) for rw in (42, 7, 26, 2, 336, 3)] == [16, 8, 32, 2, 16, 4]
+    assert ops.tile_width(42, 16) == 16 and ops.tile_width(26, 16) == 16  # never wider than the tile
+    # (rw, W, BW): 42 = 2*21, 336 = 16*21, 7 odd, 12 = 4*3
+    assert [ops.vector_width(*c) for c in ((42, 336, 16), (336, 336, 16), (7, 56, 8), (12, 24, 16), (2, 8, 2))] \
+        == [2, 4, 1, 4, 2]
+
+
+def test_launch_policy_is_scoped_and_checked():
+    """launch_policy changes the policy for its block only, also when the block raises; bad values are refused."""
+    before = ops.policy()
+    with pytest.raises(RuntimeError, match="inside"):
+        with ops.launch_policy(target_programs=5, partial_block=16):
+            assert ops.policy().partial_block == 16 and ops.chunking(1, 10, 1)[0] == 5
+            raise RuntimeError("inside")
+    assert ops.policy() is before and ops.chunking(1, 10, 1)[0] == 10
+    for bad in (dict(partial_block=12), dict(target_programs=0), dict(precision="tf16")):
+        with pytest.raises(ValueError):
+            with ops.launch_policy(**bad):
+                pass
+    assert ops.policy() is before
