@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .reference import (DEFAULT_DENOMINATOR, DENOMINATORS, cluster_assignment_dense, cluster_assignment_light,
-                        compute_dtype, context_cluster_dense, context_cluster_export, context_cluster_light,
-                        group_map, input_grads, torch_math, triton_interpreting)
+from .reference import (DEFAULT_DENOMINATOR, DENOMINATORS, MAX_FUSED_IMAGE_ELEMENTS, cluster_assignment_dense,
+                        cluster_assignment_light, compute_dtype, context_cluster_dense, context_cluster_export,
+                        context_cluster_light, group_map, input_grads, torch_math, triton_interpreting)
 
 IntPair = Union[int, Sequence[int]]
 IMPLS = ("auto", "triton", "light", "dense")
@@ -78,7 +78,9 @@ def _is_fake(t: Tensor) -> bool:
 
 
 def _check_scalar(t: Tensor, name: str, like: Tensor):
-    if not isinstance(t, Tensor) or t.numel() != 1:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a one-element tensor, got {type(t).__name__} {t!r}")
+    if t.numel() != 1:
         raise ValueError(f"{name} must be a one-element tensor, got {getattr(t, 'shape', type(t).__name__)}")
     if t.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{name} must be a floating-point tensor (float32/float16/bfloat16/float64), got {t.dtype}")
@@ -142,16 +144,27 @@ def check_denominator(denominator, name: str = "denominator") -> str:
     return denominator
 
 
-def resolve_impl(impl: str, x: Tensor, centres: int | None = None) -> str:
-    """The implementation ``impl`` means for input x with ``centres`` per region (``'auto'`` resolved);
-    raises where it cannot run."""
+def _image_elements(*ts) -> int:
+    """Elements of one image (``C x H x W``) of the largest of the ``[B, C, H, W]`` tensors given."""
+    return max(t.shape[1] * t.shape[2] * t.shape[3] for t in ts if t is not None)
+
+
+def resolve_impl(impl: str, x: Tensor, centres: int | None = None, value: Tensor | None = None) -> str:
+    """The implementation ``impl`` means for input x (and value) with ``centres`` per region (``'auto'``
+    resolved: the fused path where it can run, else light); raises where it cannot run."""
     impl = canonical_impl(impl)
     fits = centres is None or centres <= MAX_FUSED_CENTRES
+    small = _image_elements(x, value) <= MAX_FUSED_IMAGE_ELEMENTS
     if impl == "auto":
-        return "triton" if x.is_cuda and x.dtype != torch.float64 and fits and triton_available() else "light"
+        return ("triton" if x.is_cuda and x.dtype != torch.float64 and fits and small and triton_available()
+                else "light")
     if impl == "triton" and not fits:
         raise ValueError(f"impl='triton' takes at most {MAX_FUSED_CENTRES} centres per region, got {centres}; "
                          "use impl='light' (or 'auto', which picks it) for more")
+    if impl == "triton" and not small:
+        raise ValueError(f"impl='triton' takes images of at most {MAX_FUSED_IMAGE_ELEMENTS} elements (C x H x W: "
+                         f"its kernels use 32-bit offsets), got {_image_elements(x, value)}; use impl='light' "
+                         "(or 'auto', which picks it)")
     if impl == "triton":
         if not triton_available():
             raise RuntimeError("impl='triton' needs triton, which does not import here")
@@ -162,6 +175,12 @@ def resolve_impl(impl: str, x: Tensor, centres: int | None = None) -> str:
             raise TypeError("impl='triton' takes float64 only under TRITON_INTERPRET=1 (tests); on CUDA use "
                             "fp32/fp16/bf16, or impl='light' for float64")
     return impl
+
+
+def _shapes_only(*ts: Tensor) -> bool:
+    """True for fake tensors (``FakeTensorMode``, ``make_fx``) or symbolic sizes: nothing to launch kernels on;
+    the custom ops' fake implementations give the shapes."""
+    return any(_is_fake(t) or not all(isinstance(n, int) for n in t.shape) for t in ts)
 
 
 def _transformed(*ts: Tensor) -> bool:
@@ -215,7 +234,7 @@ def context_cluster(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, *, he
     kw = dict(heads=heads, proposal=proposal, fold=fold, denominator=denominator)
     if torch.onnx.is_in_onnx_export():  # standard ops whatever impl says (see context_cluster_export)
         return torch_math(context_cluster_export, x, value, alpha.reshape(1), beta.reshape(1), **kw)
-    impl = resolve_impl(impl, x, proposal[0] * proposal[1])
+    impl = resolve_impl(impl, x, proposal[0] * proposal[1], value)
     alpha, beta = alpha.reshape(1), beta.reshape(1)  # any one-element shape, the same on every path
     if x.numel() == 0 or value.numel() == 0:
         return _empty_result(x, value, alpha, beta)
@@ -225,7 +244,7 @@ def context_cluster(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, *, he
         return torch_math(context_cluster_light, x, value, alpha, beta, **kw)
     from .ops.context_cluster import ClusterFunction, cluster_fwd
     args = (x, value, alpha, beta, heads, proposal[0], proposal[1], fold[0], fold[1], denominator == "count")
-    if torch.compiler.is_compiling():  # the custom op: traced as one node, no graph break
+    if torch.compiler.is_compiling() or _shapes_only(x, value):  # the custom op: one node, a fake implementation
         return cluster_fwd(*args)[0]
     if _transformed(x, value, alpha, beta):
         return torch_math(context_cluster_light, x, value, alpha, beta, **kw)
@@ -282,6 +301,8 @@ def cluster_assignment(x: Tensor, alpha: Tensor, beta: Tensor, *, heads: int, pr
     B, _, H, W = x.shape
     if x.numel() == 0:
         return torch.empty(B, heads, H, W, dtype=torch.int64, device=x.device)
+    if impl == "triton" and _shapes_only(x):  # fake or symbolic: the light path's ops give the shapes
+        impl = "light"
     if impl in ("light", "dense"):
         acc = compute_dtype(x.dtype)
         fn = cluster_assignment_dense if impl == "dense" else cluster_assignment_light

@@ -38,6 +38,11 @@ DENOMINATORS = ("count", "similarity")
 DEFAULT_DENOMINATOR = "similarity"
 
 
+#: the most elements one image (``C x H x W``) of x or value may have on the fused path: its kernels address an
+#: image with 32-bit offsets (their other products are bounded by it or computed in 64 bits)
+MAX_FUSED_IMAGE_ELEMENTS = 2 ** 31 - 1
+
+
 def triton_interpreting() -> bool:
     """True where ``TRITON_INTERPRET`` asks Triton to run kernels in its CPU interpreter (set before triton is
     imported): the fused path then takes CPU tensors, and its split dots take fp32 operands."""

@@ -300,7 +300,7 @@ def test_centres_at_the_fused_limit_and_past_it():
     from types import SimpleNamespace
 
     from coc_kernels.functional import resolve_impl
-    cuda_input = SimpleNamespace(is_cuda=True, dtype=torch.float32)  # what 'auto' looks at
+    cuda_input = SimpleNamespace(is_cuda=True, dtype=torch.float32, shape=(1, 4, 16, 16))  # what 'auto' looks at
     assert resolve_impl("auto", cuda_input, 64) == "triton" and resolve_impl("auto", cuda_input, 65) == "light"
 
 

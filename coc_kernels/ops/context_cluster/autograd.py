@@ -8,6 +8,7 @@ from torch import Tensor
 
 from ...reference import compute_dtype, context_cluster_light, input_grads, torch_math
 from .host import fused_backward, fused_forward
+from .launch import capture, restored
 
 
 class ClusterFunction(torch.autograd.Function):
@@ -19,6 +20,7 @@ class ClusterFunction(torch.autograd.Function):
     def forward(ctx, *inputs):
         out = fused_forward(*inputs)
         _setup_context(ctx, inputs, out)
+        ctx.launch_state = capture()  # the backward launches as this forward did, in autograd's thread too
         return out[0]
 
     @staticmethod
@@ -78,8 +80,11 @@ def _grads(ctx, dy, eager: bool):
     x, value, alpha, beta, a, sigma, c, o, den = ctx.saved_tensors
     if eager and torch.is_grad_enabled():
         return _differentiable_grads(ctx, dy, x, value, alpha, beta) + (None,) * 6
-    backward_fn = fused_backward if eager else cluster_bwd
-    dx, dv, dalpha, dbeta = backward_fn(dy, x, value, alpha, a, sigma, c, o, den, *ctx.geom)
+    if eager:
+        with restored(ctx.launch_state):
+            dx, dv, dalpha, dbeta = fused_backward(dy, x, value, alpha, a, sigma, c, o, den, *ctx.geom)
+    else:
+        dx, dv, dalpha, dbeta = cluster_bwd(dy, x, value, alpha, a, sigma, c, o, den, *ctx.geom)
     return (dx, dv, dalpha.reshape(alpha.shape).to(alpha.dtype), dbeta.reshape(beta.shape).to(beta.dtype),
             None, None, None, None, None, None)
 

@@ -4,8 +4,10 @@ shipped table every GPU launches the same configurations and computes the same r
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import os
+import types
 from typing import Mapping
 
 
@@ -18,7 +20,7 @@ DOT_PRECISIONS = ("split", "ieee", "tf32", "tf32x3")
 class LaunchPolicy:
     """How the op launches its kernels. Nothing here is read off the device, so the chunking, and with it
     every result, is the same on every GPU. The one in force is :func:`policy`; change it for a block with
-    :func:`launch_policy` (tests, tuning sweeps, the compile gate)."""
+    :func:`launch_policy` (tests, tuning sweeps, the compile gate). Every field is checked here, where it is set."""
 
     #: programs a launch aims for: groups are split into chunks until G * NC reaches this
     target_programs: int = 1024
@@ -30,43 +32,111 @@ class LaunchPolicy:
     precision: str = "split"
     #: fill every buffer the op allocates with NaN (int: -2**31) first, so an element no kernel writes shows
     poison: bool = False
-    #: per-kernel overrides of :func:`kernel_config`, e.g. ``{"assign": {"BLOCK_N": 32}}``; ``"*"``: every kernel
+    #: per-kernel overrides of :func:`kernel_config`, e.g. ``{"assign": {"BLOCK_N": 32}}``; ``"*"``: every kernel.
+    #: Taken as a copy: changing the dict afterwards changes nothing
     config_overrides: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        if not isinstance(self.target_programs, int) or self.target_programs < 1:
+        if not _is_int(self.target_programs) or self.target_programs < 1:
             raise ValueError(f"target_programs must be a positive int, got {self.target_programs!r}")
-        if not isinstance(self.partial_block, int) or self.partial_block < 1 or self.partial_block & (
-                self.partial_block - 1):
-            raise ValueError(f"partial_block must be a power of two, got {self.partial_block!r}")
-        if self.precision not in DOT_PRECISIONS:
+        if not _is_int(self.partial_block) or self.partial_block < 1 or self.partial_block & (self.partial_block - 1):
+            raise ValueError(f"partial_block must be a power of two (an int), got {self.partial_block!r}")
+        if not isinstance(self.precision, str) or self.precision not in DOT_PRECISIONS:
             raise ValueError(f"precision must be one of {DOT_PRECISIONS}, got {self.precision!r}")
+        if not isinstance(self.poison, bool):
+            raise TypeError(f"poison must be a bool, got {self.poison!r}")
+        object.__setattr__(self, "config_overrides", _checked_overrides(self.config_overrides))
 
     @classmethod
     def from_env(cls) -> "LaunchPolicy":
-        """The defaults, with ``COC_TARGET_PROGRAMS`` and ``COC_DOT_PRECISION`` where set."""
-        return cls(target_programs=int(os.environ.get("COC_TARGET_PROGRAMS", 1024)),
-                   precision=os.environ.get("COC_DOT_PRECISION", "split"))
+        """The defaults, with ``COC_TARGET_PROGRAMS`` (a positive integer) and ``COC_DOT_PRECISION`` (one of
+        :data:`DOT_PRECISIONS`) where set and not empty."""
+        kw = {}
+        target = os.environ.get("COC_TARGET_PROGRAMS", "").strip()
+        if target:
+            if not target.isdigit() or int(target) < 1:
+                raise ValueError(f"COC_TARGET_PROGRAMS must be a positive integer, got {target!r}")
+            kw["target_programs"] = int(target)
+        precision = os.environ.get("COC_DOT_PRECISION", "").strip()
+        if precision:
+            if precision not in DOT_PRECISIONS:
+                raise ValueError(f"COC_DOT_PRECISION must be one of {DOT_PRECISIONS}, got {precision!r}")
+            kw["precision"] = precision
+        return cls(**kw)
 
 
-_POLICY = [LaunchPolicy.from_env()]
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _checked_overrides(overrides) -> Mapping[str, Mapping[str, int]]:
+    """``config_overrides`` as a read-only copy, every kernel name, key and value checked."""
+    if not isinstance(overrides, Mapping):
+        raise TypeError(f"config_overrides must be a dict of {{kernel: {{setting: value}}}}, got {overrides!r}")
+    out = {}
+    for kernel, settings in overrides.items():
+        if kernel != "*" and kernel not in KERNEL_CONFIGS:
+            raise ValueError(f"config_overrides: unknown kernel {kernel!r}; one of {KERNELS} or '*'")
+        if not isinstance(settings, Mapping):
+            raise TypeError(f"config_overrides[{kernel!r}] must be a dict of settings, got {settings!r}")
+        for key, value in settings.items():
+            if key not in _SETTINGS:
+                raise ValueError(f"config_overrides[{kernel!r}]: unknown setting {key!r}; one of {tuple(_SETTINGS)}")
+            ok, what = _SETTINGS[key]
+            if not _is_int(value) or not ok(value):
+                raise ValueError(f"config_overrides[{kernel!r}][{key!r}] must be {what}, got {value!r}")
+        out[kernel] = types.MappingProxyType(dict(settings))
+    return types.MappingProxyType(out)
+
+
+#: what each launch setting accepts
+_SETTINGS = {
+    "BLOCK_N": (lambda v: v >= 16 and not v & (v - 1), "a power of two >= 16 (points per tile)"),
+    "num_warps": (lambda v: v in (1, 2, 4, 8, 16, 32), "a power of two from 1 to 32"),
+    "num_stages": (lambda v: v >= 1, "a positive int"),
+    "STAGES": (lambda v: v >= 1, "a positive int (1: no pipelining)"),
+}
+
+#: the policy each thread (and asyncio task) set with launch_policy; None: the one from the environment
+_SET: contextvars.ContextVar = contextvars.ContextVar("coc_launch_policy", default=None)
+#: the policy of the environment variables, by their values (read on every call: set later, they count)
+_FROM_ENV: dict = {}
 
 
 def policy() -> LaunchPolicy:
-    """The launch policy in force."""
-    return _POLICY[0]
+    """The launch policy in force in this thread: the innermost :func:`launch_policy` block's, else the defaults
+    with the environment's ``COC_TARGET_PROGRAMS`` / ``COC_DOT_PRECISION``."""
+    p = _SET.get()
+    if p is not None:
+        return p
+    key = (os.environ.get("COC_TARGET_PROGRAMS"), os.environ.get("COC_DOT_PRECISION"))
+    p = _FROM_ENV.get(key)
+    if p is None:
+        p = LaunchPolicy.from_env()
+        _FROM_ENV.clear()
+        _FROM_ENV[key] = p
+    return p
 
 
 @contextlib.contextmanager
 def launch_policy(**changes):
-    """Run the block under the current policy with ``changes`` (fields of :class:`LaunchPolicy`); the previous
-    policy is back afterwards, also on an error."""
-    prev = _POLICY[0]
-    _POLICY[0] = dataclasses.replace(prev, **changes)
+    """Run the block under the current policy with ``changes`` (fields of :class:`LaunchPolicy`), in this thread
+    only (other threads keep theirs); the previous policy is back afterwards, also on an error."""
+    token = _SET.set(dataclasses.replace(policy(), **changes))
     try:
-        yield _POLICY[0]
+        yield _SET.get()
     finally:
-        _POLICY[0] = prev
+        _SET.reset(token)
+
+
+@contextlib.contextmanager
+def policy_of(p: LaunchPolicy):
+    """Run the block under ``p`` (the backward of a call made under it, in whatever thread autograd runs it)."""
+    token = _SET.set(p)
+    try:
+        yield p
+    finally:
+        _SET.reset(token)
 
 
 def pow2(n: int) -> int:
@@ -128,12 +198,9 @@ def kernel_config(kernel: str, M: int, D: int, DV: int) -> dict:
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; one of {KERNELS}")
     cfg = KERNEL_CONFIGS[kernel].at(min(max(pow2(M), CENTRE_CLASSES[0]), CENTRE_CLASSES[-1]))
-    overrides = policy().config_overrides
+    overrides = policy().config_overrides  # checked when the policy was made
     cfg.update(overrides.get("*", {}))
     cfg.update(overrides.get(kernel, {}))
-    n = cfg["BLOCK_N"]
-    if n < 16 or n & (n - 1):
-        raise ValueError(f"BLOCK_N of {kernel} must be a power of two >= 16, got {n}")
     return cfg
 
 

@@ -7,7 +7,7 @@ import torch
 import triton.language as tl
 from torch import Tensor
 
-from ...reference import compute_dtype, triton_interpreting
+from ...reference import MAX_FUSED_IMAGE_ELEMENTS, compute_dtype, triton_interpreting
 from .config import KERNELS, cdiv, chunking, kernel_config, policy, pow2, tile_width, vector_width
 
 
@@ -30,7 +30,7 @@ class Geometry:
         dv_channels = (x if value is None else value).shape[1]
         self.B, C, self.H, self.W = x.shape
         for t in (x,) if value is None else (x, value):
-            if t.shape[1] * t.shape[2] * t.shape[3] >= 2 ** 31:
+            if t.shape[1] * t.shape[2] * t.shape[3] > MAX_FUSED_IMAGE_ELEMENTS:
                 raise ValueError(f"one image of {tuple(t.shape)} spans 2**31 elements or more: the kernels "
                                  "address an image with 32-bit offsets")
         self.heads, self.ph, self.pw, self.fh, self.fw = heads, ph, pw, fh, fw
@@ -44,6 +44,10 @@ class Geometry:
             self.cfg[name] = (cfg, bw, vector_width(self.rw, self.W, bw))
         self.row_unit = max(cfg["BLOCK_N"] // bw for cfg, bw, _ in self.cfg.values())
         self.NC, self.rpc = chunking(self.G, self.rh, self.row_unit)
+        if self.G * self.NC * 2 > MAX_FUSED_IMAGE_ELEMENTS:
+            raise ValueError(f"{self.G} groups x {self.NC} chunks: their (dalpha, dbeta) partials span 2**31 "
+                             "elements or more, which the kernels address with 32-bit offsets (only regions of a "
+                             "pixel or two reach this): use impl='light'")
         self.grid = (self.G, self.NC)
         self.dt = _dt(x.dtype)
         self.acc = compute_dtype(x.dtype)

@@ -4,12 +4,13 @@ from :func:`empty`, which can poison them (``LaunchPolicy.poison``)."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import inspect
 
 import torch
 
-from .config import policy
+from .config import policy, policy_of
 
 
 @dataclasses.dataclass
@@ -24,30 +25,47 @@ class Launch:
     num_stages: int
 
 
-class _Recording:
-    """Who is listening to launches (:func:`record_launches`), and whether they only listen (dry run)."""
-    recorders: list = []
-    dry_run: bool = False
+#: who listens to launches in this thread (record_launches blocks, innermost last), and whether they only listen
+_RECORDERS: contextvars.ContextVar = contextvars.ContextVar("coc_launch_recorders", default=())
+_DRY_RUN: contextvars.ContextVar = contextvars.ContextVar("coc_launch_dry_run", default=False)
 
 
 @contextlib.contextmanager
 def record_launches(execute: bool = True):
-    """Collect every kernel launch the op makes inside the block; ``execute=False`` records without
-    running anything (and lets the op take CPU tensors without the interpreter), for the compile gate."""
+    """Collect every kernel launch the op makes inside the block, in this thread (and in the backward of calls
+    made here, wherever autograd runs it); ``execute=False`` records without running anything (and lets the op
+    take CPU tensors without the interpreter), for the compile gate. Other threads launch and compute as usual."""
     rec: list = []
-    _Recording.recorders.append(rec)
-    prev = _Recording.dry_run
-    _Recording.dry_run = not execute
+    tokens = _RECORDERS.set(_RECORDERS.get() + (rec,)), _DRY_RUN.set(not execute)
     try:
         yield rec
     finally:
-        _Recording.recorders.remove(rec)
-        _Recording.dry_run = prev
+        _DRY_RUN.reset(tokens[1])
+        _RECORDERS.reset(tokens[0])
 
 
 def dry_run() -> bool:
-    """True inside ``record_launches(execute=False)``."""
-    return _Recording.dry_run
+    """True inside ``record_launches(execute=False)`` in this thread."""
+    return _DRY_RUN.get()
+
+
+def capture():
+    """This thread's launch state (policy, recorders, dry run), for :func:`restored` in a backward."""
+    return policy(), _RECORDERS.get(), _DRY_RUN.get()
+
+
+@contextlib.contextmanager
+def restored(state):
+    """Run the block under a launch state from :func:`capture`: the backward of an eager call runs in autograd's
+    thread (one per device on CUDA), with the policy and recording of the thread that made the forward."""
+    p, recorders, dry = state
+    tokens = _RECORDERS.set(recorders), _DRY_RUN.set(dry)
+    try:
+        with policy_of(p):
+            yield
+    finally:
+        _DRY_RUN.reset(tokens[1])
+        _RECORDERS.reset(tokens[0])
 
 
 _PARAMS: dict = {}
@@ -72,9 +90,9 @@ def launch(kernel, grid, args: dict, constexprs: dict, cfg):
                         f"{sorted(set(runtime) - set(args)) + sorted(set(const) - set(constexprs))}, unknown "
                         f"{sorted(set(args) - set(runtime)) + sorted(set(constexprs) - set(const))}")
     made = Launch(kernel, tuple(grid), dict(args), dict(constexprs), cfg["num_warps"], cfg["num_stages"])
-    for rec in _Recording.recorders:
+    for rec in _RECORDERS.get():
         rec.append(made)
-    if _Recording.dry_run or grid[0] * grid[1] == 0:
+    if _DRY_RUN.get() or grid[0] * grid[1] == 0:
         return
     kernel[grid](**args, **constexprs, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
 
@@ -82,6 +100,6 @@ def launch(kernel, grid, args: dict, constexprs: dict, cfg):
 def empty(shape, dtype, device):
     """``torch.empty``, NaN-filled (ints: -2**31) under ``LaunchPolicy(poison=True)`` outside a dry run."""
     t = torch.empty(shape, dtype=dtype, device=device)
-    if policy().poison and not _Recording.dry_run:
+    if policy().poison and not _DRY_RUN.get():
         t.fill_(float("nan") if t.is_floating_point() else -2 ** 31)
     return t

@@ -1,0 +1,257 @@
+"""Hostile sweep 4 (issue 41): launch state that belongs to the thread that set it, fake and symbolic tensors on
+the fused path, settings that say what is wrong, sizes past the kernels' 32-bit offsets."""
+import threading
+
+import pytest
+import torch
+
+from coc_kernels import cluster_assignment, context_cluster
+from coc_kernels.ops import context_cluster as ops
+from conftest import DEVICE
+
+KW = dict(heads=2, proposal=2, fold=2)
+
+
+def make(B=1, C=8, H=8, W=8, dtype=torch.float32, device=DEVICE):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(B, C, H, W, dtype=dtype, generator=g).to(device)
+    v = torch.randn(B, C, H, W, dtype=dtype, generator=g).to(device)
+    return x, v, torch.ones(1, dtype=dtype, device=device), torch.zeros(1, dtype=dtype, device=device)
+
+
+def _interleave(first, second):
+    """Run two context managers in two threads, entered A, B and left A, B (the order that leaked a policy);
+    returns what each thread saw inside its block and what it sees after."""
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def thread_a():
+        with first() as got:
+            seen["a"] = (got, ops.policy())
+            a_in.set()
+            b_in.wait(5)
+        seen["a_after"] = ops.policy()
+        a_out.set()
+
+    def thread_b():
+        a_in.wait(5)
+        with second() as got:
+            seen["b"] = (got, ops.policy())
+            b_in.set()
+            a_out.wait(5)
+            seen["b_late"] = ops.policy()
+        seen["b_after"] = ops.policy()
+
+    ts = [threading.Thread(target=thread_a), threading.Thread(target=thread_b)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(10)
+    return seen
+
+
+# ------------------------------------------------------------------------------------ 1. policy per thread
+def _fresh_thread_policy():
+    """``ops.policy()`` in a new thread (one that set no policy), or the error it raised there."""
+    got = {}
+
+    def read():
+        try:
+            got["p"] = ops.policy()
+        except Exception as e:
+            got["e"] = e
+
+    t = threading.Thread(target=read)
+    t.start()
+    t.join(5)
+    if "e" in got:
+        raise got["e"]
+    return got["p"]
+
+
+def test_launch_policies_of_interleaved_threads_stay_in_their_threads():
+    before = ops.policy()  # this thread's (the suite poisons buffers here)
+    fresh = _fresh_thread_policy()  # a thread that never asked: the defaults of the environment
+    assert fresh.poison is False and fresh.precision == "split"
+    seen = _interleave(lambda: ops.launch_policy(precision="tf32"), lambda: ops.launch_policy(target_programs=1))
+    assert seen["a"][1].precision == "tf32" and seen["b"][1].target_programs == 1
+    assert seen["b"][1].precision == fresh.precision  # B never asked for tf32
+    assert seen["b_late"].target_programs == 1 and seen["b_late"].precision == fresh.precision  # A left
+    assert seen["a_after"] is fresh and seen["b_after"] is fresh
+    assert ops.policy() is before  # this thread never saw either
+    # a thread that never asked runs under the defaults while another is inside a block
+    inside, release, got = threading.Event(), threading.Event(), {}
+
+    def holder():
+        with ops.launch_policy(precision="tf32", target_programs=3):
+            inside.set()
+            release.wait(5)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    inside.wait(5)
+    other = threading.Thread(target=lambda: got.setdefault("p", ops.policy()))
+    other.start()
+    other.join(5)
+    release.set()
+    t.join(5)
+    assert got["p"] is fresh
+
+
+# ------------------------------------------------------------------------------------ 2. recording per thread
+def test_a_dry_run_in_one_thread_leaves_other_threads_computing():
+    """While one thread records without executing (the compile gate), another thread's fused call runs its
+    kernels and returns the light path's numbers, and its launches are not in the first thread's record."""
+    x, v, a, b = make(device="cpu" if DEVICE == "cpu" else DEVICE)
+    want = context_cluster(x, v, a, b, impl="light", **KW)
+    recording, done, out = threading.Event(), threading.Event(), {}
+
+    def recorder():
+        with ops.record_launches(execute=False) as rec:
+            recording.set()
+            done.wait(60)
+            out["foreign"] = len(rec)
+            context_cluster(x, v, a, b, impl="triton", **KW)  # its own launches: recorded, not run
+            out["own"] = len(rec)
+
+    t = threading.Thread(target=recorder)
+    t.start()
+    recording.wait(5)
+    assert not ops.dry_run()
+    got = context_cluster(x, v, a, b, impl="triton", **KW)
+    done.set()
+    t.join(60)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert out == {"foreign": 0, "own": 3}
+
+
+# ------------------------------------------------------------------------------------ 4, 5. fake and symbolic
+@pytest.mark.skipif(DEVICE == "cuda", reason="CPU fake tensors through the interpreter")
+def test_fake_tensors_take_the_fused_path_to_its_fake_implementation():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode() as mode:
+        x, v, a, b = (mode.from_tensor(t) for t in make(device="cpu"))
+        x.requires_grad_(True)
+        y = context_cluster(x, v, a, b, impl="triton", **KW)
+        assert y.shape == v.shape and y.dtype == v.dtype
+        y.sum().backward()
+        assert x.grad.shape == x.shape
+        assert cluster_assignment(x, a, b, impl="triton", **KW).shape == (1, 2, 8, 8)
+
+
+def test_fake_cuda_tensors_without_a_driver():
+    """FakeTensorMode makes CUDA tensors on a machine without a GPU: the op must not launch on them (forward and
+    assignment maps; torch's own backward needs a driver for fake CUDA tensors, ``(x * 2).sum().backward()`` too,
+    so the graph's backward node is checked instead)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        x, v = (torch.randn(1, 8, 8, 8, device="cuda", requires_grad=True) for _ in range(2))
+        a, b = torch.ones(1, device="cuda"), torch.zeros(1, device="cuda")
+        y = context_cluster(x, v, a, b, impl="auto", **KW)
+        assert y.shape == v.shape and y.device.type == "cuda" and y.grad_fn is not None
+        assert cluster_assignment(x, a, b, impl="auto", **KW).shape == (1, 2, 8, 8)
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="CPU tensors through the interpreter")
+def test_symbolic_tracing_of_the_fused_path():
+    from torch.fx.experimental.proxy_tensor import make_fx
+    x, v, a, b = make(device="cpu")
+
+    def f(x, v, a, b):
+        return context_cluster(x, v, a, b, impl="triton", **KW)
+
+    gm = make_fx(f, tracing_mode="symbolic")(x, v, a, b)
+    assert any("cluster_fwd" in str(n.target) for n in gm.graph.nodes)
+    x2, v2, a2, b2 = make(H=16, W=12, device="cpu")
+    torch.testing.assert_close(gm(x2, v2, a2, b2), context_cluster(x2, v2, a2, b2, impl="light", **KW),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="CPU tensors through the interpreter")
+def test_opcheck_of_the_public_op_with_dynamic_shapes():
+    from coc_kernels import context_cluster_op
+    x, v, a, b = (t.requires_grad_() for t in make(device="cpu"))
+    torch.library.opcheck(context_cluster_op, (x, v, a, b, 2, [2, 2], [2, 2], "triton", "similarity"),
+                          test_utils=("test_aot_dispatch_dynamic",))
+
+
+# ------------------------------------------------------------------------------------ 7. settings
+@pytest.mark.parametrize("var,value,match", [
+    ("COC_TARGET_PROGRAMS", "abc", "COC_TARGET_PROGRAMS"), ("COC_TARGET_PROGRAMS", "1e3", "COC_TARGET_PROGRAMS"),
+    ("COC_TARGET_PROGRAMS", "0", "COC_TARGET_PROGRAMS"), ("COC_DOT_PRECISION", "fp8", "COC_DOT_PRECISION")])
+def test_bad_environment_settings_are_named(monkeypatch, var, value, match):
+    """(In a thread of its own: the suite runs every test inside a launch_policy block, whose policy stands.)"""
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ValueError, match=match):
+        _fresh_thread_policy()
+
+
+def test_environment_settings_are_read_when_they_change(monkeypatch):
+    """Set after the first call, a variable takes effect; an exported empty one means the default."""
+    _fresh_thread_policy()
+    monkeypatch.setenv("COC_TARGET_PROGRAMS", "7")
+    monkeypatch.setenv("COC_DOT_PRECISION", "")
+    p = _fresh_thread_policy()
+    assert p.target_programs == 7 and p.precision == "split"
+    monkeypatch.setenv("COC_DOT_PRECISION", "ieee")
+    assert _fresh_thread_policy().precision == "ieee"
+    assert _fresh_thread_policy() is _fresh_thread_policy()  # one object while nothing changes (the geometry
+    # cache keys on it)
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(config_overrides={"asign": {"BLOCK_N": 32}}), "asign"),
+    (dict(config_overrides={"assign": {"BLOCKN": 32}}), "BLOCKN"),
+    (dict(config_overrides={"assign": {"STAGES": 0}}), "STAGES"),
+    (dict(config_overrides={"assign": {"num_warps": 3}}), "num_warps"),
+    (dict(config_overrides={"assign": {"BLOCK_N": 32.0}}), "BLOCK_N"),
+    (dict(config_overrides={"assign": {"BLOCK_N": 24}}), "BLOCK_N"),
+    (dict(config_overrides={"assign": None}), "assign"),
+    (dict(config_overrides=[("assign", {})]), "config_overrides"),
+    (dict(target_programs=True), "target_programs"),
+    (dict(partial_block=True), "partial_block"),
+    (dict(poison="yes"), "poison"),
+])
+def test_bad_policy_settings_are_named_where_they_are_set(change, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        ops.LaunchPolicy(**change)
+    with pytest.raises((ValueError, TypeError), match=match):
+        with ops.launch_policy(**change):
+            pass
+
+
+def test_config_overrides_are_taken_as_they_were_given():
+    """Changing the dict after the policy is made changes nothing (the geometry cache keys on the policy)."""
+    overrides = {"assign": {"BLOCK_N": 64}}
+    with ops.launch_policy(config_overrides=overrides):
+        overrides["assign"]["BLOCK_N"] = 16
+        assert ops.kernel_config("assign", 25, 32, 32)["BLOCK_N"] == 64
+
+
+# ------------------------------------------------------------------------------------ 6, 8. limits, odd arguments
+def test_a_python_float_alpha_is_a_type_error():
+    x, v, a, b = make(device="cpu")
+    with pytest.raises(TypeError, match="alpha must be a one-element tensor"):
+        context_cluster(x, v, 1.0, b, impl="light", **KW)
+
+
+def test_partials_past_the_32_bit_offsets_are_refused():
+    """The (dalpha, dbeta) partials are addressed with 32-bit offsets: groups x chunks x 2 must stay below 2**31.
+    Only one-pixel regions reach it (a dry run: nothing is allocated for real on the meta device)."""
+    x = torch.empty(2 ** 15, 2 ** 15, 2, 1, device="meta")  # heads 2**15, folds 2x1: G = 2**31 groups
+    with pytest.raises(ValueError, match="2\\*\\*31"):
+        ops.Geometry(x, x, 2 ** 15, 1, 1, 2, 1)
+
+
+def test_auto_takes_the_light_path_past_the_fused_size_limit(monkeypatch):
+    """An image over the fused kernels' 32-bit element limit runs on the light path under impl='auto' (which has
+    no such limit); impl='triton' says why it cannot. (Fake CUDA tensors: the choice, without a GPU.)"""
+    import coc_kernels.functional as fn
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        x = torch.empty(1, 8, 8, 8, device="cuda")
+        assert fn.resolve_impl("auto", x, 4) == "triton"
+        monkeypatch.setattr(fn, "MAX_FUSED_IMAGE_ELEMENTS", 8 * 8 * 8 - 1)
+        assert fn.resolve_impl("auto", x, 4) == "light"
+        with pytest.raises(ValueError, match="elements"):
+            fn.resolve_impl("triton", x, 4)
