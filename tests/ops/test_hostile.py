@@ -243,6 +243,15 @@ def test_partials_past_the_32_bit_offsets_are_refused():
         ops.Geometry(x, x, 2 ** 15, 1, 1, 2, 1)
 
 
+def test_regions_past_the_pooling_adjoints_float_division_are_refused():
+    """A point's pooling windows come from ``r * ph / rh`` estimated in fp32 (exact while ``rh * ph <= 2**24``):
+    a 2**19-row region with 64 centre rows would pick wrong windows, silently; it is refused instead."""
+    x = torch.empty(1, 1, 2 ** 19, 1, device="meta")
+    ops.Geometry(torch.empty(1, 1, 2 ** 18, 1, device="meta"), None, 1, 64, 1, 1, 1)  # 2**24: still exact
+    with pytest.raises(ValueError, match="2\\*\\*24"):
+        ops.Geometry(x, None, 1, 64, 1, 1, 1)
+
+
 def test_auto_takes_the_light_path_past_the_fused_size_limit(monkeypatch):
     """An image over the fused kernels' 32-bit element limit runs on the light path under impl='auto' (which has
     no such limit); impl='triton' says why it cannot. (Fake CUDA tensors: the choice, without a GPU.)"""
@@ -255,3 +264,39 @@ def test_auto_takes_the_light_path_past_the_fused_size_limit(monkeypatch):
         assert fn.resolve_impl("auto", x, 4) == "light"
         with pytest.raises(ValueError, match="elements"):
             fn.resolve_impl("triton", x, 4)
+
+
+# ------------------------------------------------------------------------------------ 3, 8. norms
+@pytest.mark.parametrize("dtype,big", [(torch.float32, 3e19), (torch.float64, 1e200)])
+def test_large_finite_inputs_whose_squares_overflow(dtype, big):
+    """A window of |x| ~ 3e19 (1e200 in float64): sums of squares overflow to inf, the values are finite. As
+    F.normalize does, such a centre or point normalises to 0 (x / inf); no NaN, on any path, forward or backward."""
+    x, v, a, b = make(B=1, C=8, H=8, W=8, dtype=dtype)
+    x[:, 0:4, 0:2, 0:2] = big  # head 0, region (0, 0): one window's points and its centre
+    outs = {}
+    for impl in ("triton", "light", "dense"):
+        ins = [t.detach().clone().requires_grad_() for t in (x, v, a, b)]
+        y = context_cluster(*ins, impl=impl, **KW)
+        outs[impl] = (y, torch.autograd.grad(y, ins, torch.ones_like(y)))
+    for impl in ("triton", "light"):
+        y, g = outs[impl]
+        assert torch.isfinite(y).all() and all(torch.isfinite(t).all() for t in g), impl
+        torch.testing.assert_close(y, outs["dense"][0], rtol=1e-6, atol=1e-6)
+        for got, want in zip(g, outs["dense"][1]):
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="float64 kernels run in the interpreter")
+def test_the_norm_clamp_is_exact_in_float64():
+    """Zero-norm points take F.normalize's clamped branch, ``x / 1e-12``: in float64 the clamp is 1e-12 itself,
+    not its fp32 rounding (which made gradients differ from the dense path by 4e-9 relative)."""
+    x, v, a, b = make(B=1, C=8, H=8, W=8, dtype=torch.float64)
+    x[:, 0:4, 1, 2] = 0
+    x[:, 4:8, 5, 7] = 0
+    outs = {}
+    for impl in ("triton", "dense"):
+        ins = [t.detach().clone().requires_grad_() for t in (x, v, a, b)]
+        y = context_cluster(*ins, impl=impl, **KW)
+        outs[impl] = torch.autograd.grad(y, ins, torch.ones_like(y))
+    for got, want in zip(outs["triton"], outs["dense"]):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=0)

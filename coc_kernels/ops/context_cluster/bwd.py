@@ -56,7 +56,7 @@ def _bwd_main_kernel(x_ptr, v_ptr, dy_ptr, a_ptr, sig_ptr, c_ptr, o_ptr, den_ptr
     k = tl.program_id(1)
     g64 = g.to(tl.int64)
     part = g64 * NC + k
-    eps = 1e-12
+    eps = tl.full((), 1e-12, DT)  # F.normalize's clamp in the compute dtype (a bare literal is fp32)
     W = W_v * VEC
     rw = rw_v * VEC
     HW = H * W
@@ -145,7 +145,7 @@ def _bwd_pool_kernel(dxi_ptr, dx_ptr, c_ptr, pdc_ptr, pdab_ptr, scr_ptr, dalpha_
     g = tl.program_id(0)
     k = tl.program_id(1)
     g64 = g.to(tl.int64)
-    eps = 1e-12
+    eps = tl.full((), 1e-12, DT)  # F.normalize's clamp in the compute dtype (a bare literal is fp32)
     W = W_v * VEC
     rw = rw_v * VEC
     HW = H * W

@@ -61,7 +61,7 @@ def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_pt
     g = tl.program_id(0)
     k = tl.program_id(1)
     g64 = g.to(tl.int64)
-    eps = 1e-12
+    eps = tl.full((), 1e-12, DT)  # F.normalize's clamp in the compute dtype (a bare literal is fp32)
     W = W_v * VEC
     rw = rw_v * VEC
     HW = H * W
@@ -80,7 +80,10 @@ def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_pt
     c_hat = c / tl.maximum(nrm, eps)[:, None]
     # NaN similarities (torch's max picks them: first NaN index, value NaN) come from a non-finite centre
     # (a whole row: the first such centre wins for every point) or a non-finite point (a whole column: 0 wins)
-    nan_c = tl.min(tl.where(m_ok & ~(nrm < float("inf")), offs_m, BLOCK_M), axis=0)
+    # (a centre is non-finite when a value is: an overflowed sum of squares of finite values makes c_hat = 0,
+    # as F.normalize's c / inf does)
+    c_bad = tl.max(tl.where(tl.abs(c) < float("inf"), 0, 1), axis=1) > 0
+    nan_c = tl.min(tl.where(m_ok & c_bad, offs_m, BLOCK_M), axis=0)
     if PREC == "split":
         c_hi, c_mid, c_lo = split3(c_hat)
     else:

@@ -44,6 +44,10 @@ class Geometry:
             self.cfg[name] = (cfg, bw, vector_width(self.rw, self.W, bw))
         self.row_unit = max(cfg["BLOCK_N"] // bw for cfg, bw, _ in self.cfg.values())
         self.NC, self.rpc = chunking(self.G, self.rh, self.row_unit)
+        if max(self.rh * ph, self.rw * pw) > 2 ** 24:
+            raise ValueError(f"regions of {self.rh}x{self.rw} points with {ph}x{pw} centres: the pooling adjoint finds "
+                             "a point's windows by a float division, exact only while region size x centres per axis "
+                             "stays within 2**24: use impl='light'")
         if self.G * self.NC * 2 > MAX_FUSED_IMAGE_ELEMENTS:
             raise ValueError(f"{self.G} groups x {self.NC} chunks: their (dalpha, dbeta) partials span 2**31 "
                              "elements or more, which the kernels address with 32-bit offsets (only regions of a "
