@@ -32,20 +32,24 @@ def _step(model, x):
     return outs, x.grad, {n: p.grad for n, p in params if p.grad is not None}
 
 
+def _assert_same_step(got, want, eager):
+    """Outputs, input gradient and every parameter's gradient of two :func:`_step` results agree (float64)."""
+    for g, w in zip(got[0], want[0]):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-10, atol=1e-12)
+    assert set(got[2]) == set(want[2]) and len(want[2]) == len(list(eager.parameters()))
+    for n in want[2]:
+        torch.testing.assert_close(got[2][n], want[2][n], rtol=1e-9, atol=1e-12, msg=n)
+
+
 @pytest.mark.parametrize("impl", ["triton", "dense"])  # the memory-light path: its loops make tracing 30 s here
 def test_compiled_backbone_equals_eager_in_one_graph(impl):
     torch._dynamo.reset()
     counter = CompileCounterWithBackend("aot_eager")
     eager, comp = _pair(impl, counter)
     x = torch.randn(2, 3, 32, 48, dtype=torch.float64)
-    want, got = _step(eager, x), _step(comp, x)
+    _assert_same_step(_step(comp, x), _step(eager, x), eager)
     assert counter.frame_count == 1  # one graph: the whole backbone
-    for w, g in zip(want[0], got[0]):
-        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(got[1], want[1], rtol=1e-10, atol=1e-12)
-    assert set(got[2]) == set(want[2]) and len(want[2]) == len(list(eager.parameters()))
-    for n in want[2]:
-        torch.testing.assert_close(got[2][n], want[2][n], rtol=1e-9, atol=1e-12, msg=n)
 
 
 @pytest.mark.parametrize("impl", ["triton", "light", "dense"])
@@ -149,13 +153,7 @@ def test_inductor_training_step_one_graph_for_all_sizes(impl):
     eager.train(), comp.train()
     for h, w in [(32, 48), (48, 32)]:
         x = torch.randn(2, 3, h, w, dtype=torch.float64)
-        want, got = _step(eager, x), _step(comp, x)
-        for a, b in zip(got[0], want[0]):
-            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(got[1], want[1], rtol=1e-10, atol=1e-12)
-        assert set(got[2]) == set(want[2]) and len(want[2]) == len(list(eager.parameters()))
-        for n in want[2]:
-            torch.testing.assert_close(got[2][n], want[2][n], rtol=1e-9, atol=1e-12, msg=n)
+        _assert_same_step(_step(comp, x), _step(eager, x), eager)
     assert counter.frame_count == 1
 
 
