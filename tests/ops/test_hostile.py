@@ -125,6 +125,27 @@ def test_a_dry_run_in_one_thread_leaves_other_threads_computing():
     assert out == {"foreign": 0, "own": 3}
 
 
+def test_a_backward_in_a_thread_without_launch_state_launches_as_its_forward():
+    """Autograd may run a backward in a thread of its own (CUDA: one per device), which set no policy and records
+    nothing: there the backward takes its forward's policy and recorders. (Simulated on the CPU by calling
+    backward from a fresh thread; a thread that set its own state keeps it, see the compile gate's count test.)"""
+    x, v, a, b = make(H=128, device="cpu" if DEVICE == "cpu" else DEVICE)  # 64-row regions: several chunks
+    x.requires_grad_(True)
+    with ops.record_launches() as default:
+        context_cluster(x, v, a, b, impl="triton", **KW)
+    assert default[0].grid[1] > 1
+    with ops.launch_policy(target_programs=1):
+        with ops.record_launches() as rec:
+            y = context_cluster(x, v, a, b, impl="triton", **KW)
+    assert len(rec) == 3
+    seen = {}
+    t = threading.Thread(target=lambda: (y.sum().backward(), seen.setdefault("policy", ops.policy())))
+    t.start()
+    t.join(60)
+    assert len(rec) == 6 and all(r.grid[1] == 1 for r in rec)  # the backward's 3, one chunk as the forward had
+    assert seen["policy"].target_programs == 1024 and x.grad is not None
+
+
 # ------------------------------------------------------------------------------------ 4, 5. fake and symbolic
 @pytest.mark.skipif(DEVICE == "cuda", reason="CPU fake tensors through the interpreter")
 def test_fake_tensors_take_the_fused_path_to_its_fake_implementation():

@@ -129,6 +129,11 @@ def launch_policy(**changes):
         _SET.reset(token)
 
 
+def policy_set() -> bool:
+    """True inside a :func:`launch_policy` (or :func:`policy_of`) block of this thread."""
+    return _SET.get() is not None
+
+
 @contextlib.contextmanager
 def policy_of(p: LaunchPolicy):
     """Run the block under ``p`` (the backward of a call made under it, in whatever thread autograd runs it)."""

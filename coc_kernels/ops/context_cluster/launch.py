@@ -11,6 +11,7 @@ import inspect
 import torch
 
 from .config import policy, policy_of
+from .config import policy_set as _POLICY_SET
 
 
 @dataclasses.dataclass
@@ -56,9 +57,13 @@ def capture():
 
 @contextlib.contextmanager
 def restored(state):
-    """Run the block under a launch state from :func:`capture`: the backward of an eager call runs in autograd's
-    thread (one per device on CUDA), with the policy and recording of the thread that made the forward."""
+    """Run the block under a launch state from :func:`capture` where this thread set none of its own: the
+    backward of an eager call runs in the state of the thread that calls it if that thread set one, and in
+    autograd's worker threads (one per device on CUDA, which set none) in the state of its forward."""
     p, recorders, dry = state
+    if _POLICY_SET() or _RECORDERS.get() or _DRY_RUN.get():
+        yield
+        return
     tokens = _RECORDERS.set(recorders), _DRY_RUN.set(dry)
     try:
         with policy_of(p):
