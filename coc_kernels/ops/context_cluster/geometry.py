@@ -33,6 +33,7 @@ class Geometry:
             if t.shape[1] * t.shape[2] * t.shape[3] > MAX_FUSED_IMAGE_ELEMENTS:
                 raise ValueError(f"one image of {tuple(t.shape)} spans 2**31 elements or more: the kernels "
                                  "address an image with 32-bit offsets")
+        self.policy = policy()  # the launch policy it is made under (one read per call: buffers, partials)
         self.heads, self.ph, self.pw, self.fh, self.fw = heads, ph, pw, fh, fw
         self.D, self.DV = C // heads, dv_channels // heads
         self.rh, self.rw = self.H // fh, self.W // fw
@@ -88,7 +89,7 @@ class Geometry:
 
 
 #: geometries of recent calls, by what they depend on (a training step repeats the same few shapes; building one
-#: costs more host time than the rest of the op's arguments): key -> (policy it was made under, Geometry)
+#: costs more host time than the rest of the op's arguments): key -> Geometry (its policy: the one it was made under)
 _GEOMETRIES: dict = {}
 _MAX_GEOMETRIES = 256
 
@@ -97,12 +98,11 @@ def geometry(x: Tensor, value, heads: int, ph: int, pw: int, fh: int, fw: int) -
     """``Geometry(x, value, ...)``, reused while the launch policy in force is the one it was made under."""
     key = (tuple(x.shape), None if value is None else value.shape[1], x.dtype, heads, ph, pw, fh, fw)
     hit = _GEOMETRIES.get(key)
-    if hit is not None and hit[0] is policy():
-        return hit[1]
+    if hit is not None and hit.policy is policy():
+        return hit
     if len(_GEOMETRIES) >= _MAX_GEOMETRIES:
         _GEOMETRIES.clear()
-    q = Geometry(x, value, heads, ph, pw, fh, fw)
-    _GEOMETRIES[key] = (policy(), q)
+    q = _GEOMETRIES[key] = Geometry(x, value, heads, ph, pw, fh, fw)
     return q
 
 

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from .bwd import _bwd_do_kernel, _bwd_main_kernel, _bwd_pool_kernel
-from .config import policy, pow2
+from .config import pow2
 from .fwd import _assign_kernel, _dispatch_kernel, _pool_kernel
 from .geometry import Geometry, geometry
 from .launch import empty, launch
@@ -20,17 +20,17 @@ def _contiguous(t: Tensor) -> Tensor:
 def _centres_and_assign(x: Tensor, value, alpha: Tensor, beta: Tensor, q: Geometry, by_count: bool):
     """Launches 1 and 2 of the forward (value None: assignment only). Returns c, a, sigma, puv, pden."""
     dev = x.device
-    pc = empty((q.G, q.NC, q.M, q.D), q.acc, dev)
+    pc = empty((q.G, q.NC, q.M, q.D), q.acc, dev, q.policy.poison)
     cfg, blocks = q.tiles("pool")
     launch(_pool_kernel, q.grid,
             dict(x_ptr=x, pc_ptr=pc, **q.region("pool"), **q.sizes("ph", "pw", "D")),
             dict(**blocks, BLOCK_D=pow2(q.D), DT=q.dt, **q.dot), cfg)
-    c = empty((q.G, q.M, q.D), q.acc, dev)
-    a = empty((q.G, q.N), torch.int32, dev)
-    sigma = empty((q.G, q.N), q.acc, dev)
+    c = empty((q.G, q.M, q.D), q.acc, dev, q.policy.poison)
+    a = empty((q.G, q.N), torch.int32, dev, q.policy.poison)
+    sigma = empty((q.G, q.N), q.acc, dev, q.policy.poison)
     agg = value is not None
-    puv = empty((q.G, q.NC, q.M, q.DV), q.acc, dev) if agg else pc
-    pden = empty((q.G, q.NC, q.M), q.acc, dev) if agg else pc
+    puv = empty((q.G, q.NC, q.M, q.DV), q.acc, dev, q.policy.poison) if agg else pc
+    pden = empty((q.G, q.NC, q.M), q.acc, dev, q.policy.poison) if agg else pc
     v = value if agg else x
     name = "assign" if agg else "assign_only"
     cfg, blocks = q.tiles(name)
@@ -58,10 +58,10 @@ def fused_forward(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, heads: 
     q = geometry(x, value, heads, ph, pw, fh, fw)
     dev = x.device
     c, a, sigma, puv, pden = _centres_and_assign(x, value, alpha, beta, q, by_count)
-    o = empty((q.G, q.M, q.DV), q.acc, dev)
-    den = empty((q.G, q.M), q.acc, dev)
-    scr = empty((q.G, q.NC, q.M, q.DV), q.acc, dev)
-    y = empty((q.B, heads * q.DV, q.H, q.W), value.dtype, dev)
+    o = empty((q.G, q.M, q.DV), q.acc, dev, q.policy.poison)
+    den = empty((q.G, q.M), q.acc, dev, q.policy.poison)
+    scr = empty((q.G, q.NC, q.M, q.DV), q.acc, dev, q.policy.poison)
+    y = empty((q.B, heads * q.DV, q.H, q.W), value.dtype, dev, q.policy.poison)
     cfg, blocks = q.tiles("dispatch")
     launch(_dispatch_kernel, q.grid,
             dict(a_ptr=a, sig_ptr=sigma, puv_ptr=puv, pden_ptr=pden, o_ptr=o, den_ptr=den, scr_ptr=scr, y_ptr=y,
@@ -77,16 +77,17 @@ def fused_backward(dy: Tensor, x: Tensor, value: Tensor, alpha: Tensor, a: Tenso
     dy, x, value = _contiguous(dy), _contiguous(x), _contiguous(value)
     q = geometry(x, value, heads, ph, pw, fh, fw)
     dev = x.device
-    pdo = empty((q.G, q.NC, q.M, q.DV), q.acc, dev)
+    pdo = empty((q.G, q.NC, q.M, q.DV), q.acc, dev, q.policy.poison)
     cfg, blocks = q.tiles("bwd_do")
     launch(_bwd_do_kernel, q.grid,
             dict(dy_ptr=dy, a_ptr=a, sig_ptr=sigma, pdo_ptr=pdo, **q.region("bwd_do"), **q.sizes("DV")),
             dict(**blocks, BLOCK_DV=pow2(q.DV), DT=q.dt, **q.dot), cfg)
-    scr = empty((q.G, q.NC, q.M * (2 * q.DV + q.D + 1)), q.acc, dev)
-    dxi = empty(x.shape, q.acc, dev)  # direct part, completed by the last launch (in place when x is fp32)
-    dv = empty(value.shape, value.dtype, dev)
-    pdc = empty((q.G, q.NC, q.M, q.D), q.acc, dev)
-    pdab = empty((q.G, q.NC, 2), q.acc, dev)
+    scr = empty((q.G, q.NC, q.M * (2 * q.DV + q.D + 1)), q.acc, dev, q.policy.poison)
+    # the direct part of dx, completed by the last launch (in place when x is fp32)
+    dxi = empty(x.shape, q.acc, dev, q.policy.poison)
+    dv = empty(value.shape, value.dtype, dev, q.policy.poison)
+    pdc = empty((q.G, q.NC, q.M, q.D), q.acc, dev, q.policy.poison)
+    pdab = empty((q.G, q.NC, 2), q.acc, dev, q.policy.poison)
     cfg, blocks = q.tiles("bwd_main")
     launch(_bwd_main_kernel, q.grid,
             dict(x_ptr=x, v_ptr=value, dy_ptr=dy, a_ptr=a, sig_ptr=sigma, c_ptr=c, o_ptr=o, den_ptr=den,
@@ -94,16 +95,16 @@ def fused_backward(dy: Tensor, x: Tensor, value: Tensor, alpha: Tensor, a: Tenso
                  **q.region("bwd_main"), **q.sizes("ph", "pw", "D", "DV")),
             dict(BY_COUNT=by_count, **blocks, BLOCK_D=pow2(q.D), BLOCK_DV=pow2(q.DV), KH=q.KH, KW=q.KW, DT=q.dt,
                  **q.dot), cfg)
-    dx = dxi if x.dtype == q.acc else empty(x.shape, x.dtype, dev)
+    dx = dxi if x.dtype == q.acc else empty(x.shape, x.dtype, dev, q.policy.poison)
     # summed and kept in the accumulation dtype; cast to each scalar's own dtype by the autograd (a 16-bit
     # alpha must not round or overflow beta's gradient)
-    dalpha = empty(alpha.shape, q.acc, dev)
-    dbeta = empty(alpha.shape, q.acc, dev)
+    dalpha = empty(alpha.shape, q.acc, dev, q.policy.poison)
+    dbeta = empty(alpha.shape, q.acc, dev, q.policy.poison)
     cfg, blocks = q.tiles("bwd_pool")
     launch(_bwd_pool_kernel, q.grid,
             dict(dxi_ptr=dxi, dx_ptr=dx, c_ptr=c, pdc_ptr=pdc, pdab_ptr=pdab, scr_ptr=scr, dalpha_ptr=dalpha,
                  dbeta_ptr=dbeta, **q.region("bwd_pool"), **q.sizes("ph", "pw", "D"), NPART=q.G * q.NC),
-            dict(**blocks, BLOCK_D=pow2(q.D), BLOCK_P=policy().partial_block, KH=q.KH, KW=q.KW, DT=q.dt), cfg)
+            dict(**blocks, BLOCK_D=pow2(q.D), BLOCK_P=q.policy.partial_block, KH=q.KH, KW=q.KW, DT=q.dt), cfg)
     if q.G * q.NC == 0:  # empty input: no program ran
         dalpha.zero_()
         dbeta.zero_()

@@ -102,9 +102,10 @@ def launch(kernel, grid, args: dict, constexprs: dict, cfg):
     kernel[grid](**args, **constexprs, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
 
 
-def empty(shape, dtype, device):
-    """``torch.empty``, NaN-filled (ints: -2**31) under ``LaunchPolicy(poison=True)`` outside a dry run."""
+def empty(shape, dtype, device, poison: bool):
+    """``torch.empty``, NaN-filled (ints: -2**31) with ``poison`` (the call's ``LaunchPolicy.poison``) outside a
+    dry run."""
     t = torch.empty(shape, dtype=dtype, device=device)
-    if policy().poison and not _DRY_RUN.get():
+    if poison and not _DRY_RUN.get():
         t.fill_(float("nan") if t.is_floating_point() else -2 ** 31)
     return t
