@@ -22,31 +22,31 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures as cf
+import json
+import math
 import os
 import sys
 import time
 
-if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-    sys.exit("kernel_resources.py compiles the real kernels: run it without TRITON_INTERPRET")
-# compile afresh: a cached kernel keeps the source lines of when it was cached, and the tile accesses are
-# found by their source lines
-os.environ["TRITON_ALWAYS_COMPILE"] = "1"
-
 import torch
 
+from benchmarks import time_model
 from benchmarks._report import report
 from coc_det.backbone import ARCH_SETTINGS, PROPOSAL_OF_CENTRES, size_divisor
 from coc_kernels import DENOMINATORS, cluster_assignment, context_cluster
+from coc_kernels.reference import DEFAULT_DENOMINATOR
 from coc_kernels.ops import aot
-from coc_kernels.ops.context_cluster import points_per_tile, record_launches
+from coc_kernels.ops.context_cluster import chunk_tiles, points_per_tile, record_launches
 
 CHECKED = (80, 90)  # compiled, and must not spill
 COMPILE_ONLY = (100,)  # must compile
 
 
-def record(archs, centres, dtypes, batch=2, img=(800, 1344), points=None):
+def record(archs, centres, dtypes, batch=2, img=(800, 1344), points=None, launches=None):
     """``{Spec: [case, ...]}`` for every launch of the op over the given shapes (nothing runs); with ``points``
-    (a dict), ``points[spec]`` = the fewest real points per tile iteration among the spec's launches."""
+    (a dict), ``points[spec]`` = the fewest real points per tile iteration among the spec's launches; with
+    ``launches`` (a dict), ``launches[case]`` = ``[(spec, chunk tiles, groups, bytes), ...]`` in launch order (what
+    the time model needs besides the compiled code)."""
     specs = collections.defaultdict(list)
     one = torch.ones(1)
     for arch in archs:
@@ -79,6 +79,10 @@ def record(archs, centres, dtypes, batch=2, img=(800, 1344), points=None):
                         specs[spec].append(case)
                         if points is not None:
                             points[spec] = min(points.get(spec, float("inf")), points_per_tile(launch))
+                        if launches is not None:
+                            launches.setdefault(case, []).append(
+                                (spec, tuple(chunk_tiles(launch)), launch.grid[0],
+                                 time_model.tensor_bytes(launch.args.values())))
     return specs
 
 
@@ -123,6 +127,113 @@ ISSUE_TARGETS = {"_pool_kernel": 600, "_assign_kernel": 1200, "_dispatch_kernel"
 MAX_DIVREM_PER_POINT = 4
 
 
+#: the time model's figures of merit (issue 39): stage-1 fwd+bwd at most this (ms, by centres), each kernel at most
+#: this times its own memory floor, every kernel of stages 2-4 at most this (ms); reported beside the estimates
+STAGE1_TARGET_MS = {25: 0.6, 49: 0.8}
+FLOOR_RATIO_TARGET = 2.0
+LATER_STAGE_TARGET_MS = 0.1
+#: the predicted stage-1 totals recorded in the repo, per triton version: the gate fails where a change raises one
+#: by more than ``REGRESSION`` (``--record`` writes the lower figures after an improvement)
+PREDICTION_RECORD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "predicted_times.json")
+REGRESSION = 1.10
+#: the cases the estimate tables show (the detection backbones whose stage-1 times the GPU run measured)
+ESTIMATE_ARCHS = ("small", "medium")
+
+
+def _case_fields(case: str) -> dict:
+    arch, stage, centres, dtype, den = case.split()
+    return dict(arch=arch, stage=int(stage[1:]), centres=int(centres[:-1]), dtype=dtype, den=den)
+
+
+def estimates(results, launches, params) -> dict:
+    """``{case: {kernel: prediction}}`` (``time_model.predict``, plus ``warps`` resident per SM and the launch's
+    ``label``) for the fused fwd+bwd cases of ``ESTIMATE_ARCHS`` under the default denominator."""
+    out = {}
+    for case, made in launches.items():
+        f = _case_fields(case)
+        if f["den"] != DEFAULT_DENOMINATOR or f["arch"] not in ESTIMATE_ARCHS:
+            continue
+        row = {}
+        for spec, tiles, groups, nbytes in made:
+            r90 = results[spec][90]
+            if not r90.get("ok"):
+                continue
+            cost = time_model.kernel_cost(spec.kernel, tiles, groups, spec.num_warps, r90, nbytes)
+            row[spec.kernel] = dict(time_model.predict(cost, params), warps=cost.per_sm * cost.warps,
+                                    programs=sum(c for c, _ in cost.programs), label=spec.label())
+        out[case] = row
+    return out
+
+
+def stage1_key(case: str) -> str:
+    f = _case_fields(case)
+    return f"{f['arch']} s1 {f['centres']}c {f['dtype']}"
+
+
+def estimate_report(est: dict, version: str, record: dict, calibration: dict) -> tuple:
+    """``(lines, failures, stage-1 totals)``: the tables of the estimate, the record's regressions."""
+    fit = calibration
+    p = fit["params"]
+    lines = ["", f"Estimated time per launch (the time model of benchmarks/time_model.py on the sm_90 code, triton "
+                 f"{version}; an estimate, not a measurement: fitted with L = {p.latency:.1f} cycles per warp-"
+                 f"instruction on the six kernel times of the H100 run of 2026-11-26, rms error "
+                 f"{100 * (math.exp(fit['rms_log_error']) - 1):.0f} %, leave-one-out "
+                 f"{100 * (min(fit['leave_one_out'].values()) - 1):+.0f} to "
+                 f"{100 * (max(fit['leave_one_out'].values()) - 1):+.0f} % per kernel)"]
+    key = f"small s1 25c float32 {DEFAULT_DENOMINATOR}"
+    if key in est:
+        lines += ["", f"Per kernel, small stage 1, 25 centres, fp32, fwd+bwd, batch 2 at 800x1344 ({version}):", "",
+                  "| kernel | configuration | programs | warps per SM | issue (ms) | memory floor (ms) | estimate (ms) "
+                  "| x floor | bound by | measured at 6c7bf35 (ms) |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for kernel in time_model.FWD_BWD:
+            e = est[key].get(kernel)
+            if e is None:
+                continue
+            lines.append(f"| {kernel} | {e['label']} | {e['programs']} | {e['warps']} | {e['core_ms']:.3f} "
+                         f"| {e['floor_ms']:.3f} | {e['ms']:.3f} | {e['ms'] / e['floor_ms']:.1f} | {e['bound']} "
+                         f"| {fit['measured_ms'].get(kernel, float('nan')):.3f} |")
+        total = sum(e["ms"] for e in est[key].values())
+        lines.append(f"| all six | | | | | {sum(e['floor_ms'] for e in est[key].values()):.3f} | **{total:.3f}** | "
+                     f"| | {sum(fit['measured_ms'].values()):.3f} |")
+    groups = sorted({(f["arch"], f["centres"], f["dtype"]) for f in map(_case_fields, est)})
+    totals, bad, misses = {}, [], []
+    if groups:
+        lines += ["", f"Estimated mixer fwd+bwd per stage (ms, sum of the six kernels, batch 2 at 800x1344, "
+                      f"{DEFAULT_DENOMINATOR} denominator, triton {version}):", "",
+                  "| arch | centres | dtype | stage 1 | stage 2 | stage 3 | stage 4 | stage 1 recorded |",
+                  "|---|---|---|---|---|---|---|---|"]
+    for arch, m, dtype in groups:
+        cells = []
+        for stage in range(1, 5):
+            row = est.get(f"{arch} s{stage} {m}c {dtype} {DEFAULT_DENOMINATOR}", {})
+            total = sum(e["ms"] for e in row.values())
+            cells.append(f"{total:.3f}" if row else "-")
+            for kernel, e in row.items():
+                if e["ms"] > FLOOR_RATIO_TARGET * e["floor_ms"]:
+                    misses.append(f"{arch} s{stage} {m}c {dtype} {kernel}: {e['ms'] / e['floor_ms']:.1f}x its floor")
+                if stage > 1 and e["ms"] > LATER_STAGE_TARGET_MS:
+                    misses.append(f"{arch} s{stage} {m}c {dtype} {kernel}: {e['ms']:.3f} ms")
+            if stage == 1 and row:
+                k = f"{arch} s1 {m}c {dtype}"
+                totals[k] = total
+                if m in STAGE1_TARGET_MS and total > STAGE1_TARGET_MS[m]:
+                    misses.append(f"{k}: {total:.3f} ms, target {STAGE1_TARGET_MS[m]}")
+                old = record.get(k)
+                if old is not None and total > REGRESSION * old:
+                    bad.append(f"{k}: estimated stage-1 fwd+bwd {total:.3f} ms, {100 * (total / old - 1):.0f} % above "
+                               f"the recorded {old:.3f} ms (benchmarks/data/predicted_times.json)")
+        lines.append(f"| {arch} | {m} | {dtype} | " + " | ".join(cells)
+                     + f" | {record.get(f'{arch} s1 {m}c {dtype}', float('nan')):.3f} |")
+    if groups:
+        lines += ["", f"Targets (stage 1 <= {STAGE1_TARGET_MS[25]} / {STAGE1_TARGET_MS[49]} ms at 25 / 49 centres, "
+                      f"every kernel <= {FLOOR_RATIO_TARGET:.0f}x its memory floor, stages 2-4 <= "
+                      f"{LATER_STAGE_TARGET_MS} ms per kernel): "
+                  + ("all met" if not misses else f"{len(misses)} not met, e.g. " + "; ".join(misses[:6]))]
+    if bad:
+        lines += ["", "Estimate regressions: " + "; ".join(bad)]
+    return lines, bad, totals
+
+
 def failures(res, kernel: str = None, spec=None, points: float = None) -> list:
     bad = []
     r90 = res.get(90, {})
@@ -161,15 +272,23 @@ def main(argv=None):
     p.add_argument("--no-sm100", action="store_true", help="skip the compile-only sm_100 check (a third less time)")
     p.add_argument("--override", help='JSON overrides of the launch configs, e.g. \'{"bwd_main": {"num_warps": 8}}\' '
                                       "(tuning: see which configurations compile without spills)")
+    p.add_argument("--record", action="store_true",
+                   help="write the estimated stage-1 totals into benchmarks/data/predicted_times.json where they are "
+                        "new or lower (after an improvement; the gate fails on a rise of more than 10 %%)")
     args = p.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        sys.exit("kernel_resources.py compiles the real kernels: run it without TRITON_INTERPRET")
+    # compile afresh: a cached kernel keeps the source lines of when it was cached, and the tile accesses are
+    # found by their source lines (the compiling workers inherit it)
+    os.environ["TRITON_ALWAYS_COMPILE"] = "1"
     import functools
-    import json
     from coc_kernels.ops import context_cluster as ops
     compile_only = () if args.no_sm100 else COMPILE_ONLY
     t0 = time.time()
-    points = {}
+    points, launches = {}, {}
     with ops.launch_policy(config_overrides=json.loads(args.override) if args.override else {}):
-        specs = record(args.arch, args.centres, [getattr(torch, d) for d in args.dtype], points=points)
+        specs = record(args.arch, args.centres, [getattr(torch, d) for d in args.dtype], points=points,
+                       launches=launches)
     n_cases = len({c for cases in specs.values() for c in cases})
     print(f"recorded {sum(map(len, specs.values()))} launches over {n_cases} cases: {len(specs)} distinct "
           f"specialisations ({time.time() - t0:.1f} s)", flush=True)
@@ -232,8 +351,35 @@ def main(argv=None):
             lines.append(f"| {kernel} | {w['instructions']:.0f} ({ISSUE_TARGETS.get(kernel, '-')}) | {w['fma']:.0f} "
                          f"| {w['ld_shared']:.0f} | {w['int_divrem']:.1f} | {w['warps']} | {w['along']} / "
                          f"{w['accesses']} | {'/'.join(map(str, w['widths']))} | {w['cp_async']} |")
+    version = ".".join(triton.__version__.split(".")[:2])
+    records = _read_record()
+    est_lines, regressions, totals = estimate_report(estimates(results, launches, time_model.params()), version,
+                                                     records.get(version, {}), time_model.fit())
+    lines += est_lines
+    if args.record and not args.override:
+        mine = records.setdefault(version, {})
+        for k, v in totals.items():
+            if k not in mine or v < mine[k]:
+                mine[k] = round(v, 4)
+        _write_record(records)
+        lines += ["", f"recorded the stage-1 estimates of triton {version} in {PREDICTION_RECORD}"]
     report("\n".join(lines), [], "", md_path=args.md)
-    sys.exit(1 if n_bad else 0)
+    sys.exit(1 if n_bad or regressions else 0)
+
+
+def _read_record() -> dict:
+    if not os.path.exists(PREDICTION_RECORD):
+        return {}
+    with open(PREDICTION_RECORD) as f:
+        return json.load(f)
+
+
+def _write_record(records: dict):
+    tmp = PREDICTION_RECORD + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({v: dict(sorted(r.items())) for v, r in sorted(records.items())}, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, PREDICTION_RECORD)
 
 
 if __name__ == "__main__":

@@ -268,10 +268,11 @@ def _ptx_instructions(ptx: str):
 
 
 def ptx_profile(ptx: str, tile_file: str, tile_lines: set) -> dict:
-    """From the PTX: the loop that holds the most tile accesses (``tile_lines`` of ``tile_file``: the source lines of
-    the tile-access helpers), and in it the instruction count, FMAs, shared-memory loads (``ld.shared`` and the
-    tensor-core dots' ``ldmatrix``), integer div/rem, cp.async; and the byte widths of every tile access of the
-    kernel (``ld.global`` / ``st.global`` / ``cp.async``)."""
+    """From the PTX: the kernel's instruction count (``instructions``); the loop that holds the most tile accesses
+    (``tile_lines`` of ``tile_file``: the source lines of the tile-access helpers), and in it the instruction
+    count, FMAs, shared-memory loads (``ld.shared`` and the tensor-core dots' ``ldmatrix``), integer div/rem,
+    cp.async; and the byte widths of every tile access of the kernel (``ld.global`` / ``st.global`` /
+    ``cp.async``)."""
     items = list(_ptx_instructions(ptx))
     labels = {lab: i for i, (_, _, lab) in enumerate(items) if lab}
     loops = []
@@ -302,7 +303,7 @@ def ptx_profile(ptx: str, tile_file: str, tile_lines: set) -> dict:
         n_tile = sum(1 for line, code, _ in items[lo:hi + 1] if is_tile_access(line, code))
         if best is None or n_tile > best[0] or (n_tile == best[0] and hi - lo > best[2] - best[1]):
             best = (n_tile, lo, hi)
-    out = dict(tile_access_bytes=sorted(set(widths)), loop=None)
+    out = dict(tile_access_bytes=sorted(set(widths)), loop=None, instructions=sum(1 for _, code, _ in items if code))
     if best is None or best[0] == 0:
         return out
     body = [code for _, code, _ in items[best[1]:best[2] + 1] if code]

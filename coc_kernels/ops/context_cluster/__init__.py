@@ -50,12 +50,12 @@ from __future__ import annotations
 from .autograd import ClusterFunction, cluster_bwd, cluster_fwd
 from .config import (CENTRE_CLASSES, DOT_PRECISIONS, KERNEL_CONFIGS, KERNELS, MAX_CHUNKS, KernelConfig, LaunchPolicy,
                      chunking, kernel_config, launch_policy, policy, tile_width, vector_width)
-from .geometry import Geometry, clear_geometries, geometry, points_per_tile
+from .geometry import Geometry, chunk_tiles, clear_geometries, geometry, points_per_tile
 from .host import assignment, fused_backward, fused_forward
 from .launch import Launch, dry_run, kernel_params, launch, record_launches
 
 __all__ = ["ClusterFunction", "cluster_fwd", "cluster_bwd", "CENTRE_CLASSES", "DOT_PRECISIONS", "KERNEL_CONFIGS",
            "KERNELS", "MAX_CHUNKS", "KernelConfig", "LaunchPolicy", "chunking", "kernel_config", "launch_policy",
            "policy", "tile_width", "vector_width", "Geometry", "clear_geometries", "geometry", "points_per_tile",
-           "assignment",
-           "fused_backward", "fused_forward", "Launch", "dry_run", "kernel_params", "launch", "record_launches"]
+           "chunk_tiles", "assignment", "fused_backward", "fused_forward", "Launch", "dry_run", "kernel_params",
+           "launch", "record_launches"]

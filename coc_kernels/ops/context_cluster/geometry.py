@@ -111,12 +111,16 @@ def clear_geometries():
     _GEOMETRIES.clear()
 
 
+def chunk_tiles(launch) -> list:
+    """Tile iterations of one program of a recorded launch, per chunk (every group's programs alike)."""
+    a, c = launch.args, launch.constexprs
+    rh, rw = a["rh"], a["rw_v"] * c["VEC"]
+    br, bw = c["BLOCK_N"] // c["BW"], c["BW"]
+    return [cdiv(min(rh, (k + 1) * a["RPC"]) - k * a["RPC"], br) * cdiv(rw, bw) for k in range(a["NC"])]
+
+
 def points_per_tile(launch) -> float:
     """Real (unmasked) points per tile iteration of a recorded launch, averaged over its groups: what the
     compile gate divides a loop's instruction count by."""
     a, c = launch.args, launch.constexprs
-    rh, rw = a["rh"], a["rw_v"] * c["VEC"]
-    br, bw = c["BLOCK_N"] // c["BW"], c["BW"]
-    rows = [min(rh, (k + 1) * a["RPC"]) - k * a["RPC"] for k in range(a["NC"])]
-    tiles = sum(cdiv(r, br) for r in rows) * cdiv(rw, bw)
-    return rh * rw / max(tiles, 1)
+    return a["rh"] * a["rw_v"] * c["VEC"] / max(sum(chunk_tiles(launch)), 1)
