@@ -189,7 +189,7 @@ def estimate_report(est: dict, version: str, record: dict, calibration: dict) ->
             e = est[key].get(kernel)
             if e is None:
                 continue
-            lines.append(f"| {kernel} | {e['label']} | {e['programs']} | {e['warps']} | {e['core_ms']:.3f} "
+            lines.append(f"| `{kernel}` | {e['label']} | {e['programs']} | {e['warps']} | {e['core_ms']:.3f} "
                          f"| {e['floor_ms']:.3f} | {e['ms']:.3f} | {e['ms'] / e['floor_ms']:.1f} | {e['bound']} "
                          f"| {fit['measured_ms'].get(kernel, float('nan')):.3f} |")
         total = sum(e["ms"] for e in est[key].values())
