@@ -171,3 +171,17 @@ def kernel_times(arch, stage, centres, batch, dtype, img=(800, 1344)):
     rows = [(e.key, e.count // 10, (getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)) / 1e4)
             for e in prof.key_averages()]
     return sorted((r for r in rows if r[2] > 0), key=lambda r: -r[2])
+
+
+def configurations_line() -> str:
+    """Which launch configurations the fused op ran with in this process (shipped, or tuned: per kernel)."""
+    from coc_kernels.ops.context_cluster import policy, tuning
+    if not policy().tuning:
+        return "Launch configurations: the shipped ones (tuning off)."
+    held = tuning.report()
+    if not held:
+        return "Launch configurations: the shipped ones (tuning on; nothing tuned in this process: no CUDA device)."
+    parts = [f"{k['kernel']} {k['dtype']} {k['centres']}c d{k['d']}: BN={e['choice']['BLOCK_N']} "
+             f"w={e['choice']['num_warps']} stages={e['choice']['STAGES']} ({e.get('source', 'tuned')})"
+             for k, e in held]
+    return f"Launch configurations (tuning on, cache {tuning.cache_path()}): " + "; ".join(parts)

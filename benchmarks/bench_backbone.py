@@ -27,7 +27,7 @@ import json
 
 import torch
 
-from benchmarks._harness import (ON_GPU, baseline_rows, compile_options, parse_impl, peak_extra_gb,
+from benchmarks._harness import (ON_GPU, baseline_rows, compile_options, configurations_line, parse_impl, peak_extra_gb,
                                  set_impl, time_steps)
 from benchmarks._report import report
 from coc_det.backbone import COMPILE_DEFAULTS, PROPOSAL_OF_CENTRES, ContextCluster
@@ -130,7 +130,7 @@ def main(argv=None):
              f"{args.size[0]}x{args.size[1]}, "
              f"{'bf16 autocast' if args.amp else 'fp32'}, {what}, compile backend {args.backend}, "
              f"median of {args.reps}")
-    report(table(rows, title), rows, dev, args.json, args.md)
+    report(table(rows, title) + "\n\n" + configurations_line(), rows, dev, args.json, args.md)
 
 
 if __name__ == "__main__":

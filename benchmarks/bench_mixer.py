@@ -28,7 +28,8 @@ ON_GPU = torch.cuda.is_available()
 if not ON_GPU:  # the Triton smoke run needs the interpreter, set before triton is imported
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from benchmarks._harness import kernel_times, make_inputs, mixer_geometry, mixer_runner, time_steps  # noqa: E402
+from benchmarks._harness import (configurations_line, kernel_times, make_inputs, mixer_geometry, mixer_runner,  # noqa: E402
+                                 time_steps)
 from benchmarks._report import report  # noqa: E402
 from coc_kernels import context_cluster  # noqa: E402
 from coc_kernels.reference import context_cluster_dense  # noqa: E402
@@ -149,6 +150,7 @@ def main(argv=None):
           f"{'forward only' if forward_only else 'median of %d' % args.reps}\n\n" + table(rows, forward_only))
     if not ON_GPU:
         md += "\n\n" + triton_smoke()
+    md += "\n\n" + configurations_line()
     report(md, rows, dev, args.json, args.md)
     if args.profile and ON_GPU:
         for arch in args.arch:

@@ -21,39 +21,16 @@ import argparse
 import sys
 
 import torch
-import torch.nn.functional as F
 
 from coc_kernels import cluster_assignment, context_cluster
+from coc_kernels.agreement import TIE, rel, tie_gap
+from coc_kernels.agreement import TOL as TOL_OF
 from coc_kernels.reference import from_groups, to_groups
 from benchmarks._report import report
 from benchmarks._harness import make_inputs, mixer_geometry
 
-TOL = {"float32": 1e-4, "bfloat16": 2e-2}
-TIE = 1e-5  # largest similarity gap a disagreeing pixel may have in the float64 reference
+TOL = {name: TOL_OF[getattr(torch, name)] for name in ("float32", "bfloat16")}
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: Triton interpreter, small --size only
-
-
-def rel(a, b, dy):
-    """``|a - b| / max(|b|, 1e-3 |dy| sqrt(numel(b)/numel(dy)))``: relative, with a floor at the scale of
-    the upstream gradient, so that a gradient that is ~0 (e.g. dx where every window is one point and
-    cos = 1) compares its rounding noise with the gradients' scale instead of with itself."""
-    floor = 1e-3 * dy.float().norm() * (b.numel() / dy.numel()) ** 0.5
-    return ((a.float() - b.float()).norm() / torch.maximum(b.float().norm(), floor).clamp_min(1e-30)).item()
-
-
-def tie_gap(x, alpha, beta, heads, p, fold, a_fused, a_dense):
-    """Largest ``|s[a_fused] - s[a_dense]|`` (float64 reference similarity) over the disagreeing pixels."""
-    ag, dg = to_groups(a_fused, heads, (fold, fold)), to_groups(a_dense, heads, (fold, fold))  # [G, 1, rh, rw]
-    groups = (ag != dg).flatten(1).any(1).nonzero().flatten()
-    if groups.numel() == 0:
-        return 0.0
-    xg = to_groups(x.detach().double(), heads, (fold, fold))[groups]  # [g, d, rh, rw]
-    c_hat = F.normalize(F.adaptive_avg_pool2d(xg, p).flatten(2), dim=1)  # [g, d, M]
-    x_hat = F.normalize(xg.flatten(2), dim=1)  # [g, d, N]
-    s = torch.sigmoid(beta.double() + alpha.double() * torch.einsum("gdm,gdn->gmn", c_hat, x_hat))
-    sf = s.gather(1, ag[groups].flatten(1)[:, None].long()).squeeze(1)
-    sd = s.gather(1, dg[groups].flatten(1)[:, None].long()).squeeze(1)
-    return (sf - sd).abs().max().item()
 
 
 def check(arch, stage, centres, batch, dtype, img=(800, 1344)):
@@ -64,7 +41,7 @@ def check(arch, stage, centres, batch, dtype, img=(800, 1344)):
         a_fused = cluster_assignment(x, a, b, impl="triton", **kw)
         a_dense = cluster_assignment(x.float(), a, b, impl="dense", **kw)
     agree = (a_fused == a_dense).float().mean().item()
-    gap = tie_gap(x, a, b, heads, p, fold, a_fused, a_dense) if agree < 1 else 0.0
+    gap = tie_gap(x, a, b, heads, p, (fold, fold), a_fused, a_dense) if agree < 1 else 0.0
     # pixels of groups where every assignment agrees
     flips = to_groups((a_fused != a_dense).float(), heads, (fold, fold))  # [G, 1, rh, rw]
     flipped = flips.flatten(1).amax(1) > 0  # [G]

@@ -4,6 +4,7 @@
 #      tests/models: backbone, public-model fidelity, compiled backbone), compiled on the GPU (outputs poisoned
 #      with NaN); this is where the tests marked only_compiled_can_fail (tie rule, determinism) can fail: the
 #      CPU's Triton interpreter cannot fail them,
+#   1b. launch tuning on this GPU (shipped vs chosen configurations, their times; the runs below use the choices),
 #   2. fused vs dense correctness at the real detection shapes (forward + gradients, fp32 and bf16),
 #   3. the mixer benchmark (every stage and centre count, fp32; bf16; torch.compile baseline at stage 1)
 #      and the per-kernel time of the fused path at stage 1,
@@ -34,6 +35,12 @@ status=0
 T0=$SECONDS
 run() { echo "== [$((SECONDS - T0)) s] $*"; local t=$SECONDS; "$@" || status=1; echo "   ($((SECONDS - t)) s)"; }
 run $PY -m pytest -q -p no:cacheprovider tests/ops tests/models
+# launch tuning on this GPU (benchmarks/tune.py): per shape class and kernel the shipped configuration beside the
+# chosen one, their median times, the candidates that passed the check; the benchmarks below run with these choices
+# (their tables name them), and the choices are kept as a pinned file for other machines with this GPU
+export COC_TUNING_CACHE="$OUT/tuning_cache.json"
+run $PY -m benchmarks.tune --arch small medium --stages 1 2 3 4 --centres 4 25 49 --dtype float32 bfloat16 \
+    --md "$OUT/tuning.md" --pin "$OUT/tuning_pinned.json"
 run $PY -m benchmarks.check_correctness --md "$OUT/correctness.md"
 run $PY -m benchmarks.bench_mixer --impls dense triton --json "$OUT/mixer.json" --md "$OUT/mixer.md"
 run $PY -m benchmarks.bench_mixer --arch small --dtype bfloat16 --impls dense triton --json "$OUT/mixer_bf16.json" \
@@ -72,5 +79,5 @@ else
 fi
 echo "== total $((SECONDS - T0)) s, status $status"
 
-cat "$OUT"/correctness.md "$OUT"/mixer*.md "$OUT"/backbone*.md "$OUT"/train.md
+cat "$OUT"/tuning.md "$OUT"/correctness.md "$OUT"/mixer*.md "$OUT"/backbone*.md "$OUT"/train.md
 exit $status

@@ -308,7 +308,7 @@ def cluster_assignment(x: Tensor, alpha: Tensor, beta: Tensor, *, heads: int, pr
         fn = cluster_assignment_dense if impl == "dense" else cluster_assignment_light
         with torch.autocast(x.device.type, enabled=False), torch.no_grad():
             return fn(x.to(acc), alpha.to(acc), beta.to(acc), heads=heads, proposal=proposal, fold=fold)
-    from .ops.context_cluster import assignment
+    from .ops.context_cluster import tuned_assignment as assignment
     (ph, pw), (fh, fw) = proposal, fold
     with torch.no_grad():
         a, _ = assignment(x, alpha, beta, heads, ph, pw, fh, fw)

@@ -8,11 +8,15 @@ and benchmarks. ``benchmarks/gpu_check.sh`` runs ``ops/`` and ``models/`` compil
 all (this file, ``original_coc.py``, ``data/``) stay here; this folder is on ``sys.path`` for them."""
 import os
 import os.path as osp
+import tempfile
 
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# the shipped launch configurations (tests of the tuner turn it on), and never the user's tuning cache
+os.environ.setdefault("COC_TUNING", "0")
+os.environ.setdefault("COC_TUNING_CACHE", os.path.join(tempfile.mkdtemp(prefix="coc-tuning-"), "tuning.json"))
 
 import pytest  # noqa: E402
 

@@ -6,7 +6,7 @@ compile-time 1. A group's rows are split into ``NC`` *chunks* of ``RPC`` rows; e
 ``(G, NC)`` grid, so a stage with few groups (stage 4: 16) still fills the GPU. Per-group quantities (centres,
 cluster aggregates, their gradients) are sums over chunks: each program writes its chunk's partial sum, and
 the next kernel adds the ``NC`` partials in a fixed order. No float atomics anywhere: results are bitwise
-reproducible for a given shape.
+reproducible for a given shape and launch configuration (tuning off: the shipped ones, the same on every GPU).
 
 Tiles are ``[channels, BR x BW points]``: BR rows of BW consecutive columns of the region (BW a power of two
 with few masked columns: 16 for the detection models' 42-wide regions), points along the fast axis, so a
@@ -42,8 +42,11 @@ Saved for backward: ``a [G, N]`` int32, ``sigma [G, N]``, ``c [G, M, d]``, ``o [
 Files, by job: ``tiles.py`` (tile and window helpers) and ``dots.py`` (the split dots), inlined into the kernels of
 ``fwd.py`` and ``bwd.py``; ``config.py`` (the launch policy and the one table of per-kernel settings,
 :data:`~.config.KERNEL_CONFIGS`); ``launch.py`` (keyword launches, recording, buffers); ``geometry.py`` (a
-shape's groups, chunks and configurations); ``host.py`` (forward, backward, assignment); ``autograd.py``
-(:class:`ClusterFunction` and the custom ops). The torch reference paths are ``coc_kernels.reference``.
+shape's groups, chunks and configurations); ``choices.py`` (the configurations chosen per shape class: keys,
+cache and pinned files, the lookup) and ``tuning.py`` (the tuner: candidates timed and checked on the user's GPU,
+rank 0's broadcast, the forward and assignment entry points that tune first); ``host.py`` (forward, backward,
+assignment); ``autograd.py`` (:class:`ClusterFunction` and the custom ops). The torch reference paths are
+``coc_kernels.reference``.
 """
 from __future__ import annotations
 
@@ -53,9 +56,10 @@ from .config import (CENTRE_CLASSES, DOT_PRECISIONS, KERNEL_CONFIGS, KERNELS, MA
 from .geometry import Geometry, chunk_tiles, clear_geometries, geometry, points_per_tile
 from .host import assignment, fused_backward, fused_forward
 from .launch import Launch, dry_run, kernel_params, launch, record_launches
+from .tuning import tune, tuned_assignment, tuned_forward
 
 __all__ = ["ClusterFunction", "cluster_fwd", "cluster_bwd", "CENTRE_CLASSES", "DOT_PRECISIONS", "KERNEL_CONFIGS",
            "KERNELS", "MAX_CHUNKS", "KernelConfig", "LaunchPolicy", "chunking", "kernel_config", "launch_policy",
            "policy", "tile_width", "vector_width", "Geometry", "clear_geometries", "geometry", "points_per_tile",
            "chunk_tiles", "assignment", "fused_backward", "fused_forward", "Launch", "dry_run", "kernel_params",
-           "launch", "record_launches"]
+           "launch", "record_launches", "tune", "tuned_assignment", "tuned_forward"]

@@ -7,18 +7,19 @@ import torch
 from torch import Tensor
 
 from ...reference import compute_dtype, context_cluster_light, input_grads, torch_math
-from .host import fused_backward, fused_forward
+from .host import fused_backward
+from .tuning import tuned_forward
 from .launch import capture, restored
 
 
 class ClusterFunction(torch.autograd.Function):
-    """Eager autograd of the fused op: calls :func:`fused_forward` / :func:`fused_backward` directly (the custom
-    ops below wrap the same functions for ``torch.compile``, at a higher per-call cost in eager mode); both
+    """Eager autograd of the fused op: calls :func:`~.tuning.tuned_forward` / :func:`fused_backward` directly (the
+    custom ops below wrap the same functions for ``torch.compile``, at a higher per-call cost in eager mode); both
     share :func:`_setup_context` and :func:`_grads`."""
 
     @staticmethod
     def forward(ctx, *inputs):
-        out = fused_forward(*inputs)
+        out = tuned_forward(*inputs)
         _setup_context(ctx, inputs, out)
         ctx.launch_state = capture()  # the backward launches as this forward did, in autograd's thread too
         return out[0]
@@ -31,8 +32,9 @@ class ClusterFunction(torch.autograd.Function):
 @torch.library.custom_op("coc_kernels::cluster_fwd", mutates_args=())
 def cluster_fwd(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, heads: int, ph: int, pw: int,
                 fh: int, fw: int, by_count: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Fused forward as a custom op (what ``torch.compile`` sees). See :func:`fused_forward`."""
-    return fused_forward(x, value, alpha, beta, heads, ph, pw, fh, fw, by_count)
+    """Fused forward as a custom op (what ``torch.compile`` sees). See :func:`~.host.fused_forward` (tuned first:
+    :func:`~.tuning.tuned_forward`)."""
+    return tuned_forward(x, value, alpha, beta, heads, ph, pw, fh, fw, by_count)
 
 
 @cluster_fwd.register_fake

@@ -35,6 +35,9 @@ class LaunchPolicy:
     #: per-kernel overrides of :func:`kernel_config`, e.g. ``{"assign": {"BLOCK_N": 32}}``; ``"*"``: every kernel.
     #: Taken as a copy: changing the dict afterwards changes nothing
     config_overrides: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
+    #: tune the launch configurations on the user's CUDA device at a shape class's first call (``tuning.py``);
+    #: False: the shipped ones (and the overrides), bitwise the same results on every GPU
+    tuning: bool = True
 
     def __post_init__(self):
         if not _is_int(self.target_programs) or self.target_programs < 1:
@@ -45,12 +48,14 @@ class LaunchPolicy:
             raise ValueError(f"precision must be one of {DOT_PRECISIONS}, got {self.precision!r}")
         if not isinstance(self.poison, bool):
             raise TypeError(f"poison must be a bool, got {self.poison!r}")
+        if not isinstance(self.tuning, bool):
+            raise TypeError(f"tuning must be a bool, got {self.tuning!r}")
         object.__setattr__(self, "config_overrides", _checked_overrides(self.config_overrides))
 
     @classmethod
     def from_env(cls) -> "LaunchPolicy":
-        """The defaults, with ``COC_TARGET_PROGRAMS`` (a positive integer) and ``COC_DOT_PRECISION`` (one of
-        :data:`DOT_PRECISIONS`) where set and not empty."""
+        """The defaults, with ``COC_TARGET_PROGRAMS`` (a positive integer), ``COC_DOT_PRECISION`` (one of
+        :data:`DOT_PRECISIONS`) and ``COC_TUNING`` (``0`` or ``1``) where set and not empty."""
         kw = {}
         target = os.environ.get("COC_TARGET_PROGRAMS", "").strip()
         if target:
@@ -62,6 +67,11 @@ class LaunchPolicy:
             if precision not in DOT_PRECISIONS:
                 raise ValueError(f"COC_DOT_PRECISION must be one of {DOT_PRECISIONS}, got {precision!r}")
             kw["precision"] = precision
+        tuning = os.environ.get("COC_TUNING", "").strip()
+        if tuning:
+            if tuning not in ("0", "1"):
+                raise ValueError(f"COC_TUNING must be 0 (the shipped launch configurations) or 1, got {tuning!r}")
+            kw["tuning"] = tuning == "1"
         return cls(**kw)
 
 
@@ -105,11 +115,11 @@ _FROM_ENV: dict = {}
 
 def policy() -> LaunchPolicy:
     """The launch policy in force in this thread: the innermost :func:`launch_policy` block's, else the defaults
-    with the environment's ``COC_TARGET_PROGRAMS`` / ``COC_DOT_PRECISION``."""
+    with the environment's ``COC_TARGET_PROGRAMS`` / ``COC_DOT_PRECISION`` / ``COC_TUNING``."""
     p = _SET.get()
     if p is not None:
         return p
-    key = (os.environ.get("COC_TARGET_PROGRAMS"), os.environ.get("COC_DOT_PRECISION"))
+    key = tuple(os.environ.get(k) for k in ("COC_TARGET_PROGRAMS", "COC_DOT_PRECISION", "COC_TUNING"))
     p = _FROM_ENV.get(key)
     if p is None:
         p = LaunchPolicy.from_env()

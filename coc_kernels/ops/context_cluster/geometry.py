@@ -8,6 +8,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ...reference import MAX_FUSED_IMAGE_ELEMENTS, compute_dtype, triton_interpreting
+from . import choices
 from .config import KERNELS, cdiv, chunking, kernel_config, policy, pow2, tile_width, vector_width
 
 
@@ -34,16 +35,16 @@ class Geometry:
                 raise ValueError(f"one image of {tuple(t.shape)} spans 2**31 elements or more: the kernels "
                                  "address an image with 32-bit offsets")
         self.policy = policy()  # the launch policy it is made under (one read per call: buffers, partials)
+        self.tuning = choices.token()  # and the tuning state (choices held, a tuning run's candidate)
+        self.device, self.dtype = x.device, x.dtype
         self.heads, self.ph, self.pw, self.fh, self.fw = heads, ph, pw, fh, fw
         self.D, self.DV = C // heads, dv_channels // heads
         self.rh, self.rw = self.H // fh, self.W // fw
         self.G, self.N, self.M = self.B * heads * fh * fw, self.rh * self.rw, ph * pw
-        self.cfg = {}
-        for name in KERNELS:
-            cfg = kernel_config(name, self.M, self.D, self.DV)
-            bw = tile_width(self.rw, cfg["BLOCK_N"])
-            self.cfg[name] = (cfg, bw, vector_width(self.rw, self.W, bw))
-        self.row_unit = max(cfg["BLOCK_N"] // bw for cfg, bw, _ in self.cfg.values())
+        # chunks from the shipped configurations (and the policy's overrides): the same with tuning on or off (a
+        # kernel masks the rows past its chunk, so any tile height is correct in any chunk)
+        base = {name: kernel_config(name, self.M, self.D, self.DV) for name in KERNELS}
+        self.row_unit = max(cfg["BLOCK_N"] // tile_width(self.rw, cfg["BLOCK_N"]) for cfg in base.values())
         self.NC, self.rpc = chunking(self.G, self.rh, self.row_unit)
         if max(self.rh * ph, self.rw * pw) > 2 ** 24:
             raise ValueError(f"regions of {self.rh}x{self.rw} points with {ph}x{pw} centres: the pooling adjoint finds "
@@ -58,6 +59,11 @@ class Geometry:
         self.acc = compute_dtype(x.dtype)
         self.dot = _dot_constexprs(self.dt)  # PREC / OP of the dot kernels (made under the policy in force)
         self.BM = pow2(self.M)
+        self.cfg = {}
+        for name in KERNELS:
+            cfg = choices.config_for(name, self, base[name])
+            bw = tile_width(self.rw, cfg["BLOCK_N"])
+            self.cfg[name] = (cfg, bw, vector_width(self.rw, self.W, bw))
         # windows a point can lie in, per axis (pooling adjoint gathers)
         self.KH, self.KW = 1 + cdiv(ph, max(self.rh, 1)), 1 + cdiv(pw, max(self.rw, 1))
 
@@ -98,7 +104,7 @@ def geometry(x: Tensor, value, heads: int, ph: int, pw: int, fh: int, fw: int) -
     """``Geometry(x, value, ...)``, reused while the launch policy in force is the one it was made under."""
     key = (tuple(x.shape), None if value is None else value.shape[1], x.dtype, heads, ph, pw, fh, fw)
     hit = _GEOMETRIES.get(key)
-    if hit is not None and hit.policy is policy():
+    if hit is not None and hit.policy is policy() and hit.tuning == choices.token():
         return hit
     if len(_GEOMETRIES) >= _MAX_GEOMETRIES:
         _GEOMETRIES.clear()

@@ -24,6 +24,7 @@ class Launch:
     constexprs: dict
     num_warps: int
     num_stages: int
+    compiled: object = None  # what triton compiled for it (registers, spills), once it ran
 
 
 #: who listens to launches in this thread (record_launches blocks, innermost last), and whether they only listen
@@ -38,6 +39,19 @@ def record_launches(execute: bool = True):
     take CPU tensors without the interpreter), for the compile gate. Other threads launch and compute as usual."""
     rec: list = []
     tokens = _RECORDERS.set(_RECORDERS.get() + (rec,)), _DRY_RUN.set(not execute)
+    try:
+        yield rec
+    finally:
+        _DRY_RUN.reset(tokens[1])
+        _RECORDERS.reset(tokens[0])
+
+
+@contextlib.contextmanager
+def isolated_recording():
+    """Record the launches of the block, executed, without telling any other recorder of this thread (the tuner's
+    candidate runs are not the caller's launches)."""
+    rec: list = []
+    tokens = _RECORDERS.set((rec,)), _DRY_RUN.set(False)
     try:
         yield rec
     finally:
@@ -99,7 +113,7 @@ def launch(kernel, grid, args: dict, constexprs: dict, cfg):
         rec.append(made)
     if _DRY_RUN.get() or grid[0] * grid[1] == 0:
         return
-    kernel[grid](**args, **constexprs, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    made.compiled = kernel[grid](**args, **constexprs, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
 
 
 def empty(shape, dtype, device, poison: bool):
