@@ -312,3 +312,30 @@ def test_the_tuning_script_reports_and_pins(tuner, monkeypatch, tmp_path):
         got = launched(lambda: cluster_assignment(x, torch.ones(1), torch.zeros(1), impl="triton", heads=8,
                                                   proposal=2, fold=1))
     assert got == {"_pool_kernel": 16, "_assign_kernel": 64}
+
+
+def test_tuning_under_inference_mode_and_autocast_and_when_it_fails(tuner, monkeypatch):
+    """The first call may come under ``inference_mode`` or autocast: the light reference still runs (in fp32, with
+    autograd) and the candidates pass; and a tuner that fails leaves the user's call to the shipped configurations."""
+    monkeypatch.setattr(tuning, "KINDS", dict(tuning.KINDS, forward=("dispatch",)))
+    x, a, b = inputs()
+    v = torch.randn(1, 32, 8, 8)
+    with tuning.timer(Timer(lambda k, bn: 0.5 if bn == 16 else 1.0)), torch.inference_mode(), \
+            torch.autocast("cpu", dtype=torch.bfloat16):
+        y = context_cluster(x, v, a, b, impl="triton", **KW)
+    entry = {e[0]["kernel"]: e[1] for e in tuning.report()}["dispatch"]
+    assert all(c["outcome"] == "ok" for c in entry["candidates"]) and entry["choice"]["BLOCK_N"] == 16
+    torch.testing.assert_close(y, context_cluster(x, v, a, b, impl="light", **KW), rtol=1e-5, atol=1e-5)
+
+    tuning.clear()
+    monkeypatch.setenv("COC_TUNING_CACHE", os.path.join(os.path.dirname(tuning.cache_path()), "second.json"))
+    monkeypatch.setattr(tuning, "_reference", lambda *a, **k: 1 / 0)
+    with tuning.timer(Timer(lambda k, bn: 1.0)), warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        y2 = context_cluster(x, v, a, b, impl="triton", **KW)
+    assert [str(m.message) for m in w if "tuning failed" in str(m.message)]
+    entry = {e[0]["kernel"]: e[1] for e in tuning.report()}["dispatch"]
+    assert entry["source"].startswith("shipped (tuning failed") and entry["choice"]["BLOCK_N"] == 64
+    assert not os.path.exists(tuning.cache_path()) or not any(
+        "failed" in json.dumps(e) for e in json.load(open(tuning.cache_path()))["entries"].values())
+    torch.testing.assert_close(y2, context_cluster(x, v, a, b, impl="light", **KW), rtol=1e-5, atol=1e-5)

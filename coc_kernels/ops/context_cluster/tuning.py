@@ -106,14 +106,14 @@ def ensure(kind: str, q, run_inputs) -> bool:
             got = {n: dict(on_file[keys[n]], source="cache") for n in missing if keys[n] in on_file}
             todo = [n for n in missing if n not in got]
             if todo:
-                got.update(_tune(todo, keys, q, run_inputs))
+                got.update(_tune_or_shipped(todo, keys, q, run_inputs))
         else:
             got = None
         box = [got]
         tdist.broadcast_object_list(box, src=0)
         got = box[0]
     else:
-        got = _tune(missing, keys, q, run_inputs)
+        got = _tune_or_shipped(missing, keys, q, run_inputs)
     for n, e in got.items():
         choices.TABLE[keys[n]] = e
     choices.changed()
@@ -172,14 +172,17 @@ def _reference(x, value, alpha, beta, heads, ph, pw, fh, fw, by_count, dy):
     """The memory-light torch path on the same inputs: y, the assignment, and the gradients for ``dy``."""
     from ...reference import cluster_assignment_light, context_cluster_light
     kw = dict(heads=heads, proposal=(ph, pw), fold=(fh, fw))
-    with torch.no_grad():
-        a = cluster_assignment_light(x, alpha, beta, **kw)
-    if value is None:
-        return dict(a=a)
-    ins = [t.detach().requires_grad_() for t in (x, value, alpha, beta)]
-    with torch.enable_grad():
-        y = context_cluster_light(*ins, **kw, denominator="count" if by_count else "similarity")
-        grads = torch.autograd.grad(y, ins, dy.to(y.dtype))
+    # the caller's modes must not change the reference: no autocast (it would round the light path's products),
+    # and tensors usable by autograd even when the call came under inference_mode
+    with torch.inference_mode(False), torch.autocast(x.device.type, enabled=False):
+        with torch.no_grad():
+            a = cluster_assignment_light(x.clone(), alpha.clone(), beta.clone(), **kw)
+        if value is None:
+            return dict(a=a)
+        ins = [t.detach().clone().requires_grad_() for t in (x, value, alpha, beta)]
+        with torch.enable_grad():
+            y = context_cluster_light(*ins, **kw, denominator="count" if by_count else "similarity")
+            grads = torch.autograd.grad(y, ins, dy.to(y.dtype))
     return dict(a=a, y=y.detach(), grads=grads)
 
 
@@ -188,6 +191,19 @@ def _to_map(a, x, heads, fh, fw):
     from ...reference import from_groups
     B, _, H, W = x.shape
     return from_groups(a.reshape(-1, 1, H // fh, W // fw), B, heads, (fh, fw))
+
+
+def _tune_or_shipped(names, keys, q, run_inputs) -> dict:
+    """:func:`_tune`, or, where tuning itself fails (the reference cannot run, say), the shipped configurations for
+    this process (not cached) and one warning: the user's call goes on."""
+    try:
+        return _tune(names, keys, q, run_inputs)
+    except Exception as e:
+        choices.warn_once(f"failed:{type(e).__name__}", f"context_cluster tuning failed ({type(e).__name__}: "
+                          f"{str(e)[:200]}); using the shipped configurations in this process")
+        base = {n: kernel_config(n, q.M, q.D, q.DV) for n in names}  # the names have no override
+        return {n: dict(choice={s: base[n][s] for s in SETTINGS}, source=f"shipped (tuning failed: {type(e).__name__})")
+                for n in names}
 
 
 def _tune(names, keys, q, run_inputs) -> dict:
@@ -237,7 +253,7 @@ def _tune(names, keys, q, run_inputs) -> dict:
                         if bad:
                             row["outcome"] = "wrong: " + "; ".join(bad)
                         elif spills:
-                            row["outcome"] = f"spills ({spills} registers)"
+                            row["outcome"] = f"spills registers (n_spills {spills})"
                         else:
                             launch_ = mine[-1]
                             row["ms"] = (timer_fn or _time_launch)(name, cand, launch_)
