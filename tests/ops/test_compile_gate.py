@@ -61,22 +61,6 @@ def test_every_launch_compiles_for_sm80_sm90_without_spills(tmp_path):
     _check_table(_run_gate(tmp_path), len(ARCH_SETTINGS))
 
 
-def test_detection_launches_hold_the_gate_under_triton_36(tmp_path):
-    """Triton 3.6 (the GPU machines'), which lays the same code out differently (under it the kernels before
-    2026-12-02 read every tile with a warp's lanes along channels): the small detection backbone's launches
-    in fp32 and bf16 (medium and base give the same specialisations; fp16 and the other tile widths of the zoo
-    are in the full sweep,
-    ``PYTHONPATH=.venv/triton-3.6 python -m benchmarks.kernel_resources``)."""
-    import triton
-    here = triton.__version__.startswith("3.6.")  # the GPU machines run it as their own
-    assert here or os.path.isdir(os.path.join(TRITON_36, "triton")), (
-        f"no triton 3.6 at {TRITON_36}: tools/setup_env.sh installs it there (or set COC_TRITON36_DIR)")
-    archs = ("small",)
-    text = _run_gate(tmp_path, None if here else TRITON_36, ("--arch", *archs))
-    assert "Kernel resources (triton 3.6." in text
-    _check_table(text, len(archs))
-
-
 def test_launches_and_allocations_per_step_are_pinned():
     """Static proxy of host time (stages 2-4 are launch-bound): the fused op's launches and buffer
     allocations per call, recorded without running anything. Today: forward 3 launches / 10 buffers, backward
