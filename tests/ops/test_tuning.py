@@ -339,3 +339,21 @@ def test_tuning_under_inference_mode_and_autocast_and_when_it_fails(tuner, monke
     assert not os.path.exists(tuning.cache_path()) or not any(
         "failed" in json.dumps(e) for e in json.load(open(tuning.cache_path()))["entries"].values())
     torch.testing.assert_close(y2, context_cluster(x, v, a, b, impl="light", **KW), rtol=1e-5, atol=1e-5)
+
+
+def test_an_unreadable_cache_is_ignored_and_rewritten_an_unreadable_pinned_file_is_an_error(tuner, monkeypatch,
+                                                                                            tmp_path):
+    x, a, b = inputs()
+    os.makedirs(os.path.dirname(tuning.cache_path()), exist_ok=True)
+    with open(tuning.cache_path(), "w") as f:
+        f.write('{"format": 1, "entr')
+    with tuning.timer(Timer(lambda k, bn: 0.5 if bn == 32 else 1.0)), warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        cluster_assignment(x, a, b, impl="triton", **KW)
+    assert any("not readable JSON" in str(m.message) for m in w)
+    assert len(json.load(open(tuning.cache_path()))["entries"]) == 2
+    tuning.clear()
+    (tmp_path / "pinned.json").write_text("not json")
+    monkeypatch.setenv("COC_TUNING_PINNED", str(tmp_path / "pinned.json"))
+    with pytest.raises(ValueError, match="pinned.json is not readable JSON"):
+        cluster_assignment(x, a, b, impl="triton", **KW)

@@ -93,15 +93,21 @@ def cache_path() -> str:
     return os.path.join(base, "coc_kernels", "tuning.json")
 
 
-def read_file(path: str) -> dict:
-    """``{key: entry}`` of a cache / pinned file; a missing file is empty, an unreadable one is an error."""
+def read_file(path: str, strict: bool = False) -> dict:
+    """``{key: entry}`` of a cache / pinned file; a missing file is empty; an unreadable one is an error naming it
+    with ``strict`` (a pinned file: the user's), else a warning and empty (the cache: rewritten by the next tuning)."""
     if not path or not os.path.exists(path):
         return {}
     try:
         with open(path) as f:
             data = json.load(f)
     except (OSError, ValueError) as e:
-        raise ValueError(f"tuning file {path} is not readable JSON ({e}): delete it or fix it") from None
+        if strict:
+            raise ValueError(f"tuning file {path} is not readable JSON ({e}): fix it or unset COC_TUNING_PINNED") \
+                from None
+        warn_once(f"unreadable:{path}", f"tuning cache {path} is not readable JSON ({e}): ignored (the next tuning "
+                                        "rewrites it)")
+        return {}
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("entries"), dict):
         warn_once(f"format:{path}", f"tuning file {path} has another format (expected {FORMAT}): ignored")
         return {}
@@ -145,7 +151,7 @@ def load(pinned_only: bool = False):
     """Read the pinned file (and, unless ``pinned_only``, the cache) into the table once per path."""
     pinned = os.environ.get("COC_TUNING_PINNED", "").strip() or None
     if pinned != _LOADED["pinned"]:
-        for k, e in read_file(pinned).items():
+        for k, e in read_file(pinned, strict=True).items():
             TABLE[k] = dict(e, source="pinned")
         _LOADED["pinned"] = pinned
         _GENERATION[0] += 1
@@ -155,10 +161,6 @@ def load(pinned_only: bool = False):
                 TABLE[k] = dict(e, source="cache")
         _LOADED["cache"] = cache_path()
         _GENERATION[0] += 1
-
-
-def enabled() -> bool:
-    return policy().tuning
 
 
 def config_for(kernel: str, q, base: dict) -> dict:
