@@ -165,14 +165,9 @@ def estimates(results, launches, params) -> dict:
     return out
 
 
-def stage1_key(case: str) -> str:
-    f = _case_fields(case)
-    return f"{f['arch']} s1 {f['centres']}c {f['dtype']}"
-
-
-def estimate_report(est: dict, version: str, record: dict, calibration: dict) -> tuple:
-    """``(lines, failures, stage-1 totals)``: the tables of the estimate, the record's regressions."""
-    fit = calibration
+def estimate_report(est: dict, version: str, record: dict, fit: dict) -> tuple:
+    """``(lines, failures, stage-1 totals)``: the tables of the estimate (``fit``: ``time_model.fit()``), the
+    record's regressions."""
     p = fit["params"]
     lines = ["", f"Estimated time per launch (the time model of benchmarks/time_model.py on the sm_90 code, triton "
                  f"{version}; an estimate, not a measurement: fitted with L = {p.latency:.1f} cycles per warp-"
@@ -203,6 +198,7 @@ def estimate_report(est: dict, version: str, record: dict, calibration: dict) ->
                   "| arch | centres | dtype | stage 1 | stage 2 | stage 3 | stage 4 | stage 1 recorded |",
                   "|---|---|---|---|---|---|---|---|"]
     for arch, m, dtype in groups:
+        k = f"{arch} s1 {m}c {dtype}"  # the record's key
         cells = []
         for stage in range(1, 5):
             row = est.get(f"{arch} s{stage} {m}c {dtype} {DEFAULT_DENOMINATOR}", {})
@@ -214,7 +210,6 @@ def estimate_report(est: dict, version: str, record: dict, calibration: dict) ->
                 if stage > 1 and e["ms"] > LATER_STAGE_TARGET_MS:
                     misses.append(f"{arch} s{stage} {m}c {dtype} {kernel}: {e['ms']:.3f} ms")
             if stage == 1 and row:
-                k = f"{arch} s1 {m}c {dtype}"
                 totals[k] = total
                 if m in STAGE1_TARGET_MS and total > STAGE1_TARGET_MS[m]:
                     misses.append(f"{k}: {total:.3f} ms, target {STAGE1_TARGET_MS[m]}")
@@ -223,7 +218,7 @@ def estimate_report(est: dict, version: str, record: dict, calibration: dict) ->
                     bad.append(f"{k}: estimated stage-1 fwd+bwd {total:.3f} ms, {100 * (total / old - 1):.0f} % above "
                                f"the recorded {old:.3f} ms (benchmarks/data/predicted_times.json)")
         lines.append(f"| {arch} | {m} | {dtype} | " + " | ".join(cells)
-                     + f" | {record.get(f'{arch} s1 {m}c {dtype}', float('nan')):.3f} |")
+                     + f" | {record.get(k, float('nan')):.3f} |")
     if groups:
         lines += ["", f"Targets (stage 1 <= {STAGE1_TARGET_MS[25]} / {STAGE1_TARGET_MS[49]} ms at 25 / 49 centres, "
                       f"every kernel <= {FLOOR_RATIO_TARGET:.0f}x its memory floor, stages 2-4 <= "

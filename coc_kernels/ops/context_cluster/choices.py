@@ -21,7 +21,7 @@ import warnings
 import torch
 
 from .config import _SETTINGS as _CHECKS
-from .config import policy
+from .config import KERNELS, policy
 
 #: cache format version (a different one is ignored)
 FORMAT = 1
@@ -163,6 +163,14 @@ def load(pinned_only: bool = False):
         _GENERATION[0] += 1
 
 
+def keys_of(q) -> dict:
+    """``{kernel: key}`` of geometry ``q``, made once per geometry (a key costs a few microseconds)."""
+    keys = q.__dict__.get("tuning_keys")
+    if keys is None:
+        keys = q.tuning_keys = {n: key(n, q) for n in KERNELS}
+    return keys
+
+
 def config_for(kernel: str, q, base: dict) -> dict:
     """The launch configuration of ``kernel`` in geometry ``q``: a tuning run's candidate, else the choice held for
     its key (tuning on, the kernel not overridden by the policy), else ``base`` (shipped + overrides)."""
@@ -172,7 +180,7 @@ def config_for(kernel: str, q, base: dict) -> dict:
     p = policy()
     if not p.tuning or kernel in p.config_overrides or "*" in p.config_overrides or not TABLE:
         return base
-    e = TABLE.get(key(kernel, q))
+    e = TABLE.get(keys_of(q)[kernel])
     return dict(base, **e["choice"]) if e else base
 
 

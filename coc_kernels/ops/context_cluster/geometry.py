@@ -86,12 +86,6 @@ class Geometry:
         """``M, NC, RPC`` and the named ones of ``ph, pw, D, DV``."""
         return dict(M=self.M, NC=self.NC, RPC=self.rpc, **{n: getattr(self, n) for n in names})
 
-    def tiles_per_group(self, name: str) -> int:
-        """Tile iterations one group takes in kernel ``name`` (over all its chunks)."""
-        cfg, bw, _ = self.cfg[name]
-        br = cfg["BLOCK_N"] // bw
-        rows = [min(self.rh, (k + 1) * self.rpc) - k * self.rpc for k in range(self.NC)]
-        return sum(cdiv(r, br) for r in rows) * cdiv(self.rw, bw)
 
 
 #: geometries of recent calls, by what they depend on (a training step repeats the same few shapes; building one

@@ -75,30 +75,33 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def ensure(kind: str, q, run_inputs) -> bool:
+def _may_tune(device) -> bool:
+    """Tuning is on, the device is one tuning runs on, and this is neither a dry run nor a tuning run."""
+    return (policy().tuning and device.type in DEVICES and not dry_run() and not choices.ACTIVE.get()
+            and choices.FORCED.get() is None)
+
+
+def ensure(kind: str, q, run_inputs):
     """Make sure every kernel of ``kind`` has a choice for ``q``'s keys: pinned, cached, rank 0's or tuned now on
-    ``run_inputs()`` (``(x, value, alpha, beta, heads, ph, pw, fh, fw, by_count)``). True if ``q`` is out of date
-    (choices were read or made since it was)."""
-    if (choices.ACTIVE.get() or choices.FORCED.get() is not None or not policy().tuning or dry_run()
-            or q.device.type not in DEVICES or q.G * q.NC == 0):
-        return False
+    ``run_inputs()`` (``(x, value, alpha, beta, heads, ph, pw, fh, fw, by_count)``). Geometries made before a
+    choice is read or made are rebuilt at their next use (``choices.token``)."""
+    if not _may_tune(q.device) or q.G * q.NC == 0:
+        return
     p = policy()
     names = [n for n in KINDS[kind] if n not in p.config_overrides and "*" not in p.config_overrides]
-    keys = q.__dict__.get("tuning_keys")
-    if keys is None:  # once per geometry (a key costs a few microseconds)
-        keys = q.tuning_keys = {n: key(n, q) for n in KERNELS}
+    keys = choices.keys_of(q)
     dist = _distributed()
     choices.load(pinned_only=dist)
     if not dist:
         choices.load()
     missing = [n for n in names if keys[n] not in choices.TABLE]
     if not missing:
-        return q.tuning != choices.token()  # choices read from a file since q was made
+        return
     why = _blocked()
     if why:
         choices.warn_once(f"blocked:{why}", f"context_cluster: no launch tuning while {why}; using the cached or "
                           "shipped configurations (warm the cache first: coc_kernels.ops.context_cluster.tune)")
-        return q.tuning != choices.token()
+        return
     if dist:
         import torch.distributed as tdist
         if tdist.get_rank() == 0:  # its cache only for these keys: every rank's table must hold the same keys
@@ -117,7 +120,6 @@ def ensure(kind: str, q, run_inputs) -> bool:
     for n, e in got.items():
         choices.TABLE[keys[n]] = e
     choices.changed()
-    return True
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -307,8 +309,8 @@ def tuned_assignment(x, alpha, beta, heads: int, ph: int, pw: int, fh: int, fw: 
 
 
 def _settle(kind, x, value, alpha, beta, heads, ph, pw, fh, fw, by_count):
-    if not policy().tuning or x.device.type not in DEVICES or dry_run() or choices.ACTIVE.get():
-        return  # the common case costs one policy read
+    if not _may_tune(x.device):
+        return  # the common case: no geometry made here
     x = x if x.is_contiguous() else x.contiguous()
     if value is not None and not value.is_contiguous():
         value = value.contiguous()
@@ -329,8 +331,9 @@ def tune(x, value, alpha, beta, *, heads: int, proposal, fold, denominator: str 
         q = geometry(x, value, heads, ph, pw, fh, fw)
         ensure("assignment" if value is None else "forward", q,
                lambda: (x, value, alpha.detach(), beta.detach(), heads, ph, pw, fh, fw, denominator == "count"))
-    kind = "assignment" if value is None else "forward"
-    return {n: choices.TABLE[key(n, q)] for n in KINDS[kind] if key(n, q) in choices.TABLE}
+    keys = choices.keys_of(q)
+    return {n: choices.TABLE[keys[n]] for n in KINDS["assignment" if value is None else "forward"]
+            if keys[n] in choices.TABLE}
 
 
 assert set(_KERNEL_FN) == set(KERNELS)
