@@ -34,13 +34,15 @@ class Spec:
     aligned: tuple  # indices of 16-byte aligned pointer arguments
     num_warps: int
     num_stages: int
+    maxnreg: int = 0  # ptxas's register cap (0: none)
 
     def label(self) -> str:
         shown = {k: v for k, v in self.constexprs if k.startswith("BLOCK") or k in ("AGG", "BY_COUNT", "BW", "VEC",
                                                                                        "STAGES")}
         ptrs = sorted({t[1:] for _, t in self.signature if t.startswith("*") and t[1:] not in ("i32",)})
         return (" ".join(f"{k.replace('BLOCK_', 'B')}={int(v) if isinstance(v, bool) else v}"
-                         for k, v in shown.items()) + f" w={self.num_warps} ptr={'/'.join(ptrs)}")
+                         for k, v in shown.items()) + f" w={self.num_warps}"
+                + (f" maxnreg={self.maxnreg}" if self.maxnreg else "") + f" ptr={'/'.join(ptrs)}")
 
 
 def spec_of(launch) -> Spec:
@@ -76,7 +78,7 @@ def spec_of(launch) -> Spec:
         sig.append((name, "constexpr"))
         consts.append((name, launch.constexprs[name]))
     return Spec(fn.fn.__module__, fn.__name__, tuple(sig), tuple(consts), tuple(aligned),
-                launch.num_warps, launch.num_stages)
+                launch.num_warps, launch.num_stages, getattr(launch, "maxnreg", 0))
 
 
 def _kernel_fn(spec: Spec):
@@ -98,9 +100,11 @@ def compile_spec(spec: Spec, cc: int, resources: bool = True) -> dict:
     consts = dict(spec.constexprs)
     src = ASTSource(fn=fn, signature=dict(spec.signature), constexprs=consts,
                     attrs={(i,): [["tt.divisibility", 16]] for i in spec.aligned})
+    options = dict(num_warps=spec.num_warps, num_stages=spec.num_stages)
+    if spec.maxnreg:
+        options["maxnreg"] = spec.maxnreg
     try:
-        k = triton.compile(src, target=GPUTarget("cuda", cc, 32),
-                           options=dict(num_warps=spec.num_warps, num_stages=spec.num_stages))
+        k = triton.compile(src, target=GPUTarget("cuda", cc, 32), options=options)
     except Exception as e:  # a compile error is a result here, not a crash of the gate
         msg = str(e).strip().splitlines()
         return dict(ok=False, error=(msg[-1] if msg else type(e).__name__)[:300])

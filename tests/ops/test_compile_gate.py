@@ -134,3 +134,33 @@ def test_ptx_profile_counts_the_tile_loop_by_hand():
     prof = aot.ptx_profile(ptx, "/k/tiles.py", {10})
     assert prof["loop"] == dict(instructions=11, fma=2, ld_shared=2, int_divrem=2, cp_async=1, tile_accesses=2)
     assert prof["tile_access_bytes"] == [8, 16]
+
+
+_CAP_SCRIPT = """
+import torch
+from coc_kernels import context_cluster
+from coc_kernels.ops import aot
+from coc_kernels.ops import context_cluster as ops
+x = torch.randn(1, 64, 14, 14, requires_grad=True)
+v = torch.randn(1, 64, 14, 14)
+a, b = torch.ones(1), torch.zeros(1)
+for cap in (0, 64):
+    with ops.launch_policy(config_overrides={"bwd_main": {"maxnreg": cap}}), ops.record_launches(execute=False) as rec:
+        context_cluster(x, v, a, b, heads=2, proposal=(7, 7), fold=1, impl="triton").sum().backward()
+    spec = aot.spec_of(next(r for r in rec if r.kernel.fn.__name__ == "_bwd_main_kernel"))
+    assert spec.maxnreg == cap and ("maxnreg=64" in spec.label()) == bool(cap)
+    r = aot.compile_spec(spec, 90)
+    print(cap, r["ok"], r["regs"])
+"""
+
+
+def test_a_register_cap_reaches_ptxas():
+    """A configuration's ``maxnreg`` is compiled in (the gate's registers and occupancy are of the capped code):
+    the main backward kernel at 49 centres takes more than 64 registers uncapped and at most 64 capped."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", _CAP_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    (cap0, ok0, regs0), (cap, ok, regs) = [line.split() for line in r.stdout.split("\n") if line.strip()][-2:]
+    assert (cap0, ok0, cap, ok) == ("0", "True", "64", "True")
+    assert int(regs0) > 64 >= int(regs), (regs0, regs)

@@ -99,3 +99,41 @@ def test_launch_policy_is_scoped_and_checked():
             with ops.launch_policy(**bad):
                 pass
     assert ops.policy() is before
+
+
+def test_a_register_cap_belongs_to_the_settings_it_was_chosen_for(monkeypatch):
+    """``maxnreg`` of a shipped configuration reaches the launch (recorded, and in the compile gate's spec); an
+    override or a tuning choice that changes the tile, warps or pipelining drops it (it was chosen for those), one
+    that sets it keeps its own; out-of-range caps are refused."""
+    from coc_kernels.ops.context_cluster import choices, config
+    row = config.KernelConfig(BLOCK_N=(16, 16, 32), num_warps=(4, 8, 8), STAGES=(1, 1, 1), maxnreg=(0, 0, 128))
+    monkeypatch.setitem(config.KERNEL_CONFIGS, "bwd_main", row)
+    assert ops.kernel_config("bwd_main", 49, 32, 32)["maxnreg"] == 128
+    assert ops.kernel_config("bwd_main", 25, 32, 32)["maxnreg"] == 0
+    with ops.launch_policy(config_overrides={"bwd_main": {"num_warps": 4}}):
+        assert ops.kernel_config("bwd_main", 49, 32, 32)["maxnreg"] == 0
+    with ops.launch_policy(config_overrides={"bwd_main": {"num_warps": 8}}):  # the same settings: kept
+        assert ops.kernel_config("bwd_main", 49, 32, 32)["maxnreg"] == 128
+    with ops.launch_policy(config_overrides={"bwd_main": {"num_warps": 4, "maxnreg": 96}}):
+        assert ops.kernel_config("bwd_main", 49, 32, 32)["maxnreg"] == 96
+    base = ops.kernel_config("bwd_main", 49, 32, 32)
+    assert config.with_settings(base, dict(BLOCK_N=16, num_warps=8, STAGES=1))["maxnreg"] == 0
+    assert config.with_settings(base, dict(BLOCK_N=32, num_warps=8, STAGES=1))["maxnreg"] == 128
+    assert choices.with_settings is config.with_settings  # the tuner's choices go through the same rule
+    for bad in (16, 256, -1):
+        with pytest.raises(ValueError, match="maxnreg"):
+            with ops.launch_policy(config_overrides={"bwd_main": {"maxnreg": bad}}):
+                pass
+
+    x, v, a, b = make(1, 2, 16, 16, 14, 14, device="cpu")
+    x.requires_grad_()
+    with ops.record_launches(execute=False) as rec:
+        y = context_cluster(x, v, a, b, heads=2, proposal=(7, 7), fold=1, impl="triton")
+        y.backward(torch.ones_like(y))
+    caps = {r.kernel.fn.__name__: r.maxnreg for r in rec}
+    assert caps["_bwd_main_kernel"] == 128 and caps["_bwd_do_kernel"] == 0
+    from coc_kernels.ops.context_cluster.launch import launch_options
+    opts = {r.kernel.fn.__name__: launch_options(r) for r in rec}  # what the launch gives triton
+    assert opts["_bwd_main_kernel"] == dict(num_warps=8, num_stages=1, maxnreg=128)
+    assert "maxnreg" not in opts["_bwd_do_kernel"]
+    # what the compile gate builds from it: tests/ops/test_compile_gate.py::test_a_register_cap_reaches_ptxas

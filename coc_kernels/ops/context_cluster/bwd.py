@@ -15,8 +15,9 @@ from .tiles import (chunk, cm_block, group_base, kernel, load_assignment, load_t
 
 
 @kernel
-def _bwd_do_kernel(dy_ptr, a_ptr, sig_ptr, pdo_ptr, H, W_v, fh, fw, rh, rw_v, M, DV, NC, RPC,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BW: tl.constexpr, BLOCK_DV: tl.constexpr,
+def _bwd_do_kernel(dy_ptr, a_ptr, sig_ptr, pdo_ptr, H, W_v, fh, fw, rh, rw_v, M, NC, RPC,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BW: tl.constexpr, DV: tl.constexpr,
+                   BLOCK_DV: tl.constexpr,
                    VEC: tl.constexpr, STAGES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
                    OP: tl.constexpr):
     """Partial ``do_m = sum_{a_n = m} sigma_n dy_n`` of chunk k: ``pdo [G, NC, M, DV]``."""
@@ -45,11 +46,11 @@ def _bwd_do_kernel(dy_ptr, a_ptr, sig_ptr, pdo_ptr, H, W_v, fh, fw, rh, rw_v, M,
 @kernel
 def _bwd_main_kernel(x_ptr, v_ptr, dy_ptr, a_ptr, sig_ptr, c_ptr, o_ptr, den_ptr, alpha_ptr, pdo_ptr, scr_ptr,
                      dx_ptr, dv_ptr, pdc_ptr, pdab_ptr,
-                     H, W_v, fh, fw, rh, rw_v, ph, pw, M, D, DV, NC, RPC,
+                     H, W_v, fh, fw, rh, rw_v, ph, pw, M, NC, RPC,
                      BY_COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BW: tl.constexpr,
-                     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-                     VEC: tl.constexpr, STAGES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
-                     OP: tl.constexpr):
+                     D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                     KH: tl.constexpr, KW: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr, DT: tl.constexpr,
+                     PREC: tl.constexpr, OP: tl.constexpr):
     """Chunk k: dv (complete), the direct part of dx (fp32/fp64 ``dx``, contiguous), partial ``d c_hat``
     (``pdc [G, NC, M, D]``) and partial (dalpha, dbeta) (``pdab [G, NC, 2]``)."""
     g = tl.program_id(0)
@@ -99,17 +100,19 @@ def _bwd_main_kernel(x_ptr, v_ptr, dy_ptr, a_ptr, sig_ptr, c_ptr, o_ptr, den_ptr
     dch = tl.zeros((BLOCK_D, BLOCK_M), dtype=DT)
     dal = tl.zeros((BLOCK_N,), dtype=DT)
     dbe = tl.zeros((BLOCK_N,), dtype=DT)
+    o_g = o_ptr + g64 * M * DV
     r0, c0, row_end, n_tiles = chunk(k, RPC, rh, rw, BLOCK_N, BW)
     for _t in tl.range(0, n_tiles, num_stages=STAGES):
         r, col, valid, n, sp = tile(r0, row_end, c0, rw, W, BLOCK_N, BW)
         a, sigma = load_assignment(a_ptr, sig_ptr, g64 * N, n, valid, 0)
         gv = dv_ok[:, None] & valid[None, :]
         gd = d_ok[:, None] & valid[None, :]
-        o_a = tl.load(o_ptr + g64 * M * DV + a[None, :] * DV + offs_dv[:, None], mask=gv, other=0.0)
-        dU_a = tl.load(scr + a[None, :] * DV + offs_dv[:, None], mask=gv, other=0.0)
+        ia = a[None, :] * DV + offs_dv[:, None]  # row a_n of the [M, DV] o and dU
+        o_a = tl.load(o_g + ia, mask=gv, other=0.0)
+        dU_a = tl.load(scr + ia, mask=gv, other=0.0)
         dyt = load_tile(dyb, offs_dv, sp, valid, DV, HW, DT)
         vt = load_tile(vb, offs_dv, sp, valid, DV, HW, DT)
-        dsig = tl.sum(dyt * o_a, axis=0) + tl.sum(dU_a * vt, axis=0)
+        dsig = tl.sum(dyt * o_a + dU_a * vt, axis=0)
         if not BY_COUNT:
             dsig += tl.load(scr + M * (DV + D) + a, mask=valid, other=0.0)
         # dv_n = sigma_n dU[a_n] + sum_m w_mn dU_m
@@ -120,12 +123,13 @@ def _bwd_main_kernel(x_ptr, v_ptr, dy_ptr, a_ptr, sig_ptr, c_ptr, o_ptr, den_ptr
         c_a = tl.load(scr + M * DV + a[None, :] * D + offs_d[:, None], mask=gd, other=0.0)  # [BD, BN]
         x_hat, xn = norm_cols(load_tile(xb, offs_d, sp, valid, D, HW, DT), eps)
         dz = tl.where(valid, dsig * sigma * (1.0 - sigma), 0.0)
+        cos_a = tl.sum(c_a * x_hat, axis=0)
         dbe += dz
-        dal += dz * tl.sum(c_a * x_hat, axis=0)
+        dal += dz * cos_a
         dcos = alpha * dz
         dch = dot_exact(x_hat * dcos[None, :], (a[:, None] == offs_m[None, :]).to(DT), dch, PREC, OP)
         dxh = dcos[None, :] * c_a
-        proj = tl.where(xn > eps, tl.sum(x_hat * dxh, axis=0), 0.0)
+        proj = tl.where(xn > eps, dcos * cos_a, 0.0)  # x_hat . dxh
         store_tile(dxb, (dxh - x_hat * proj[None, :]) / tl.maximum(xn, eps)[None, :], offs_d, sp, valid, D, HW)
         r0, c0 = next_tile(r0, c0, rw, BLOCK_N, BW)
     ptrs, _ = cm_block(pdc_ptr + part * M * D, offs_d, offs_m, D, M)
@@ -136,8 +140,9 @@ def _bwd_main_kernel(x_ptr, v_ptr, dy_ptr, a_ptr, sig_ptr, c_ptr, o_ptr, den_ptr
 
 @kernel
 def _bwd_pool_kernel(dxi_ptr, dx_ptr, c_ptr, pdc_ptr, pdab_ptr, scr_ptr, dalpha_ptr, dbeta_ptr,
-                     H, W_v, fh, fw, rh, rw_v, ph, pw, M, D, NC, RPC, NPART,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BW: tl.constexpr, BLOCK_D: tl.constexpr,
+                     H, W_v, fh, fw, rh, rw_v, ph, pw, M, NC, RPC, NPART,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BW: tl.constexpr, D: tl.constexpr,
+                     BLOCK_D: tl.constexpr,
                      BLOCK_P: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, VEC: tl.constexpr,
                      STAGES: tl.constexpr, DT: tl.constexpr):
     """``dx = dxi + pooling adjoint of dc`` (both contiguous; may be the same buffer); program (0, 0) also

@@ -21,6 +21,7 @@ import warnings
 import torch
 
 from .config import _SETTINGS as _CHECKS
+from .config import with_settings
 from .config import KERNELS, policy
 
 #: cache format version (a different one is ignored)
@@ -176,12 +177,12 @@ def config_for(kernel: str, q, base: dict) -> dict:
     its key (tuning on, the kernel not overridden by the policy), else ``base`` (shipped + overrides)."""
     forced = FORCED.get()
     if forced is not None:
-        return dict(base, **dict(forced[1])) if forced[0] == kernel else base
+        return with_settings(base, dict(forced[1])) if forced[0] == kernel else base
     p = policy()
     if not p.tuning or kernel in p.config_overrides or "*" in p.config_overrides or not TABLE:
         return base
     e = TABLE.get(keys_of(q)[kernel])
-    return dict(base, **e["choice"]) if e else base
+    return with_settings(base, e["choice"]) if e else base
 
 
 def report() -> list:

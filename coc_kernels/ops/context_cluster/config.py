@@ -105,7 +105,19 @@ _SETTINGS = {
     "num_warps": (lambda v: v in (1, 2, 4, 8, 16, 32), "a power of two from 1 to 32"),
     "num_stages": (lambda v: v >= 1, "a positive int"),
     "STAGES": (lambda v: v >= 1, "a positive int (1: no pipelining)"),
+    "maxnreg": (lambda v: v == 0 or 32 <= v <= 255, "0 (no cap) or 32 to 255 (registers per thread at most)"),
 }
+#: the settings a register cap belongs to: where one of them differs from the shipped configuration, the cap goes
+CAPPED_BY = ("BLOCK_N", "num_warps", "STAGES")
+
+
+def with_settings(base: dict, changes) -> dict:
+    """``base`` (a :func:`kernel_config`) with ``changes``; its register cap only where ``changes`` keep the
+    settings it was chosen for, or set one themselves."""
+    out = dict(base, **changes)
+    if "maxnreg" not in changes and any(out[s] != base[s] for s in CAPPED_BY if s in out):
+        out["maxnreg"] = 0
+    return out
 
 #: the policy each thread (and asyncio task) set with launch_policy; None: the one from the environment
 _SET: contextvars.ContextVar = contextvars.ContextVar("coc_launch_policy", default=None)
@@ -173,15 +185,19 @@ class KernelConfig:
     """Launch settings of one kernel, one value per centre class (:data:`CENTRE_CLASSES`): ``BLOCK_N`` points
     per tile, warps per program, ``STAGES`` the software-pipelining depth of the tile loop
     (``tl.range(..., num_stages=STAGES)``: the next tile's loads go out as ``cp.async`` while this one
-    computes). The same for every dtype. ``why``: what chose them."""
+    computes). The same for every dtype. ``maxnreg``: registers per thread at most (ptxas ``.maxnreg``; 0: no
+    cap), for a configuration whose occupancy ptxas reaches by spilling when left to itself; it belongs to these
+    settings and is dropped where tuning or an override changes them. ``why``: what chose them."""
     BLOCK_N: tuple
     num_warps: tuple
     STAGES: tuple
+    maxnreg: tuple = (0, 0, 0)
     why: str = ""
 
     def at(self, block_m: int) -> dict:
         i = CENTRE_CLASSES.index(block_m)
-        return dict(BLOCK_N=self.BLOCK_N[i], num_warps=self.num_warps[i], num_stages=1, STAGES=self.STAGES[i])
+        return dict(BLOCK_N=self.BLOCK_N[i], num_warps=self.num_warps[i], num_stages=1, STAGES=self.STAGES[i],
+                    maxnreg=self.maxnreg[i])
 
 
 #: every kernel, in launch order (forward, then backward; ``assign_only`` is the assignment without aggregation),
@@ -190,22 +206,29 @@ class KernelConfig:
 #: checks every launch, with triton 3.6 and 3.8) and per-point instructions stay low: the split dots run on
 #: tensor cores and hold their operands in shared memory, so tiles of 32-64 points fit.
 KERNEL_CONFIGS = {
-    "pool": KernelConfig(BLOCK_N=(64, 32, 32), num_warps=(4, 4, 4), STAGES=(2, 2, 2),
-                         why="8 warps at 64 centres: 1 program per SM; 64 points x 4 warps spill at sm_80; at 25 "
-                             "centres 32 points: 16 resident warps (was 8-12), estimate 0.30/0.20 -> 0.16/0.14 ms "
-                             "(triton 3.6/3.8, small stage 1)"),
-    "assign": KernelConfig(BLOCK_N=(32, 16, 32), num_warps=(4, 4, 8), STAGES=(2, 1, 2),
-                           why="the most state per point (with the FMA dots of 2026-11-26, 4 warps beat 8-16 by "
-                               "up to 2x on an H100); at 25 centres 16 points, unpipelined (pipelined it spills 8 B "
-                               "at sm_90): 12 resident warps (was 8), estimate 0.84 -> 0.61 ms"),
+    "pool": KernelConfig(BLOCK_N=(32, 32, 32), num_warps=(4, 4, 4), STAGES=(2, 2, 2),
+                         why="32-point pipelined tiles: 16-24 resident warps (64 points at 4 centres spill at sm_90 "
+                             "under triton 3.6, 8 warps fit 1 program per SM at 49 centres)"),
+    "assign": KernelConfig(BLOCK_N=(16, 16, 16), num_warps=(2, 2, 4), STAGES=(1, 2, 1),
+                           why="one warp per 16 centres: the similarity dot feeds the one-hot dots, so triton lays "
+                               "its warps along the centres (a chained dot), and more than BLOCK_M / 16 warps would "
+                               "repeat every per-(centre, point) instruction; 16-point tiles: 12-16 resident warps; "
+                               "pipelined at 4 centres it spills 4 B at sm_90 (triton 3.8); capped at 128 registers "
+                               "it spills at 25 and 49 centres"),
     "assign_only": KernelConfig(BLOCK_N=(64, 64, 64), num_warps=(4, 4, 8), STAGES=(2, 2, 2)),
-    "dispatch": KernelConfig(BLOCK_N=(64, 64, 64), num_warps=(8, 8, 8), STAGES=(2, 2, 2), why="gathers, no dot"),
+    "dispatch": KernelConfig(BLOCK_N=(64, 64, 64), num_warps=(8, 8, 8), STAGES=(2, 2, 2), maxnreg=(0, 0, 48),
+                           why="gathers, no dot; at 49 centres ptxas left to itself takes 40 registers and "
+                               "spills at sm_80 (triton 3.6)"),
     "bwd_do": KernelConfig(BLOCK_N=(32, 32, 32), num_warps=(4, 4, 4), STAGES=(1, 1, 1),
                            why="64 points: 176 registers, 2 programs per SM (triton 3.6); 32: 96-128, 4-5; "
                                "pipelined, it spills (255 registers at sm_90, triton 3.6 and 3.8)"),
-    "bwd_main": KernelConfig(BLOCK_N=(32, 32, 32), num_warps=(4, 4, 8), STAGES=(1, 2, 1),
-                             why="at 4 and 49 centres the second pipeline stage's registers spill at sm_80 / sm_90"),
-    "bwd_pool": KernelConfig(BLOCK_N=(64, 64, 64), num_warps=(8, 8, 8), STAGES=(2, 2, 2), why="gathers, no dot"),
+    "bwd_main": KernelConfig(BLOCK_N=(16, 16, 16), num_warps=(4, 4, 8), STAGES=(1, 1, 1), maxnreg=(0, 128, 128),
+                             why="16-point unpipelined tiles: 16-20 resident warps; capped at 128 registers at 25 "
+                                 "and 49 centres, where ptxas left to itself picks 128 (or 80) and spills, or keeps "
+                                 "more and fits fewer programs per SM"),
+    "bwd_pool": KernelConfig(BLOCK_N=(64, 64, 64), num_warps=(8, 8, 8), STAGES=(2, 2, 2), maxnreg=(0, 0, 64),
+                           why="gathers, no dot; at 49 centres ptxas left to itself takes 48 registers and "
+                               "spills at sm_90 (triton 3.8)"),
 }
 KERNELS = tuple(KERNEL_CONFIGS)
 
@@ -217,9 +240,7 @@ def kernel_config(kernel: str, M: int, D: int, DV: int) -> dict:
         raise ValueError(f"unknown kernel {kernel!r}; one of {KERNELS}")
     cfg = KERNEL_CONFIGS[kernel].at(min(max(pow2(M), CENTRE_CLASSES[0]), CENTRE_CLASSES[-1]))
     overrides = policy().config_overrides  # checked when the policy was made
-    cfg.update(overrides.get("*", {}))
-    cfg.update(overrides.get(kernel, {}))
-    return cfg
+    return with_settings(cfg, {**overrides.get("*", {}), **overrides.get(kernel, {})})
 
 
 def tile_width(rw: int, block_n: int) -> int:

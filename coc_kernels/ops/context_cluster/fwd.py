@@ -14,8 +14,8 @@ from .tiles import (chunk, cm_block, group_base, kernel, load_assignment, load_t
 
 
 @kernel
-def _pool_kernel(x_ptr, pc_ptr, H, W_v, fh, fw, rh, rw_v, ph, pw, M, D, NC, RPC,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BW: tl.constexpr, BLOCK_D: tl.constexpr,
+def _pool_kernel(x_ptr, pc_ptr, H, W_v, fh, fw, rh, rw_v, ph, pw, M, NC, RPC,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BW: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
                  VEC: tl.constexpr, STAGES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
                  OP: tl.constexpr):
     """Partial window means of chunk k for the centres: ``pc [G, NC, M, D]`` (window sums over the chunk's
@@ -52,10 +52,10 @@ def _pool_kernel(x_ptr, pc_ptr, H, W_v, fh, fw, rh, rw_v, ph, pw, M, D, NC, RPC,
 
 @kernel
 def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_ptr, alpha_ptr, beta_ptr,
-                   H, W_v, fh, fw, rh, rw_v, ph, pw, M, D, DV, NC, RPC,
+                   H, W_v, fh, fw, rh, rw_v, ph, pw, M, NC, RPC,
                    AGG: tl.constexpr, BY_COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BW: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, VEC: tl.constexpr,
-                   STAGES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, OP: tl.constexpr):
+                   BW: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                   VEC: tl.constexpr, STAGES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, OP: tl.constexpr):
     """Centres from the partials (chunk 0 stores ``c [G, M, D]``); assignment ``a, sigma [G, N]`` of chunk k;
     with AGG, partial ``U + vc`` (``puv [G, NC, M, DV]``) and denominators (``pden [G, NC, M]``)."""
     g = tl.program_id(0)
@@ -72,6 +72,9 @@ def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_pt
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < M
+    # padded centres: z = -inf, s = 0 (they come after every real one, so they never win a tie; NaN where
+    # alpha or beta is, as every real centre's z then is)
+    beta_m = tl.where(m_ok, beta, float("-inf") + beta * 0.0)
 
     c = sum_partials(pc_ptr + g64 * NC * M * D, offs_m, offs_d, M, D, NC, D, 1)  # [BM, BD]
     c_mask = m_ok[:, None] & (offs_d < D)[None, :]
@@ -101,10 +104,10 @@ def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_pt
         r, col, valid, n, sp = tile(r0, row_end, c0, rw, W, BLOCK_N, BW)
         x_hat, _xn = norm_cols(load_tile(xb, offs_d, sp, valid, D, HW, DT), eps)
         cos = dot_dense(c_hi, c_mid, c_lo, x_hat, PREC, OP)  # [BM, BN]
-        s = 1.0 / (1.0 + tl.exp(-(beta + alpha * cos)))
-        s = tl.where(m_ok[:, None] & (s == s), s, -1.0)
-        a = tl.argmax(s, axis=0, tie_break_left=True).to(tl.int32)
+        s = 1.0 / (1.0 + tl.exp(-(beta_m[:, None] + alpha * cos)))
+        s = tl.where(s == s, s, -1.0)  # NaN below every number
         sigma = tl.max(s, axis=0)
+        a = tl.min(tl.where(s == sigma[None, :], offs_m[:, None], BLOCK_M), axis=0)  # first index of the max
         bad_x = sigma < 0.0  # every similarity NaN: a non-finite point
         a = tl.where(bad_x, 0, tl.where(nan_c < BLOCK_M, nan_c, a))
         sigma = tl.where(bad_x | (nan_c < BLOCK_M), float("nan"), sigma)
@@ -131,8 +134,9 @@ def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_pt
 
 @kernel
 def _dispatch_kernel(a_ptr, sig_ptr, puv_ptr, pden_ptr, o_ptr, den_ptr, scr_ptr, y_ptr, alpha_ptr, beta_ptr,
-                     H, W_v, fh, fw, rh, rw_v, M, DV, NC, RPC,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BW: tl.constexpr, BLOCK_DV: tl.constexpr,
+                     H, W_v, fh, fw, rh, rw_v, M, NC, RPC,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BW: tl.constexpr, DV: tl.constexpr,
+                     BLOCK_DV: tl.constexpr,
                      VEC: tl.constexpr, STAGES: tl.constexpr, DT: tl.constexpr):
     """``o = (U + vc) / (den + 1)`` (chunk 0 stores ``o [G, M, DV]``, ``den [G, M]``); ``y_n = sigma_n o[a_n]``.
     y is NaN everywhere if alpha or beta is not finite (checked here rather than by a host sync)."""

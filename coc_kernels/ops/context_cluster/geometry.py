@@ -83,8 +83,15 @@ class Geometry:
         object.__setattr__(self, name, value)
 
     def sizes(self, *names: str) -> dict:
-        """``M, NC, RPC`` and the named ones of ``ph, pw, D, DV``."""
+        """``M, NC, RPC`` and the named ones of ``ph, pw`` (runtime arguments)."""
         return dict(M=self.M, NC=self.NC, RPC=self.rpc, **{n: getattr(self, n) for n in names})
+
+    def channels(self, *names: str) -> dict:
+        """The named channel counts of ``D, DV`` and their blocks ``BLOCK_D, BLOCK_DV`` (constexprs: a head's
+        channels are fixed by the model, and a count the block equals leaves no channel mask in the code)."""
+        out = {n: getattr(self, n) for n in names}
+        out.update({f"BLOCK_{n}": pow2(getattr(self, n)) for n in names})
+        return out
 
 
 

@@ -6,7 +6,6 @@ import torch
 from torch import Tensor
 
 from .bwd import _bwd_do_kernel, _bwd_main_kernel, _bwd_pool_kernel
-from .config import pow2
 from .fwd import _assign_kernel, _dispatch_kernel, _pool_kernel
 from .geometry import Geometry, geometry
 from .launch import empty, launch
@@ -23,8 +22,8 @@ def _centres_and_assign(x: Tensor, value, alpha: Tensor, beta: Tensor, q: Geomet
     pc = empty((q.G, q.NC, q.M, q.D), q.acc, dev, q.policy.poison)
     cfg, blocks = q.tiles("pool")
     launch(_pool_kernel, q.grid,
-            dict(x_ptr=x, pc_ptr=pc, **q.region("pool"), **q.sizes("ph", "pw", "D")),
-            dict(**blocks, BLOCK_D=pow2(q.D), DT=q.dt, **q.dot), cfg)
+            dict(x_ptr=x, pc_ptr=pc, **q.region("pool"), **q.sizes("ph", "pw")),
+            dict(**blocks, **q.channels("D"), DT=q.dt, **q.dot), cfg)
     c = empty((q.G, q.M, q.D), q.acc, dev, q.policy.poison)
     a = empty((q.G, q.N), torch.int32, dev, q.policy.poison)
     sigma = empty((q.G, q.N), q.acc, dev, q.policy.poison)
@@ -36,8 +35,8 @@ def _centres_and_assign(x: Tensor, value, alpha: Tensor, beta: Tensor, q: Geomet
     cfg, blocks = q.tiles(name)
     launch(_assign_kernel, q.grid,
             dict(x_ptr=x, v_ptr=v, pc_ptr=pc, c_ptr=c, a_ptr=a, sig_ptr=sigma, puv_ptr=puv, pden_ptr=pden,
-                 alpha_ptr=alpha, beta_ptr=beta, **q.region(name), **q.sizes("ph", "pw", "D", "DV")),
-            dict(AGG=agg, BY_COUNT=by_count, **blocks, BLOCK_D=pow2(q.D), BLOCK_DV=pow2(q.DV), DT=q.dt,
+                 alpha_ptr=alpha, beta_ptr=beta, **q.region(name), **q.sizes("ph", "pw")),
+            dict(AGG=agg, BY_COUNT=by_count, **blocks, **q.channels("D", "DV"), DT=q.dt,
                  **q.dot), cfg)
     return c, a, sigma, puv, pden
 
@@ -65,8 +64,8 @@ def fused_forward(x: Tensor, value: Tensor, alpha: Tensor, beta: Tensor, heads: 
     cfg, blocks = q.tiles("dispatch")
     launch(_dispatch_kernel, q.grid,
             dict(a_ptr=a, sig_ptr=sigma, puv_ptr=puv, pden_ptr=pden, o_ptr=o, den_ptr=den, scr_ptr=scr, y_ptr=y,
-                 alpha_ptr=alpha, beta_ptr=beta, **q.region("dispatch"), **q.sizes("DV")),
-            dict(**blocks, BLOCK_DV=pow2(q.DV), DT=q.dt), cfg)
+                 alpha_ptr=alpha, beta_ptr=beta, **q.region("dispatch"), **q.sizes()),
+            dict(**blocks, **q.channels("DV"), DT=q.dt), cfg)
     return y, a, sigma, c, o, den
 
 
@@ -80,8 +79,8 @@ def fused_backward(dy: Tensor, x: Tensor, value: Tensor, alpha: Tensor, a: Tenso
     pdo = empty((q.G, q.NC, q.M, q.DV), q.acc, dev, q.policy.poison)
     cfg, blocks = q.tiles("bwd_do")
     launch(_bwd_do_kernel, q.grid,
-            dict(dy_ptr=dy, a_ptr=a, sig_ptr=sigma, pdo_ptr=pdo, **q.region("bwd_do"), **q.sizes("DV")),
-            dict(**blocks, BLOCK_DV=pow2(q.DV), DT=q.dt, **q.dot), cfg)
+            dict(dy_ptr=dy, a_ptr=a, sig_ptr=sigma, pdo_ptr=pdo, **q.region("bwd_do"), **q.sizes()),
+            dict(**blocks, **q.channels("DV"), DT=q.dt, **q.dot), cfg)
     scr = empty((q.G, q.NC, q.M * (2 * q.DV + q.D + 1)), q.acc, dev, q.policy.poison)
     # the direct part of dx, completed by the last launch (in place when x is fp32)
     dxi = empty(x.shape, q.acc, dev, q.policy.poison)
@@ -92,8 +91,8 @@ def fused_backward(dy: Tensor, x: Tensor, value: Tensor, alpha: Tensor, a: Tenso
     launch(_bwd_main_kernel, q.grid,
             dict(x_ptr=x, v_ptr=value, dy_ptr=dy, a_ptr=a, sig_ptr=sigma, c_ptr=c, o_ptr=o, den_ptr=den,
                  alpha_ptr=alpha, pdo_ptr=pdo, scr_ptr=scr, dx_ptr=dxi, dv_ptr=dv, pdc_ptr=pdc, pdab_ptr=pdab,
-                 **q.region("bwd_main"), **q.sizes("ph", "pw", "D", "DV")),
-            dict(BY_COUNT=by_count, **blocks, BLOCK_D=pow2(q.D), BLOCK_DV=pow2(q.DV), KH=q.KH, KW=q.KW, DT=q.dt,
+                 **q.region("bwd_main"), **q.sizes("ph", "pw")),
+            dict(BY_COUNT=by_count, **blocks, **q.channels("D", "DV"), KH=q.KH, KW=q.KW, DT=q.dt,
                  **q.dot), cfg)
     dx = dxi if x.dtype == q.acc else empty(x.shape, x.dtype, dev, q.policy.poison)
     # summed and kept in the accumulation dtype; cast to each scalar's own dtype by the autograd (a 16-bit
@@ -103,8 +102,8 @@ def fused_backward(dy: Tensor, x: Tensor, value: Tensor, alpha: Tensor, a: Tenso
     cfg, blocks = q.tiles("bwd_pool")
     launch(_bwd_pool_kernel, q.grid,
             dict(dxi_ptr=dxi, dx_ptr=dx, c_ptr=c, pdc_ptr=pdc, pdab_ptr=pdab, scr_ptr=scr, dalpha_ptr=dalpha,
-                 dbeta_ptr=dbeta, **q.region("bwd_pool"), **q.sizes("ph", "pw", "D"), NPART=q.G * q.NC),
-            dict(**blocks, BLOCK_D=pow2(q.D), BLOCK_P=q.policy.partial_block, KH=q.KH, KW=q.KW, DT=q.dt), cfg)
+                 dbeta_ptr=dbeta, **q.region("bwd_pool"), **q.sizes("ph", "pw"), NPART=q.G * q.NC),
+            dict(**blocks, **q.channels("D"), BLOCK_P=q.policy.partial_block, KH=q.KH, KW=q.KW, DT=q.dt), cfg)
     if q.G * q.NC == 0:  # empty input: no program ran
         dalpha.zero_()
         dbeta.zero_()

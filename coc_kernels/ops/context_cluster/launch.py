@@ -24,6 +24,7 @@ class Launch:
     constexprs: dict
     num_warps: int
     num_stages: int
+    maxnreg: int = 0  # registers per thread at most (0: ptxas decides)
     compiled: object = None  # what triton compiled for it (registers, spills), once it ran
 
 
@@ -108,12 +109,21 @@ def launch(kernel, grid, args: dict, constexprs: dict, cfg):
         raise TypeError(f"{kernel.fn.__name__}: launch arguments do not match its parameters: missing "
                         f"{sorted(set(runtime) - set(args)) + sorted(set(const) - set(constexprs))}, unknown "
                         f"{sorted(set(args) - set(runtime)) + sorted(set(constexprs) - set(const))}")
-    made = Launch(kernel, tuple(grid), dict(args), dict(constexprs), cfg["num_warps"], cfg["num_stages"])
+    made = Launch(kernel, tuple(grid), dict(args), dict(constexprs), cfg["num_warps"], cfg["num_stages"],
+                  cfg.get("maxnreg", 0))
     for rec in _RECORDERS.get():
         rec.append(made)
     if _DRY_RUN.get() or grid[0] * grid[1] == 0:
         return
-    made.compiled = kernel[grid](**args, **constexprs, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    made.compiled = kernel[grid](**args, **constexprs, **launch_options(made))
+
+
+def launch_options(made: Launch) -> dict:
+    """Triton's launch options of a launch: warps, stages and the register cap where it has one."""
+    opts = dict(num_warps=made.num_warps, num_stages=made.num_stages)
+    if made.maxnreg:
+        opts["maxnreg"] = made.maxnreg
+    return opts
 
 
 def empty(shape, dtype, device, poison: bool):

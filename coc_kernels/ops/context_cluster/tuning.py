@@ -36,7 +36,7 @@ from .choices import FORMAT, SETTINGS, cache_path, clear, key, report, write_cac
 from .config import KERNELS, kernel_config, launch_policy, policy
 from .geometry import geometry
 from .host import assignment, fused_backward, fused_forward
-from .launch import dry_run, isolated_recording
+from .launch import dry_run, isolated_recording, launch_options
 
 #: what the tuner varies around the shipped configuration, in declared order (the shipped one is always first)
 TUNING_SPACE = dict(BLOCK_N=(32, 64), num_warps=(4, 8), STAGES=(1, 2))
@@ -289,8 +289,7 @@ _KERNEL_FN = {"pool": "pool", "assign": "assign", "assign_only": "assign", "disp
 def _time_launch(name, cand, launch_) -> float:
     """Median time of re-launching one recorded launch (its outputs are scratch by now)."""
     def again():
-        launch_.kernel[launch_.grid](**launch_.args, **launch_.constexprs, num_warps=launch_.num_warps,
-                                     num_stages=launch_.num_stages)
+        launch_.kernel[launch_.grid](**launch_.args, **launch_.constexprs, **launch_options(launch_))
     if launch_.args[next(iter(launch_.args))].device.type != "cuda":
         raise RuntimeError("timing needs a CUDA device (tests inject a timer)")
     return _cuda_median_ms(again)
