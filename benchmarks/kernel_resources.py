@@ -86,6 +86,22 @@ def record(archs, centres, dtypes, batch=2, img=(800, 1344), points=None, launch
     return specs
 
 
+def source_digests(specs) -> dict:
+    """``{file: sha256}`` of every Python file in the packages of the kernels ``specs`` name (kernels, tile helpers,
+    dots): a gate run compares them at its end."""
+    import hashlib
+    import importlib
+    dirs = {os.path.dirname(os.path.abspath(importlib.import_module(s.module).__file__)) for s in specs}
+    out = {}
+    for d in sorted(dirs):
+        for name in sorted(os.listdir(d)):
+            if name.endswith(".py"):
+                path = os.path.join(d, name)
+                with open(path, "rb") as f:
+                    out[path] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
 def _compile_all(spec, compile_only=COMPILE_ONLY):
     res = {cc: aot.compile_spec(spec, cc) for cc in CHECKED}
     res.update({cc: aot.compile_spec(spec, cc, resources=False) for cc in compile_only})
@@ -287,6 +303,7 @@ def main(argv=None):
     n_cases = len({c for cases in specs.values() for c in cases})
     print(f"recorded {sum(map(len, specs.values()))} launches over {n_cases} cases: {len(specs)} distinct "
           f"specialisations ({time.time() - t0:.1f} s)", flush=True)
+    sources = source_digests(specs)  # the profile maps compiled code to source lines read from these files
     results = {}
     with cf.ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for spec, res in pool.map(functools.partial(_compile_all, compile_only=compile_only), list(specs)):
@@ -346,6 +363,11 @@ def main(argv=None):
             lines.append(f"| {kernel} | {w['instructions']:.0f} ({ISSUE_TARGETS.get(kernel, '-')}) | {w['fma']:.0f} "
                          f"| {w['ld_shared']:.0f} | {w['int_divrem']:.1f} | {w['warps']} | {w['along']} / "
                          f"{w['accesses']} | {'/'.join(map(str, w['widths']))} | {w['cp_async']} |")
+    changed = [f for f, h in sources.items() if source_digests(specs).get(f) != h]
+    if changed:
+        n_bad += 1
+        lines += ["", "NOT VALID: kernel sources changed during the run (" + ", ".join(map(os.path.basename, changed))
+                  + "): compiled code and the source lines it is profiled by may come from different versions; rerun"]
     version = ".".join(triton.__version__.split(".")[:2])
     records = _read_record()
     est_lines, regressions, totals = estimate_report(estimates(results, launches, time_model.params()), version,

@@ -204,6 +204,12 @@ def _layout_fields(body: str) -> dict:
     return out
 
 
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name one existing file (a location may name a file that no longer exists: a kernel
+    cached from another checkout, a generated source)."""
+    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+
+
 def tile_accesses(ttgir: str, file: str, lines: set) -> list:
     """Every global load / store / async copy of the TTGIR whose location chain passes through one of
     ``lines`` of ``file`` (the tile-access helpers): ``[{op, shape, layout fields}]``."""
@@ -227,8 +233,7 @@ def tile_accesses(ttgir: str, file: str, lines: set) -> list:
         m = re.search(r"loc\((#loc\d*)\)\s*$", code)
         if op is None or m is None:
             continue
-        hit = {p for p in places(m.group(1), set()) if os.path.samefile(p[0], file) and p[1] in lines} \
-            if os.path.exists(file) else set()
+        hit = {p for p in places(m.group(1), set()) if p[1] in lines and _same_file(p[0], file)}
         if not hit:
             continue
         t = re.search(r"tensor<([\dx]+)x!tt\.ptr<\w+>, (#\w+)>", code)

@@ -164,3 +164,46 @@ def test_a_register_cap_reaches_ptxas():
     (cap0, ok0, regs0), (cap, ok, regs) = [line.split() for line in r.stdout.split("\n") if line.strip()][-2:]
     assert (cap0, ok0, cap, ok) == ("0", "True", "64", "True")
     assert int(regs0) > 64 >= int(regs), (regs0, regs)
+
+
+def test_tile_accesses_are_found_by_file_and_line_even_where_a_location_names_a_missing_file(tmp_path):
+    """``aot.tile_accesses`` counts a load whose location chain passes through a helper line of the helpers' file;
+    a location naming a file that no longer exists (a kernel cached from another checkout) is not one, and is no
+    crash (it raised FileNotFoundError from ``os.path.samefile``)."""
+    from coc_kernels.ops import aot
+    real = tmp_path / "tiles.py"
+    real.write_text("\n" * 20)
+    ttgir = "\n".join([
+        "#blocked = #ttg.blocked<{sizePerThread = [1, 2], threadsPerWarp = [4, 8], warpsPerCTA = [4, 1], "
+        "order = [1, 0]}>",
+        '#loc1 = loc("/no/such/checkout/tiles.py":10:5)',
+        f'#loc2 = loc("{real}":10:5)',
+        f'#loc3 = loc("{real}":3:1)',
+        "%1 = tt.load %0 : tensor<32x16x!tt.ptr<f32>, #blocked> loc(#loc1)",
+        "%2 = tt.load %0 : tensor<32x16x!tt.ptr<f32>, #blocked> loc(#loc2)",
+        "%3 = tt.load %0 : tensor<32x16x!tt.ptr<f32>, #blocked> loc(#loc3)",
+    ])
+    got = aot.tile_accesses(ttgir, str(real), {10})
+    assert [(a["op"], a["shape"]) for a in got] == [("tt.load", [32, 16])]
+    assert got[0]["order"] == [1, 0]
+
+
+def test_the_gate_notices_kernel_sources_changed_during_its_run(tmp_path, monkeypatch):
+    """The gate profiles compiled code by source lines it reads from the files: ``source_digests`` (taken at the
+    start and compared at the end of a run) changes when a file of a kernel's package does."""
+    import types
+
+    from benchmarks import kernel_resources as kr
+    pkg = tmp_path / "gatepkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "kern.py").write_text("X = 1\n")
+    (pkg / "tiles.py").write_text("Y = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = types.SimpleNamespace(module="gatepkg.kern")
+    before = kr.source_digests([spec])
+    assert {os.path.basename(f) for f in before} == {"__init__.py", "kern.py", "tiles.py"}
+    assert kr.source_digests([spec]) == before
+    (pkg / "tiles.py").write_text("Y = 2\n")
+    after = kr.source_digests([spec])
+    assert [os.path.basename(f) for f in before if after[f] != before[f]] == ["tiles.py"]
