@@ -206,9 +206,9 @@ class KernelConfig:
 #: checks every launch, with triton 3.6 and 3.8) and per-point instructions stay low: the split dots run on
 #: tensor cores and hold their operands in shared memory, so tiles of 32-64 points fit.
 KERNEL_CONFIGS = {
-    "pool": KernelConfig(BLOCK_N=(32, 32, 32), num_warps=(4, 4, 4), STAGES=(2, 2, 2),
-                         why="32-point pipelined tiles: 16-24 resident warps (64 points at 4 centres spill at sm_90 "
-                             "under triton 3.6, 8 warps fit 1 program per SM at 49 centres)"),
+    "pool": KernelConfig(BLOCK_N=(32, 16, 32), num_warps=(4, 4, 4), STAGES=(2, 2, 2),
+                         why="pipelined, 16-32 point tiles: 20-28 resident warps (64 points at 4 centres spill at "
+                             "sm_90 under triton 3.6; 16 at 49 centres breaks the instruction floor under 3.6)"),
     "assign": KernelConfig(BLOCK_N=(16, 16, 16), num_warps=(2, 2, 4), STAGES=(1, 2, 1),
                            why="one warp per 16 centres: the similarity dot feeds the one-hot dots, so triton lays "
                                "its warps along the centres (a chained dot), and more than BLOCK_M / 16 warps would "
@@ -219,9 +219,9 @@ KERNEL_CONFIGS = {
     "dispatch": KernelConfig(BLOCK_N=(64, 64, 64), num_warps=(8, 8, 8), STAGES=(2, 2, 2), maxnreg=(0, 0, 48),
                            why="gathers, no dot; at 49 centres ptxas left to itself takes 40 registers and "
                                "spills at sm_80 (triton 3.6)"),
-    "bwd_do": KernelConfig(BLOCK_N=(32, 32, 32), num_warps=(4, 4, 4), STAGES=(1, 1, 1),
-                           why="64 points: 176 registers, 2 programs per SM (triton 3.6); 32: 96-128, 4-5; "
-                               "pipelined, it spills (255 registers at sm_90, triton 3.6 and 3.8)"),
+    "bwd_do": KernelConfig(BLOCK_N=(16, 16, 16), num_warps=(4, 4, 4), STAGES=(1, 1, 1),
+                           why="16 points: 28-36 resident warps (32 points: 16-28; 64: 176 registers, 2 programs "
+                               "per SM); pipelined, it spills (255 registers at sm_90, triton 3.6 and 3.8)"),
     "bwd_main": KernelConfig(BLOCK_N=(16, 16, 16), num_warps=(4, 4, 8), STAGES=(1, 1, 1), maxnreg=(0, 128, 128),
                              why="16-point unpipelined tiles: 16-20 resident warps; capped at 128 registers at 25 "
                                  "and 49 centres, where ptxas left to itself picks 128 (or 80) and spills, or keeps "
