@@ -36,7 +36,7 @@ from coc_det.backbone import ARCH_SETTINGS, PROPOSAL_OF_CENTRES, size_divisor
 from coc_kernels import DENOMINATORS, cluster_assignment, context_cluster
 from coc_kernels.reference import DEFAULT_DENOMINATOR
 from coc_kernels.ops import aot
-from coc_kernels.ops.context_cluster import chunk_tiles, points_per_tile, record_launches
+from coc_kernels.ops.context_cluster import choices, chunk_tiles, points_per_tile, record_launches
 
 CHECKED = (80, 90)  # compiled, and must not spill
 COMPILE_ONLY = (100,)  # must compile
@@ -84,22 +84,6 @@ def record(archs, centres, dtypes, batch=2, img=(800, 1344), points=None, launch
                                 (spec, tuple(chunk_tiles(launch)), launch.grid[0],
                                  time_model.tensor_bytes(launch.args.values())))
     return specs
-
-
-def source_digests(specs) -> dict:
-    """``{file: sha256}`` of every Python file in the packages of the kernels ``specs`` name (kernels, tile helpers,
-    dots): a gate run compares them at its end."""
-    import hashlib
-    import importlib
-    dirs = {os.path.dirname(os.path.abspath(importlib.import_module(s.module).__file__)) for s in specs}
-    out = {}
-    for d in sorted(dirs):
-        for name in sorted(os.listdir(d)):
-            if name.endswith(".py"):
-                path = os.path.join(d, name)
-                with open(path, "rb") as f:
-                    out[path] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 def _compile_all(spec, compile_only=COMPILE_ONLY):
@@ -295,6 +279,7 @@ def main(argv=None):
     import functools
     from coc_kernels.ops import context_cluster as ops
     compile_only = () if args.no_sm100 else COMPILE_ONLY
+    sources = choices.kernel_sources()  # the profile maps compiled code to source lines read from these files
     t0 = time.time()
     points, launches = {}, {}
     with ops.launch_policy(config_overrides=json.loads(args.override) if args.override else {}):
@@ -303,7 +288,6 @@ def main(argv=None):
     n_cases = len({c for cases in specs.values() for c in cases})
     print(f"recorded {sum(map(len, specs.values()))} launches over {n_cases} cases: {len(specs)} distinct "
           f"specialisations ({time.time() - t0:.1f} s)", flush=True)
-    sources = source_digests(specs)  # the profile maps compiled code to source lines read from these files
     results = {}
     with cf.ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for spec, res in pool.map(functools.partial(_compile_all, compile_only=compile_only), list(specs)):
@@ -363,7 +347,7 @@ def main(argv=None):
             lines.append(f"| {kernel} | {w['instructions']:.0f} ({ISSUE_TARGETS.get(kernel, '-')}) | {w['fma']:.0f} "
                          f"| {w['ld_shared']:.0f} | {w['int_divrem']:.1f} | {w['warps']} | {w['along']} / "
                          f"{w['accesses']} | {'/'.join(map(str, w['widths']))} | {w['cp_async']} |")
-    changed = [f for f, h in sources.items() if source_digests(specs).get(f) != h]
+    changed = [f for f, text in choices.kernel_sources().items() if sources[f] != text]
     if changed:
         n_bad += 1
         lines += ["", "NOT VALID: kernel sources changed during the run (" + ", ".join(map(os.path.basename, changed))

@@ -188,22 +188,17 @@ def test_tile_accesses_are_found_by_file_and_line_even_where_a_location_names_a_
     assert got[0]["order"] == [1, 0]
 
 
-def test_the_gate_notices_kernel_sources_changed_during_its_run(tmp_path, monkeypatch):
-    """The gate profiles compiled code by source lines it reads from the files: ``source_digests`` (taken at the
-    start and compared at the end of a run) changes when a file of a kernel's package does."""
-    import types
-
-    from benchmarks import kernel_resources as kr
-    pkg = tmp_path / "gatepkg"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "kern.py").write_text("X = 1\n")
-    (pkg / "tiles.py").write_text("Y = 1\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    spec = types.SimpleNamespace(module="gatepkg.kern")
-    before = kr.source_digests([spec])
-    assert {os.path.basename(f) for f in before} == {"__init__.py", "kern.py", "tiles.py"}
-    assert kr.source_digests([spec]) == before
-    (pkg / "tiles.py").write_text("Y = 2\n")
-    after = kr.source_digests([spec])
+def test_the_gate_notices_kernel_sources_changed_during_its_run(tmp_path):
+    """The gate profiles compiled code by source lines it reads from the files: ``choices.kernel_sources`` (read at
+    the start and compared at the end of a run; also the tuning key's code version) changes when one of the files
+    that make the kernels does."""
+    from coc_kernels.ops.context_cluster import choices
+    for name in choices.KERNEL_SOURCES:
+        (tmp_path / name).write_text(f"# {name}\n")
+    before = choices.kernel_sources(str(tmp_path))
+    assert {os.path.basename(f) for f in before} == set(choices.KERNEL_SOURCES)
+    assert choices.kernel_sources(str(tmp_path)) == before
+    (tmp_path / "tiles.py").write_text("Y = 2\n")
+    after = choices.kernel_sources(str(tmp_path))
     assert [os.path.basename(f) for f in before if after[f] != before[f]] == ["tiles.py"]
+    assert {"tiles.py", "fwd.py", "bwd.py", "dots.py"} <= set(choices.KERNEL_SOURCES)  # the kernels and helpers

@@ -21,24 +21,34 @@ import warnings
 import torch
 
 from .config import _SETTINGS as _CHECKS
-from .config import with_settings
-from .config import KERNELS, policy
+from .config import KERNELS, SETTINGS, policy, with_settings
 
 #: cache format version (a different one is ignored)
 FORMAT = 1
-#: what a choice sets (of a kernel's launch configuration)
-SETTINGS = ("BLOCK_N", "num_warps", "STAGES")
 
 
 @functools.lru_cache(maxsize=None)
 def code_version() -> str:
     """Hash of the kernels' source files: a changed kernel invalidates every choice made for the old one."""
-    here = os.path.dirname(os.path.abspath(__file__))
     h = hashlib.sha256()
-    for name in ("tiles.py", "dots.py", "fwd.py", "bwd.py", "config.py", "host.py"):
-        with open(os.path.join(here, name), "rb") as f:
-            h.update(f.read())
+    for text in kernel_sources().values():
+        h.update(text)
     return h.hexdigest()[:16]
+
+
+#: the files that make the kernels and their launches
+KERNEL_SOURCES = ("tiles.py", "dots.py", "fwd.py", "bwd.py", "config.py", "host.py")
+
+
+def kernel_sources(folder: str = os.path.dirname(os.path.abspath(__file__))) -> dict:
+    """``{path: bytes}`` of :data:`KERNEL_SOURCES`, read now (the tuning key's code version; the compile gate
+    compares them at the start and the end of a run)."""
+    out = {}
+    for name in KERNEL_SOURCES:
+        path = os.path.join(folder, name)
+        with open(path, "rb") as f:
+            out[path] = f.read()
+    return out
 
 
 @functools.lru_cache(maxsize=None)

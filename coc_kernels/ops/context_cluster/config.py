@@ -107,15 +107,16 @@ _SETTINGS = {
     "STAGES": (lambda v: v >= 1, "a positive int (1: no pipelining)"),
     "maxnreg": (lambda v: v == 0 or 32 <= v <= 255, "0 (no cap) or 32 to 255 (registers per thread at most)"),
 }
-#: the settings a register cap belongs to: where one of them differs from the shipped configuration, the cap goes
-CAPPED_BY = ("BLOCK_N", "num_warps", "STAGES")
+#: the settings a tuning choice sets, and that a register cap belongs to: where one of them differs from the shipped
+#: configuration, the cap goes
+SETTINGS = ("BLOCK_N", "num_warps", "STAGES")
 
 
 def with_settings(base: dict, changes) -> dict:
     """``base`` (a :func:`kernel_config`) with ``changes``; its register cap only where ``changes`` keep the
     settings it was chosen for, or set one themselves."""
     out = dict(base, **changes)
-    if "maxnreg" not in changes and any(out[s] != base[s] for s in CAPPED_BY if s in out):
+    if "maxnreg" not in changes and any(out[s] != base[s] for s in SETTINGS):
         out["maxnreg"] = 0
     return out
 
