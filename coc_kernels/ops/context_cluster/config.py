@@ -207,15 +207,17 @@ class KernelConfig:
 #: checks every launch, with triton 3.6 and 3.8) and per-point instructions stay low: the split dots run on
 #: tensor cores and hold their operands in shared memory, so tiles of 32-64 points fit.
 KERNEL_CONFIGS = {
-    "pool": KernelConfig(BLOCK_N=(32, 16, 32), num_warps=(4, 4, 4), STAGES=(2, 2, 2),
-                         why="pipelined, 16-32 point tiles: 20-28 resident warps (64 points at 4 centres spill at "
-                             "sm_90 under triton 3.6; 16 at 49 centres breaks the instruction floor under 3.6)"),
-    "assign": KernelConfig(BLOCK_N=(16, 16, 16), num_warps=(2, 2, 4), STAGES=(1, 2, 1),
+    "pool": KernelConfig(BLOCK_N=(16, 16, 16), num_warps=(2, 2, 2), STAGES=(2, 2, 2),
+                         why="pipelined, 16-32 point tiles on 2 warps: 12-16 resident warps with the value's window "
+                             "sums beside the centres' (4 warps: 16 resident but each per-(point, centre) membership "
+                             "instruction made by twice the threads; 32 points at 49 centres: 231 registers)"),
+    "assign": KernelConfig(BLOCK_N=(16, 16, 16), num_warps=(2, 2, 4), STAGES=(1, 2, 1), maxnreg=(0, 128, 0),
                            why="one warp per 16 centres: the similarity dot feeds the one-hot dots, so triton lays "
                                "its warps along the centres (a chained dot), and more than BLOCK_M / 16 warps would "
-                               "repeat every per-(centre, point) instruction; 16-point tiles: 12-16 resident warps; "
+                               "repeat every per-(centre, point) instruction; 16-point tiles: 16-20 resident warps; "
                                "pipelined at 4 centres it spills 4 B at sm_90 (triton 3.8); capped at 128 registers "
-                               "it spills at 25 and 49 centres"),
+                               "at 25 centres, where ptxas left to itself keeps 144 (7 programs per SM); at 49 "
+                               "centres a cap of 128 spills at sm_80"),
     "assign_only": KernelConfig(BLOCK_N=(64, 64, 64), num_warps=(4, 4, 8), STAGES=(2, 2, 2)),
     "dispatch": KernelConfig(BLOCK_N=(64, 64, 64), num_warps=(8, 8, 8), STAGES=(2, 2, 2), maxnreg=(0, 0, 48),
                            why="gathers, no dot; at 49 centres ptxas left to itself takes 40 registers and "

@@ -1,63 +1,100 @@
 """Forward kernels (3 launches, each on a ``(G, NC)`` grid; see the package's plan):
 
-1. ``_pool_kernel``: partial window sums of x, the centres' numerators;
-2. ``_assign_kernel``: centres, similarities, the hard assignment ``a, sigma`` and (AGG) partial cluster sums;
+1. ``_pool_kernel``: partial window sums of x, the centres' numerators, and (AGG) of the value, ``vc``;
+2. ``_assign_kernel``: centres, similarities, the hard assignment ``a, sigma`` and (AGG) partial cluster sums
+   ``U``, added to the pool kernel's ``vc``;
 3. ``_dispatch_kernel``: ``o = (U + vc) / (den + 1)`` and ``y_n = sigma_n o[a_n]``.
 """
 from __future__ import annotations
 
+import triton
 import triton.language as tl
 
 from .dots import dot_dense, dot_exact, split3
 from .tiles import (chunk, cm_block, group_base, kernel, load_assignment, load_tile, next_tile, norm_cols,
-                    pool_in, store_tile, sum_partials, sum_vec_partials, tile, windows)
+                    pool_in, pool_in_row, store_tile, sum_partials, sum_vec_partials, tile, windows)
+
+
+@triton.jit
+def _window_sums(xb, vb, offs_d, offs_dv, lo_r, hi_r, lo_c, hi_c, k, RPC, rh, rw, W, HW, ph, pw,
+                 CAREFUL: tl.constexpr, AGG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BW: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, STAGES: tl.constexpr, DT: tl.constexpr,
+                 PREC: tl.constexpr, OP: tl.constexpr):
+    """Chunk k's window sums of x ``[BLOCK_D, BLOCK_M]``, with AGG of v (else zeros), and per window the points
+    holding a non-finite x (CAREFUL; else zeros). CAREFUL: non-finite x values enter the dot as 0 (``inf * 0``
+    would reach every window), and are counted instead; otherwise x enters as it is."""
+    acc = tl.zeros((offs_d.shape[0], BLOCK_M), dtype=DT)
+    vc = tl.zeros((offs_dv.shape[0], BLOCK_M), dtype=DT)
+    bad = tl.zeros((BLOCK_M,), dtype=tl.int32)
+    r0, c0, row_end, n_tiles = chunk(k, RPC, rh, rw, BLOCK_N, BW)
+    for _t in tl.range(0, n_tiles, num_stages=STAGES):
+        r, col, valid, _n, sp = tile(r0, row_end, c0, rw, W, BLOCK_N, BW)
+        xt = load_tile(xb, offs_d, sp, valid, D, HW, DT)
+        if BLOCK_N == BW:  # a tile is one row
+            inside = pool_in_row(lo_r, hi_r, lo_c, hi_c, r0, col, ph, pw)
+        else:
+            inside = pool_in(lo_r, hi_r, lo_c, hi_c, r, col, valid, ph, pw)
+        if CAREFUL:
+            finite = tl.abs(xt) < float("inf")  # false for NaN too
+            bad_n = tl.max(tl.where(finite, 0, 1), axis=0)  # [BN]
+            bad += tl.sum(tl.where((bad_n[:, None] > 0) & inside, 1, 0), axis=0)
+            xt = tl.where(finite, xt, 0.0)
+        acc = dot_exact(xt, inside.to(DT), acc, PREC, OP)
+        if AGG:
+            vc = dot_exact(load_tile(vb, offs_dv, sp, valid, DV, HW, DT), inside.to(DT), vc, PREC, OP)
+        r0, c0 = next_tile(r0, c0, rw, BLOCK_N, BW)
+    return acc, vc, bad
 
 
 @kernel
-def _pool_kernel(x_ptr, pc_ptr, H, W_v, fh, fw, rh, rw_v, ph, pw, M, NC, RPC,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BW: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                 VEC: tl.constexpr, STAGES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
-                 OP: tl.constexpr):
+def _pool_kernel(x_ptr, v_ptr, pc_ptr, puv_ptr, H, W_v, fh, fw, rh, rw_v, ph, pw, M, NC, RPC,
+                 AGG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BW: tl.constexpr, D: tl.constexpr,
+                 DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, VEC: tl.constexpr,
+                 STAGES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, OP: tl.constexpr):
     """Partial window means of chunk k for the centres: ``pc [G, NC, M, D]`` (window sums over the chunk's
-    points, divided by the whole window's size).
+    points, divided by the whole window's size); with AGG, those of the value too, ``vc``, into the chunk's
+    slot of ``puv [G, NC, M, DV]`` (the assign kernel adds the chunk's cluster sums ``U`` to it): the window
+    membership tile serves both dots.
 
     A window holding a non-finite x is NaN in every channel (its normalised centre is NaN either way, as
-    adaptive_avg_pool2d's would be); other windows stay finite: non-finite values enter the dot as 0, since
-    ``inf * 0`` would otherwise reach every window of the group."""
+    adaptive_avg_pool2d's would be); other windows stay finite. The sums take x as it is; a non-finite x makes
+    its channel non-finite in every window (``inf * 0``), and only then (or where a sum overflowed) are the x
+    sums made again with non-finite values entering as 0 and the windows holding one counted. Non-finite values
+    of v reach every window, as in the original's dense sums."""
     g = tl.program_id(0)
     k = tl.program_id(1)
     W = W_v * VEC
     rw = rw_v * VEC
     HW = H * W
     xb = x_ptr + group_base(g, fh, fw, rh, rw, D, H, W)
+    vb = v_ptr + group_base(g, fh, fw, rh, rw, DV, H, W)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
     lo_r, hi_r, lo_c, hi_c, inv = windows(offs_m, M, rh, rw, ph, pw, DT)
-    acc = tl.zeros((BLOCK_D, BLOCK_M), dtype=DT)
-    bad = tl.zeros((BLOCK_M,), dtype=tl.int32)  # non-finite points per window
-    r0, c0, row_end, n_tiles = chunk(k, RPC, rh, rw, BLOCK_N, BW)
-    for _t in tl.range(0, n_tiles, num_stages=STAGES):
-        r, col, valid, _n, sp = tile(r0, row_end, c0, rw, W, BLOCK_N, BW)
-        xt = load_tile(xb, offs_d, sp, valid, D, HW, DT)
-        inside = pool_in(lo_r, hi_r, lo_c, hi_c, r, col, valid, ph, pw)
-        finite = tl.abs(xt) < float("inf")  # false for NaN too
-        bad_n = tl.max(tl.where(finite, 0, 1), axis=0)  # [BN]
-        bad += tl.sum(tl.where((bad_n[:, None] > 0) & inside, 1, 0), axis=0)
-        acc = dot_exact(tl.where(finite, xt, 0.0), inside.to(DT), acc, PREC, OP)
-        r0, c0 = next_tile(r0, c0, rw, BLOCK_N, BW)
+    acc, vc, bad = _window_sums(xb, vb, offs_d, offs_dv, lo_r, hi_r, lo_c, hi_c, k, RPC, rh, rw, W, HW, ph, pw,
+                                False, AGG, BLOCK_M, BLOCK_N, BW, D, DV, STAGES, DT, PREC, OP)
+    if tl.max(tl.max(tl.where(tl.abs(acc) < float("inf"), 0, 1), axis=1), axis=0) > 0:  # rare: a non-finite x
+        acc, _vc, bad = _window_sums(xb, vb, offs_d, offs_dv, lo_r, hi_r, lo_c, hi_c, k, RPC, rh, rw, W, HW,
+                                     ph, pw, True, False, BLOCK_M, BLOCK_N, BW, D, DV, STAGES, DT, PREC, OP)
+    part = g.to(tl.int64) * NC + k
     acc = tl.where(bad[None, :] > 0, float("nan"), acc * inv[None, :])
-    ptrs, mask = cm_block(pc_ptr + (g.to(tl.int64) * NC + k) * M * D, offs_d, offs_m, D, M)
+    ptrs, mask = cm_block(pc_ptr + part * M * D, offs_d, offs_m, D, M)
     tl.store(ptrs, acc, mask=mask)
+    if AGG:
+        ptrs, mask = cm_block(puv_ptr + part * M * DV, offs_dv, offs_m, DV, M)
+        tl.store(ptrs, vc * inv[None, :], mask=mask)
 
 
 @kernel
 def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_ptr, alpha_ptr, beta_ptr,
-                   H, W_v, fh, fw, rh, rw_v, ph, pw, M, NC, RPC,
+                   H, W_v, fh, fw, rh, rw_v, M, NC, RPC,
                    AGG: tl.constexpr, BY_COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BW: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                    VEC: tl.constexpr, STAGES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, OP: tl.constexpr):
     """Centres from the partials (chunk 0 stores ``c [G, M, D]``); assignment ``a, sigma [G, N]`` of chunk k;
-    with AGG, partial ``U + vc`` (``puv [G, NC, M, DV]``) and denominators (``pden [G, NC, M]``)."""
+    with AGG, partial ``U + vc`` (``puv [G, NC, M, DV]``: the chunk's ``U`` added to the ``vc`` the pool kernel
+    left there) and denominators (``pden [G, NC, M]``)."""
     g = tl.program_id(0)
     k = tl.program_id(1)
     g64 = g.to(tl.int64)
@@ -95,13 +132,11 @@ def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_pt
     if AGG:
         vb = v_ptr + group_base(g, fh, fw, rh, rw, DV, H, W)
         offs_dv = tl.arange(0, BLOCK_DV)
-        lo_r, hi_r, lo_c, hi_c, inv = windows(offs_m, M, rh, rw, ph, pw, DT)
         uv = tl.zeros((BLOCK_DV, BLOCK_M), dtype=DT)  # U: sum of sigma v over the cluster
-        vc = tl.zeros((BLOCK_DV, BLOCK_M), dtype=DT)  # window sums of v
         den = tl.zeros((BLOCK_M,), dtype=DT)
     r0, c0, row_end, n_tiles = chunk(k, RPC, rh, rw, BLOCK_N, BW)
     for _t in tl.range(0, n_tiles, num_stages=STAGES):
-        r, col, valid, n, sp = tile(r0, row_end, c0, rw, W, BLOCK_N, BW)
+        _r, _col, valid, n, sp = tile(r0, row_end, c0, rw, W, BLOCK_N, BW)
         x_hat, _xn = norm_cols(load_tile(xb, offs_d, sp, valid, D, HW, DT), eps)
         cos = dot_dense(c_hi, c_mid, c_lo, x_hat, PREC, OP)  # [BM, BN]
         s = 1.0 / (1.0 + tl.exp(-(beta_m[:, None] + alpha * cos)))
@@ -121,14 +156,11 @@ def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_pt
                 den += tl.sum(tl.where(onehot, sigma[:, None], 0.0), axis=0)
             vt = load_tile(vb, offs_dv, sp, valid, DV, HW, DT)
             uv = dot_exact(vt * sigma[None, :], onehot.to(DT), uv, PREC, OP)  # [BDV, BM]
-            inside = pool_in(lo_r, hi_r, lo_c, hi_c, r, col, valid, ph, pw)
-            vc = dot_exact(vt, inside.to(DT), vc, PREC, OP)
         r0, c0 = next_tile(r0, c0, rw, BLOCK_N, BW)
     if AGG:
-        uv += vc * inv[None, :]
         part = g64 * NC + k
         ptrs, mask = cm_block(puv_ptr + part * M * DV, offs_dv, offs_m, DV, M)
-        tl.store(ptrs, uv, mask=mask)
+        tl.store(ptrs, uv + tl.load(ptrs, mask=mask, other=0.0), mask=mask)  # U + vc (vc: the pool kernel's)
         tl.store(pden_ptr + part * M + offs_m, den, mask=m_ok)
 
 

@@ -19,23 +19,24 @@ def _contiguous(t: Tensor) -> Tensor:
 def _centres_and_assign(x: Tensor, value, alpha: Tensor, beta: Tensor, q: Geometry, by_count: bool):
     """Launches 1 and 2 of the forward (value None: assignment only). Returns c, a, sigma, puv, pden."""
     dev = x.device
+    agg = value is not None
     pc = empty((q.G, q.NC, q.M, q.D), q.acc, dev, q.policy.poison)
+    # with the value: the pool kernel writes each chunk's vc here, the assign kernel adds its U
+    puv = empty((q.G, q.NC, q.M, q.DV), q.acc, dev, q.policy.poison) if agg else pc
+    v = value if agg else x
     cfg, blocks = q.tiles("pool")
     launch(_pool_kernel, q.grid,
-            dict(x_ptr=x, pc_ptr=pc, **q.region("pool"), **q.sizes("ph", "pw")),
-            dict(**blocks, **q.channels("D"), DT=q.dt, **q.dot), cfg)
+            dict(x_ptr=x, v_ptr=v, pc_ptr=pc, puv_ptr=puv, **q.region("pool"), **q.sizes("ph", "pw")),
+            dict(AGG=agg, **blocks, **q.channels("D", "DV"), DT=q.dt, **q.dot), cfg)
     c = empty((q.G, q.M, q.D), q.acc, dev, q.policy.poison)
     a = empty((q.G, q.N), torch.int32, dev, q.policy.poison)
     sigma = empty((q.G, q.N), q.acc, dev, q.policy.poison)
-    agg = value is not None
-    puv = empty((q.G, q.NC, q.M, q.DV), q.acc, dev, q.policy.poison) if agg else pc
     pden = empty((q.G, q.NC, q.M), q.acc, dev, q.policy.poison) if agg else pc
-    v = value if agg else x
     name = "assign" if agg else "assign_only"
     cfg, blocks = q.tiles(name)
     launch(_assign_kernel, q.grid,
             dict(x_ptr=x, v_ptr=v, pc_ptr=pc, c_ptr=c, a_ptr=a, sig_ptr=sigma, puv_ptr=puv, pden_ptr=pden,
-                 alpha_ptr=alpha, beta_ptr=beta, **q.region(name), **q.sizes("ph", "pw")),
+                 alpha_ptr=alpha, beta_ptr=beta, **q.region(name), **q.sizes()),
             dict(AGG=agg, BY_COUNT=by_count, **blocks, **q.channels("D", "DV"), DT=q.dt,
                  **q.dot), cfg)
     return c, a, sigma, puv, pden

@@ -126,6 +126,17 @@ def pool_in(lo_r, hi_r, lo_c, hi_c, r, col, valid, ph, pw):
             & ((cp + pw)[:, None] > lo_c[None, :]) & (cp[:, None] < hi_c[None, :]))
 
 
+@triton.jit
+def pool_in_row(lo_r, hi_r, lo_c, hi_c, r, col, ph, pw):
+    """:func:`pool_in` of a tile that is one row ``r`` (a scalar, inside the chunk) of the region: the row test is
+    one vector over the windows, and no validity mask is needed (a column past the region, ``col >= rw``, has
+    ``col * pw >= rw * pw``, beyond every window's ``hi_c``)."""
+    rp = r * ph
+    lo = tl.where((rp + ph > lo_r[None, :]) & (rp < hi_r[None, :]), lo_c[None, :], 1 << 30)  # a window off the
+    cp = col * pw  # row holds no column
+    return ((cp + pw)[:, None] > lo) & (cp[:, None] < hi_c[None, :])
+
+
 
 @triton.jit
 def floor_div(a, b, b_inv):
