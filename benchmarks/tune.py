@@ -20,10 +20,13 @@ import torch
 from benchmarks._harness import ON_GPU, make_inputs, mixer_geometry
 from benchmarks._report import report
 from coc_kernels.ops.context_cluster import launch_policy, tune, tuning
+from coc_kernels.ops.context_cluster.config import describe, kernel_config, with_settings
 
 
-def _fmt(c: dict) -> str:
-    return f"BN={c['BLOCK_N']} w={c['num_warps']} stages={c['STAGES']}"
+def _fmt(kernel: str, q, settings: dict) -> str:
+    """The launch configuration ``settings`` (tuned settings) give ``kernel`` in geometry ``q``, register cap included
+    (the shipped cap stays only with the shipped settings)."""
+    return describe(with_settings(kernel_config(kernel, q.M, q.D, q.DV), settings))
 
 
 def main(argv=None):
@@ -61,8 +64,8 @@ def main(argv=None):
                             sm = ms.get(json.dumps(shipped, sort_keys=True))
                             cm = ms.get(json.dumps(e["choice"], sort_keys=True))
                             lines.append(
-                                f"| {arch} s{stage} {centres}c {dtype} | {kernel} | {_fmt(shipped)} | "
-                                f"{'-' if sm is None else f'{sm:.4f}'} | {_fmt(e['choice'])} | "
+                                f"| {arch} s{stage} {centres}c {dtype} | {kernel} | {_fmt(kernel, q, shipped)} | "
+                                f"{'-' if sm is None else f'{sm:.4f}'} | {_fmt(kernel, q, e['choice'])} | "
                                 f"{'-' if cm is None else f'{cm:.4f}'} | {e.get('passed', '-')} / {len(cands) or '-'} "
                                 f"| {e.get('source', 'tuned')} | {e.get('seconds', 0):.1f} |")
     if args.pin:

@@ -13,6 +13,10 @@ from coc_kernels.ops import context_cluster as ops
 from coc_kernels.ops.context_cluster import choices, host, tuning
 
 KW = dict(heads=2, proposal=2, fold=1)
+#: the shipped points per tile at KW's 4 centres (centre class 16), from the one table of launch configurations
+SHIPPED = {k: ops.KERNEL_CONFIGS[k].at(16)["BLOCK_N"] for k in ("pool", "assign_only")}
+#: a point of the tests' tuning space (16, 32) that the pool kernel does not ship
+OTHER = 32 if SHIPPED["pool"] == 16 else 16
 
 
 @pytest.fixture
@@ -60,7 +64,7 @@ def test_the_fastest_checked_candidate_wins_and_is_used(tuner):
     with tuning.timer(timer):
         got = cluster_assignment(x, a, b, impl="triton", **KW)
     assert sorted(set(timer.calls)) == [("assign_only", 16), ("assign_only", 32), ("assign_only", 64),
-                                        ("pool", 16), ("pool", 32)]  # pool ships 32-point tiles
+                                        ("pool", 16), ("pool", 32)]
     table = {e[0]["kernel"]: e[1] for e in tuning.report()}
     assert table["pool"]["choice"]["BLOCK_N"] == 32 and table["assign_only"]["choice"]["BLOCK_N"] == 16
     assert all(c["outcome"] == "ok" for e in table.values() for c in e["candidates"])
@@ -99,20 +103,20 @@ def _sabotage(monkeypatch, kernel, block_n, how):
 
 @pytest.mark.parametrize("how", ["wrong", "raise"])
 def test_a_wrong_or_raising_candidate_is_dropped_even_when_fastest(tuner, monkeypatch, how):
-    _sabotage(monkeypatch, "_pool_kernel", 16, how)
+    _sabotage(monkeypatch, "_pool_kernel", OTHER, how)  # not the shipped tiles, which the assign_only runs use
     x, a, b = inputs()
-    timer = Timer(lambda k, bn: 0.1 if bn == 16 else 1.0)
+    timer = Timer(lambda k, bn: 0.1 if bn == OTHER else 1.0)
     with tuning.timer(timer), warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         cluster_assignment(x, a, b, impl="triton", **KW)
     table = {e[0]["kernel"]: e[1] for e in tuning.report()}
     pool = table["pool"]
-    bad = [c for c in pool["candidates"] if c["config"]["BLOCK_N"] == 16]
+    bad = [c for c in pool["candidates"] if c["config"]["BLOCK_N"] == OTHER]
     assert bad[0]["outcome"].startswith("wrong" if how == "wrong" else "raised"), bad
-    assert pool["choice"]["BLOCK_N"] != 16 and table["assign_only"]["choice"]["BLOCK_N"] == 16
-    assert ("pool", 16) not in timer.calls
+    assert pool["choice"]["BLOCK_N"] != OTHER and table["assign_only"]["choice"]["BLOCK_N"] == OTHER
+    assert ("pool", OTHER) not in timer.calls
     msgs = [str(m.message) for m in w if "dropped" in str(m.message)]
-    assert len(msgs) == 1 and "pool candidate" in msgs[0] and "'BLOCK_N': 16" in msgs[0]
+    assert len(msgs) == 1 and "pool candidate" in msgs[0] and f"'BLOCK_N': {OTHER}" in msgs[0]
 
 
 def test_the_cache_round_trip_and_what_invalidates_it(tuner, monkeypatch):
@@ -158,15 +162,15 @@ def test_the_cache_is_written_atomically(tuner, monkeypatch):
 def test_a_pinned_file_is_used_and_never_tuned(tuner, monkeypatch, tmp_path):
     x, a, b = inputs()
     q = ops.geometry(x, None, 2, 2, 2, 1, 1)
-    pinned = {tuning.key(n, q): dict(choice=dict(BLOCK_N=16, num_warps=4, STAGES=1)) for n in ("pool", "assign_only")}
+    pinned = {tuning.key(n, q): dict(choice=dict(BLOCK_N=OTHER, num_warps=4, STAGES=1)) for n in ("pool", "assign_only")}
     (tmp_path / "pinned.json").write_text(json.dumps(dict(format=1, entries=pinned)))
     monkeypatch.setenv("COC_TUNING_PINNED", str(tmp_path / "pinned.json"))
 
     def never(*_):
         raise AssertionError("timed a pinned key")
     with tuning.timer(never):
-        assert launched(lambda: cluster_assignment(x, a, b, impl="triton", **KW)) == {"_pool_kernel": 16,
-                                                                                      "_assign_kernel": 16}
+        assert launched(lambda: cluster_assignment(x, a, b, impl="triton", **KW)) == {"_pool_kernel": OTHER,
+                                                                                      "_assign_kernel": OTHER}
     assert not os.path.exists(tuning.cache_path())
 
 
@@ -178,8 +182,8 @@ def test_switched_off_the_shipped_configurations_run(tuner, monkeypatch):
     def never(*_):
         raise AssertionError("tuned while off")
     with tuning.timer(never), ops.launch_policy(tuning=False):
-        assert launched(lambda: cluster_assignment(x, a, b, impl="triton", **KW)) == {"_pool_kernel": 32,
-                                                                                      "_assign_kernel": 64}
+        assert launched(lambda: cluster_assignment(x, a, b, impl="triton", **KW)) == {
+            "_pool_kernel": SHIPPED["pool"], "_assign_kernel": SHIPPED["assign_only"]}
     for env, want in (("0", False), ("1", True), ("", True)):
         monkeypatch.setenv("COC_TUNING", env)
         assert ops.LaunchPolicy.from_env().tuning is want
@@ -204,8 +208,8 @@ def test_no_tuning_where_it_cannot_time(tuner, monkeypatch, guard):
     with tuning.timer(never), warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         for _ in range(2):
-            assert launched(lambda: cluster_assignment(x, a, b, impl="triton", **KW)) == {"_pool_kernel": 32,
-                                                                                          "_assign_kernel": 64}
+            assert launched(lambda: cluster_assignment(x, a, b, impl="triton", **KW)) == {
+                "_pool_kernel": SHIPPED["pool"], "_assign_kernel": SHIPPED["assign_only"]}
     msgs = [str(m.message) for m in w if "no launch tuning" in str(m.message)]
     assert len(msgs) == 1, msgs
     assert {"compiling": "torch.compile", "capturing": "CUDA graph",
@@ -357,3 +361,26 @@ def test_an_unreadable_cache_is_ignored_and_rewritten_an_unreadable_pinned_file_
     monkeypatch.setenv("COC_TUNING_PINNED", str(tmp_path / "pinned.json"))
     with pytest.raises(ValueError, match="pinned.json is not readable JSON"):
         cluster_assignment(x, a, b, impl="triton", **KW)
+
+
+def test_configuration_strings_show_the_register_cap_that_travels_with_a_choice(tuner):
+    """The benchmarks' line of launch configurations names a register cap where the configuration has one: a held
+    choice equal to the shipped settings of a capped kernel (assign at 32 centres) keeps the shipped cap; a choice
+    that changes the tile drops it (``config.with_settings``), and the line says so."""
+    from benchmarks._harness import configurations_line
+    from coc_kernels.ops.context_cluster.config import KERNEL_CONFIGS
+    shipped = KERNEL_CONFIGS["assign"].at(32)
+    assert shipped["maxnreg"], "assign at 32 centres ships with a register cap (the premise of this test)"
+    same = {s: shipped[s] for s in tuning.SETTINGS}
+    other = dict(same, BLOCK_N=2 * shipped["BLOCK_N"])
+
+    def held(kernel, dtype, choice):
+        k = json.dumps(dict(kernel=kernel, dtype=dtype, centres=32, d=32, dv=32), sort_keys=True)
+        choices.TABLE[k] = dict(choice=choice, source="tuned")
+    held("assign", "float32", same)
+    held("assign", "bfloat16", other)
+    line = configurations_line()
+    fp32 = next(p for p in line.split("; ") if "assign float32 32c" in p)
+    bf16 = next(p for p in line.split("; ") if "assign bfloat16 32c" in p)
+    assert f"cap={shipped['maxnreg']}" in fp32 and f"BN={shipped['BLOCK_N']} " in fp32, line
+    assert "cap=" not in bf16 and f"BN={2 * shipped['BLOCK_N']} " in bf16, line

@@ -246,6 +246,18 @@ def kernel_config(kernel: str, M: int, D: int, DV: int) -> dict:
     return with_settings(cfg, {**overrides.get("*", {}), **overrides.get(kernel, {})})
 
 
+def describe(cfg: dict) -> str:
+    """A launch configuration in words, for tables and logs: ``BN=16 w=2 stages=2`` (`` cap=128`` with a register
+    cap)."""
+    out = f"BN={cfg['BLOCK_N']} w={cfg['num_warps']} stages={cfg['STAGES']}"
+    return out + (f" cap={cfg['maxnreg']}" if cfg.get("maxnreg") else "")
+
+
+def shipped_at(kernel: str, block_m: int) -> dict:
+    """The shipped configuration of ``kernel`` for centre class ``block_m`` (a tuning key's ``centres``)."""
+    return KERNEL_CONFIGS[kernel].at(block_m)
+
+
 def tile_width(rw: int, block_n: int) -> int:
     """``BW``: columns per tile row for regions ``rw`` wide, a power of two. The fewest masked columns
     (``ceil(rw / BW) * BW - rw``) among widths of at least ``min(8, rw)`` rounded up, the widest on a tie: 16 for
