@@ -82,25 +82,31 @@ def _bwd_main_kernel(x_ptr, v_ptr, dy_ptr, a_ptr, sig_ptr, c_ptr, o_ptr, den_ptr
     dU = do * inv[None, :]
     c_ptrs, dm_mask = cm_block(c_ptr + g64 * M * D, offs_d, offs_m, D, M)
     c_hat, _cn = norm_cols(tl.load(c_ptrs, mask=dm_mask, other=0.0), eps)  # [BD, BM]
-    # this program's copy for the gathers: dU [M, DV] | c_hat [M, D] | dS [M] | dU / |window| [M, DV]
-    scr = scr_ptr + part * M * (2 * DV + D + 1)
+    # this program's copy for the gathers, blocks of BLOCK_M rows at compile-time offsets (a gather of o or
+    # c_hat is then the dU gather's addresses plus a constant, no pointers of its own): dU [BM, DV] | o [BM, DV]
+    # | c_hat [BM, D] | dS [BM] | dU / |window| [BM, DV]
+    S_O: tl.constexpr = BLOCK_M * DV
+    S_C: tl.constexpr = 2 * BLOCK_M * DV
+    S_S: tl.constexpr = S_C + BLOCK_M * D
+    S_W: tl.constexpr = S_S + BLOCK_M
+    scr = scr_ptr + part * (S_W + BLOCK_M * DV)
     ptrs, dvm_mask = cm_block(scr, offs_dv, offs_m, DV, M)
     tl.store(ptrs, dU, mask=dvm_mask)
-    ptrs, _ = cm_block(scr + M * DV, offs_d, offs_m, D, M)
+    o_ptrs, _ = cm_block(o_ptr + g64 * M * DV, offs_dv, offs_m, DV, M)
+    o = tl.load(o_ptrs, mask=dvm_mask, other=0.0)
+    tl.store(ptrs + S_O, o, mask=dvm_mask)
+    ptrs, _ = cm_block(scr + S_C, offs_d, offs_m, D, M)
     tl.store(ptrs, c_hat, mask=dm_mask)
     _lo_r, _hi_r, _lo_c, _hi_c, win_inv = windows(offs_m, M, rh, rw, ph, pw, DT)
-    ptrs, _ = cm_block(scr + M * (DV + D + 1), offs_dv, offs_m, DV, M)
+    ptrs, _ = cm_block(scr + S_W, offs_dv, offs_m, DV, M)
     tl.store(ptrs, dU * win_inv[None, :], mask=dvm_mask)
     if not BY_COUNT:
-        o_ptrs, _ = cm_block(o_ptr + g64 * M * DV, offs_dv, offs_m, DV, M)
-        o = tl.load(o_ptrs, mask=dvm_mask, other=0.0)
-        tl.store(scr + M * (DV + D) + offs_m, -tl.sum(do * o, axis=0) * inv, mask=m_ok)
+        tl.store(scr + S_S + offs_m, -tl.sum(do * o, axis=0) * inv, mask=m_ok)
     tl.debug_barrier()
 
     dch = tl.zeros((BLOCK_D, BLOCK_M), dtype=DT)
     dal = tl.zeros((BLOCK_N,), dtype=DT)
     dbe = tl.zeros((BLOCK_N,), dtype=DT)
-    o_g = o_ptr + g64 * M * DV
     r0, c0, row_end, n_tiles = chunk(k, RPC, rh, rw, BLOCK_N, BW)
     for _t in tl.range(0, n_tiles, num_stages=STAGES):
         r, col, valid, n, sp = tile(r0, row_end, c0, rw, W, BLOCK_N, BW)
@@ -108,19 +114,18 @@ def _bwd_main_kernel(x_ptr, v_ptr, dy_ptr, a_ptr, sig_ptr, c_ptr, o_ptr, den_ptr
         gv = dv_ok[:, None] & valid[None, :]
         gd = d_ok[:, None] & valid[None, :]
         ia = a[None, :] * DV + offs_dv[:, None]  # row a_n of the [M, DV] o and dU
-        o_a = tl.load(o_g + ia, mask=gv, other=0.0)
         dU_a = tl.load(scr + ia, mask=gv, other=0.0)
+        o_a = tl.load(scr + S_O + ia, mask=gv, other=0.0)
         dyt = load_tile(dyb, offs_dv, sp, valid, DV, HW, DT)
         vt = load_tile(vb, offs_dv, sp, valid, DV, HW, DT)
         dsig = tl.sum(dyt * o_a + dU_a * vt, axis=0)
         if not BY_COUNT:
-            dsig += tl.load(scr + M * (DV + D) + a, mask=valid, other=0.0)
+            dsig += tl.load(scr + S_S + a, mask=valid, other=0.0)
         # dv_n = sigma_n dU[a_n] + sum_m w_mn dU_m
-        dvt = sigma[None, :] * dU_a + pool_adjoint(scr + M * (DV + D + 1), offs_dv, DV, r, col, valid, rh, rw,
-                                                    ph, pw, KH, KW, DT)
+        dvt = sigma[None, :] * dU_a + pool_adjoint(scr + S_W, offs_dv, DV, r, col, valid, rh, rw, ph, pw, KH, KW, DT)
         store_tile(dvb, dvt, offs_dv, sp, valid, DV, HW)
         # through s = sigmoid(beta + alpha cos) and the normalisation of x
-        c_a = tl.load(scr + M * DV + a[None, :] * D + offs_d[:, None], mask=gd, other=0.0)  # [BD, BN]
+        c_a = tl.load(scr + S_C + a[None, :] * D + offs_d[:, None], mask=gd, other=0.0)  # [BD, BN]
         x_hat, xn = norm_cols(load_tile(xb, offs_d, sp, valid, D, HW, DT), eps)
         dz = tl.where(valid, dsig * sigma * (1.0 - sigma), 0.0)
         cos_a = tl.sum(c_a * x_hat, axis=0)

@@ -225,10 +225,12 @@ KERNEL_CONFIGS = {
     "bwd_do": KernelConfig(BLOCK_N=(16, 16, 16), num_warps=(4, 4, 4), STAGES=(1, 1, 1),
                            why="16 points: 28-36 resident warps (32 points: 16-28; 64: 176 registers, 2 programs "
                                "per SM); pipelined, it spills (255 registers at sm_90, triton 3.6 and 3.8)"),
-    "bwd_main": KernelConfig(BLOCK_N=(16, 16, 16), num_warps=(4, 4, 8), STAGES=(1, 1, 1), maxnreg=(0, 128, 128),
-                             why="16-point unpipelined tiles: 16-20 resident warps; capped at 128 registers at 25 "
-                                 "and 49 centres, where ptxas left to itself picks 128 (or 80) and spills, or keeps "
-                                 "more and fits fewer programs per SM"),
+    "bwd_main": KernelConfig(BLOCK_N=(16, 16, 32), num_warps=(4, 4, 8), STAGES=(1, 1, 1), maxnreg=(0, 128, 128),
+                             why="unpipelined tiles, 16 resident warps: 16 points on 4 warps at 4 and 25 centres, 32 "
+                                 "on 8 warps at 49 (16 points there: 8 warps' per-point work made for half as many "
+                                 "points; 4 warps spill); capped at 128 registers at 25 and 49 centres, where ptxas "
+                                 "left to itself keeps more and fits fewer programs per SM, or takes 128 and spills "
+                                 "(49 centres, triton 3.6)"),
     "bwd_pool": KernelConfig(BLOCK_N=(64, 64, 64), num_warps=(8, 8, 8), STAGES=(2, 2, 2), maxnreg=(0, 0, 64),
                            why="gathers, no dot; at 49 centres ptxas left to itself takes 48 registers and "
                                "spills at sm_90 (triton 3.8)"),

@@ -82,7 +82,7 @@ def fused_backward(dy: Tensor, x: Tensor, value: Tensor, alpha: Tensor, a: Tenso
     launch(_bwd_do_kernel, q.grid,
             dict(dy_ptr=dy, a_ptr=a, sig_ptr=sigma, pdo_ptr=pdo, **q.region("bwd_do"), **q.sizes()),
             dict(**blocks, **q.channels("DV"), DT=q.dt, **q.dot), cfg)
-    scr = empty((q.G, q.NC, q.M * (2 * q.DV + q.D + 1)), q.acc, dev, q.policy.poison)
+    scr = empty((q.G, q.NC, q.BM * (3 * q.DV + q.D + 1)), q.acc, dev, q.policy.poison)  # bwd_main's layout
     # the direct part of dx, completed by the last launch (in place when x is fp32)
     dxi = empty(x.shape, q.acc, dev, q.policy.poison)
     dv = empty(value.shape, value.dtype, dev, q.policy.poison)
