@@ -26,10 +26,11 @@ adjoints, a point lying in at most 2x2 windows) are loads from a tiny per-progra
 that stays in L1/L2.
 
 Forward, 3 launches:
-  1. ``_pool_kernel``: partial window sums of x for the centres ``c`` (adaptive-avg-pool windows);
+  1. ``_pool_kernel``: partial window sums of x for the centres ``c`` (adaptive-avg-pool windows) and of the
+     value, ``vc`` (one window-membership tile for both);
   2. ``_assign_kernel``: ``c = sum of partials``; ``s = sigmoid(beta + alpha <c_hat, x_hat>)``,
      ``a = argmax_m s`` (first index on ties), ``sigma = max_m s``; partial sums of
-     ``U + vc = sum_n (onehot*sigma + pool weight) v_n`` and of the denominator;
+     ``U = sum_n onehot*sigma v_n``, added to the pool kernel's ``vc``, and of the denominator;
   3. ``_dispatch_kernel``: ``o = (U + vc) / (den + 1)``, ``y_n = sigma_n * o[a_n]``.
 Backward, 3 launches:
   1. ``_bwd_do_kernel``: partial ``do_m = sum_{a_n=m} sigma_n dy_n``;

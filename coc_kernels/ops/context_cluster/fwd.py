@@ -149,7 +149,7 @@ def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_pt
         tl.store(a_ptr + g64 * N + n, a, mask=valid)
         tl.store(sig_ptr + g64 * N + n, sigma, mask=valid)
         if AGG:
-            onehot = (a[:, None] == offs_m[None, :]) & valid[:, None]  # [BN, BM]
+            onehot = tl.where(valid, a, -1)[:, None] == offs_m[None, :]  # [BN, BM]; masked points in no cluster
             if BY_COUNT:
                 den += tl.sum(onehot.to(DT), axis=0)
             else:
