@@ -162,7 +162,8 @@ def test_the_cache_is_written_atomically(tuner, monkeypatch):
 def test_a_pinned_file_is_used_and_never_tuned(tuner, monkeypatch, tmp_path):
     x, a, b = inputs()
     q = ops.geometry(x, None, 2, 2, 2, 1, 1)
-    pinned = {tuning.key(n, q): dict(choice=dict(BLOCK_N=OTHER, num_warps=4, STAGES=1)) for n in ("pool", "assign_only")}
+    pinned = {tuning.key(n, q): dict(choice=dict(BLOCK_N=OTHER, num_warps=4, STAGES=1))
+              for n in ("pool", "assign_only")}
     (tmp_path / "pinned.json").write_text(json.dumps(dict(format=1, entries=pinned)))
     monkeypatch.setenv("COC_TUNING_PINNED", str(tmp_path / "pinned.json"))
 
