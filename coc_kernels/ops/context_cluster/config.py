@@ -208,9 +208,10 @@ class KernelConfig:
 #: tensor cores and hold their operands in shared memory, so tiles of 32-64 points fit.
 KERNEL_CONFIGS = {
     "pool": KernelConfig(BLOCK_N=(16, 16, 16), num_warps=(2, 2, 2), STAGES=(2, 2, 2),
-                         why="pipelined, 16-32 point tiles on 2 warps: 12-16 resident warps with the value's window "
-                             "sums beside the centres' (4 warps: 16 resident but each per-(point, centre) membership "
-                             "instruction made by twice the threads; 32 points at 49 centres: 231 registers)"),
+                         why="pipelined 16-point tiles on 2 warps: 12-24 resident warps with the value's window "
+                             "sums beside the centres' (4 warps: more resident, but each per-(point, centre) "
+                             "membership instruction made by twice the threads; 32 points at 49 centres: 231 "
+                             "registers)"),
     "assign": KernelConfig(BLOCK_N=(16, 16, 16), num_warps=(2, 2, 4), STAGES=(1, 2, 1), maxnreg=(112, 128, 0),
                            why="one warp per 16 centres: the similarity dot feeds the one-hot dots, so triton lays "
                                "its warps along the centres (a chained dot), and more than BLOCK_M / 16 warps would "

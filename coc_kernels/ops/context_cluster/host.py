@@ -101,8 +101,9 @@ def fused_backward(dy: Tensor, x: Tensor, value: Tensor, alpha: Tensor, a: Tenso
     dalpha = empty(alpha.shape, q.acc, dev, q.policy.poison)
     dbeta = empty(alpha.shape, q.acc, dev, q.policy.poison)
     cfg, blocks = q.tiles("bwd_pool")
+    scr_pool = scr.view(-1)[:q.G * q.NC * q.M * q.D]  # the part the last launch uses: its dc copies [G, NC, M, D]
     launch(_bwd_pool_kernel, q.grid,
-            dict(dxi_ptr=dxi, dx_ptr=dx, c_ptr=c, pdc_ptr=pdc, pdab_ptr=pdab, scr_ptr=scr, dalpha_ptr=dalpha,
+            dict(dxi_ptr=dxi, dx_ptr=dx, c_ptr=c, pdc_ptr=pdc, pdab_ptr=pdab, scr_ptr=scr_pool, dalpha_ptr=dalpha,
                  dbeta_ptr=dbeta, **q.region("bwd_pool"), **q.sizes("ph", "pw"), NPART=q.G * q.NC),
             dict(**blocks, **q.channels("D"), BLOCK_P=q.policy.partial_block, KH=q.KH, KW=q.KW, DT=q.dt), cfg)
     if q.G * q.NC == 0:  # empty input: no program ran

@@ -132,8 +132,8 @@ def pool_in_row(lo_r, hi_r, lo_c, hi_c, r, col, ph, pw):
     one vector over the windows, and no validity mask is needed (a column past the region, ``col >= rw``, has
     ``col * pw >= rw * pw``, beyond every window's ``hi_c``)."""
     rp = r * ph
-    lo = tl.where((rp + ph > lo_r[None, :]) & (rp < hi_r[None, :]), lo_c[None, :], 1 << 30)  # a window off the
-    cp = col * pw  # row holds no column
+    lo = tl.where((rp + ph > lo_r[None, :]) & (rp < hi_r[None, :]), lo_c[None, :], 1 << 30)  # off the row: empty
+    cp = col * pw
     return ((cp + pw)[:, None] > lo) & (cp[:, None] < hi_c[None, :])
 
 
