@@ -181,8 +181,8 @@ def configurations_line() -> str:
     held = tuning.report()
     if not held:
         return "Launch configurations: the shipped ones (tuning on; nothing tuned in this process: no CUDA device)."
-    from coc_kernels.ops.context_cluster.config import describe, shipped_at, with_settings
-    parts = [f"{k['kernel']} {k['dtype']} {k['centres']}c d{k['d']}: "
-             f"{describe(with_settings(shipped_at(k['kernel'], k['centres']), e['choice']))} "
+    from coc_kernels.ops.context_cluster.config import KERNEL_CONFIGS, describe, with_settings
+    parts = [f"{k['kernel']} {k['dtype']} {k['centres']}c d{k['d']}: "  # a key's centres: its centre class
+             f"{describe(with_settings(KERNEL_CONFIGS[k['kernel']].at(k['centres']), e['choice']))} "
              f"({e.get('source', 'tuned')})" for k, e in held]
     return f"Launch configurations (tuning on, cache {tuning.cache_path()}): " + "; ".join(parts)

@@ -257,11 +257,6 @@ def describe(cfg: dict) -> str:
     return out + (f" cap={cfg['maxnreg']}" if cfg.get("maxnreg") else "")
 
 
-def shipped_at(kernel: str, block_m: int) -> dict:
-    """The shipped configuration of ``kernel`` for centre class ``block_m`` (a tuning key's ``centres``)."""
-    return KERNEL_CONFIGS[kernel].at(block_m)
-
-
 def tile_width(rw: int, block_n: int) -> int:
     """``BW``: columns per tile row for regions ``rw`` wide, a power of two. The fewest masked columns
     (``ceil(rw / BW) * BW - rw``) among widths of at least ``min(8, rw)`` rounded up, the widest on a tie: 16 for
