@@ -22,8 +22,9 @@ the order of the sums (``dots.dot_exact``); the dense-by-dense similarity takes 
 (``dots.dot_dense``). TF32 (10 bits) would flip assignments against the fp32 reference; FMA dots ("ieee", still
 selectable, and what fp64 inputs take) cost ~1,000-2,400 FMAs per point. Window weights ``1/|window|`` are
 applied once per window after the sums. Gathers (``o[a_n]``, ``dU[a_n]``, ``c_hat[a_n]``, and the pooling
-adjoints, a point lying in at most 2x2 windows) are loads from a tiny per-program copy of the group state
-that stays in L1/L2.
+adjoints) are loads from a tiny per-program copy of the group state that stays in L1/L2. A point lies in at
+most 2x2 windows, the same set for every point of a cell of a fixed grid: each program first sums the windows'
+rows per cell (``tiles.adjoint_table``), so a point's adjoint is one gather, not four.
 
 Forward, 3 launches:
   1. ``_pool_kernel``: partial window sums of x for the centres ``c`` (adaptive-avg-pool windows) and of the

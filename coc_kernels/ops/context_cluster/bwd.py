@@ -11,7 +11,7 @@ import triton.language as tl
 
 from .dots import dot_exact
 from .tiles import (chunk, cm_block, group_base, kernel, load_assignment, load_tile, next_tile, norm_cols,
-                    pool_adjoint, store_tile, sum_partials, tile, windows)
+                    adjoint_table, pool_adjoint, store_tile, sum_partials, tile, windows)
 
 
 @kernel
@@ -84,12 +84,13 @@ def _bwd_main_kernel(x_ptr, v_ptr, dy_ptr, a_ptr, sig_ptr, c_ptr, o_ptr, den_ptr
     c_hat, _cn = norm_cols(tl.load(c_ptrs, mask=dm_mask, other=0.0), eps)  # [BD, BM]
     # this program's copy for the gathers, blocks of BLOCK_M rows at compile-time offsets (a gather of o or
     # c_hat is then the dU gather's addresses plus a constant, no pointers of its own): dU [BM, DV] | o [BM, DV]
-    # | c_hat [BM, D] | dS [BM] | dU / |window| [BM, DV]
+    # | c_hat [BM, D] | dS [BM] | dU / |window| [BM, DV] | its adjoint table [KH*KW*BM, DV]
     S_O: tl.constexpr = BLOCK_M * DV
     S_C: tl.constexpr = 2 * BLOCK_M * DV
     S_S: tl.constexpr = S_C + BLOCK_M * D
     S_W: tl.constexpr = S_S + BLOCK_M
-    scr = scr_ptr + part * (S_W + BLOCK_M * DV)
+    S_T: tl.constexpr = S_W + BLOCK_M * DV
+    scr = scr_ptr + part * (S_T + KH * KW * BLOCK_M * DV)
     ptrs, dvm_mask = cm_block(scr, offs_dv, offs_m, DV, M)
     tl.store(ptrs, dU, mask=dvm_mask)
     o_ptrs, _ = cm_block(o_ptr + g64 * M * DV, offs_dv, offs_m, DV, M)
@@ -102,6 +103,8 @@ def _bwd_main_kernel(x_ptr, v_ptr, dy_ptr, a_ptr, sig_ptr, c_ptr, o_ptr, den_ptr
     tl.store(ptrs, dU * win_inv[None, :], mask=dvm_mask)
     if not BY_COUNT:
         tl.store(scr + S_S + offs_m, -tl.sum(do * o, axis=0) * inv, mask=m_ok)
+    tl.debug_barrier()
+    adjoint_table(scr + S_W, scr + S_T, offs_dv, DV, ph, pw, KH, KW, BLOCK_M)
     tl.debug_barrier()
 
     dch = tl.zeros((BLOCK_D, BLOCK_M), dtype=DT)
@@ -122,7 +125,7 @@ def _bwd_main_kernel(x_ptr, v_ptr, dy_ptr, a_ptr, sig_ptr, c_ptr, o_ptr, den_ptr
         if not BY_COUNT:
             dsig += tl.load(scr + S_S + a, mask=valid, other=0.0)
         # dv_n = sigma_n dU[a_n] + sum_m w_mn dU_m
-        dvt = sigma[None, :] * dU_a + pool_adjoint(scr + S_W, offs_dv, DV, r, col, valid, rh, rw, ph, pw, KH, KW, DT)
+        dvt = sigma[None, :] * dU_a + pool_adjoint(scr + S_T, offs_dv, DV, r, col, valid, rh, rw, ph, pw, KH, KW)
         store_tile(dvb, dvt, offs_dv, sp, valid, DV, HW)
         # through s = sigmoid(beta + alpha cos) and the normalisation of x
         c_a = tl.load(scr + S_C + a[None, :] * D + offs_d[:, None], mask=gd, other=0.0)  # [BD, BN]
@@ -168,9 +171,12 @@ def _bwd_pool_kernel(dxi_ptr, dx_ptr, c_ptr, pdc_ptr, pdab_ptr, scr_ptr, dalpha_
     cproj = tl.where(cn > eps, tl.sum(c_hat * dch, axis=0), 0.0)
     dc = (dch - c_hat * cproj[None, :]) / tl.maximum(cn, eps)[None, :]
     _lo_r, _hi_r, _lo_c, _hi_c, win_inv = windows(offs_m, M, rh, rw, ph, pw, DT)
-    scr = scr_ptr + (g64 * NC + k) * M * D  # this program's copy of dc / |window| [M, D] for the gathers
+    # this program's copy of dc / |window| [BM, D] and its adjoint table [KH*KW*BM, D] for the gathers
+    scr = scr_ptr + (g64 * NC + k) * ((1 + KH * KW) * BLOCK_M * D)
     ptrs, _ = cm_block(scr, offs_d, offs_m, D, M)
     tl.store(ptrs, dc * win_inv[None, :], mask=mask_dm)
+    tl.debug_barrier()
+    adjoint_table(scr, scr + BLOCK_M * D, offs_d, D, ph, pw, KH, KW, BLOCK_M)
     tl.debug_barrier()
 
     off = group_base(g, fh, fw, rh, rw, D, H, W)
@@ -180,7 +186,7 @@ def _bwd_pool_kernel(dxi_ptr, dx_ptr, c_ptr, pdc_ptr, pdab_ptr, scr_ptr, dalpha_
     for _t in tl.range(0, n_tiles, num_stages=STAGES):
         r, col, valid, _n, sp = tile(r0, row_end, c0, rw, W, BLOCK_N, BW)
         dxt = load_tile(dxib, offs_d, sp, valid, D, HW, DT)
-        dxt += pool_adjoint(scr, offs_d, D, r, col, valid, rh, rw, ph, pw, KH, KW, DT)
+        dxt += pool_adjoint(scr + BLOCK_M * D, offs_d, D, r, col, valid, rh, rw, ph, pw, KH, KW)
         store_tile(dxb, dxt, offs_d, sp, valid, D, HW)
         r0, c0 = next_tile(r0, c0, rw, BLOCK_N, BW)
 

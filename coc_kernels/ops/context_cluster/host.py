@@ -82,7 +82,11 @@ def fused_backward(dy: Tensor, x: Tensor, value: Tensor, alpha: Tensor, a: Tenso
     launch(_bwd_do_kernel, q.grid,
             dict(dy_ptr=dy, a_ptr=a, sig_ptr=sigma, pdo_ptr=pdo, **q.region("bwd_do"), **q.sizes()),
             dict(**blocks, **q.channels("DV"), DT=q.dt, **q.dot), cfg)
-    scr = empty((q.G, q.NC, q.BM * (3 * q.DV + q.D + 1)), q.acc, dev, q.policy.poison)  # bwd_main's layout
+    # the kernels' scratch copies: bwd_main's [BM, 3 DV + D + 1] and adjoint table [KH*KW*BM, DV]; then bwd_pool's
+    # dc copy [BM, D] and adjoint table [KH*KW*BM, D]
+    cells = q.KH * q.KW * q.BM
+    scr = empty((q.G, q.NC, max(q.BM * (3 * q.DV + q.D + 1) + cells * q.DV, q.BM * q.D + cells * q.D)), q.acc, dev,
+                q.policy.poison)
     # the direct part of dx, completed by the last launch (in place when x is fp32)
     dxi = empty(x.shape, q.acc, dev, q.policy.poison)
     dv = empty(value.shape, value.dtype, dev, q.policy.poison)
@@ -101,7 +105,7 @@ def fused_backward(dy: Tensor, x: Tensor, value: Tensor, alpha: Tensor, a: Tenso
     dalpha = empty(alpha.shape, q.acc, dev, q.policy.poison)
     dbeta = empty(alpha.shape, q.acc, dev, q.policy.poison)
     cfg, blocks = q.tiles("bwd_pool")
-    scr_pool = scr.view(-1)[:q.G * q.NC * q.M * q.D]  # the part the last launch uses: its dc copies [G, NC, M, D]
+    scr_pool = scr.view(-1)[:q.G * q.NC * (q.BM * q.D + cells * q.D)]  # the part the last launch uses
     launch(_bwd_pool_kernel, q.grid,
             dict(dxi_ptr=dxi, dx_ptr=dx, c_ptr=c, pdc_ptr=pdc, pdab_ptr=pdab, scr_ptr=scr_pool, dalpha_ptr=dalpha,
                  dbeta_ptr=dbeta, **q.region("bwd_pool"), **q.sizes("ph", "pw"), NPART=q.G * q.NC),

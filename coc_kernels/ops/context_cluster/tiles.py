@@ -148,31 +148,57 @@ def floor_div(a, b, b_inv):
 
 
 @triton.jit
-def pool_adjoint(src, offs_c, C, r, col, valid, rh, rw, ph, pw, KH: tl.constexpr, KW: tl.constexpr,
-                  DT: tl.constexpr):
-    """``sum_m w_mn src[m, c]`` for every point of the tile, ``[BLOCK_C, points]``, with ``src`` a row-major
-    ``[M, C]`` copy in memory (L1-resident) already scaled by ``1/|window m|``. A gather, not a dot: point
-    (r, s) lies only in the windows ``i = i0 .. i0+KH-1`` with ``i0 = r*ph // rh`` (and ``j`` likewise),
-    ``KH = 1 + ceil(ph / rh)`` (2 unless regions are tiny). Window i0 always holds the point
-    (``i0*rh <= r*ph < (i0+1)*rh``); a later ``i`` does iff ``i*rh < (r+1)*ph`` (its other bound and
-    ``i < ph`` follow), so one comparison per extra row and column of windows."""
+def adjoint_table(src, dst, offs_c, C, ph, pw, KH: tl.constexpr, KW: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The pooling adjoint's table: ``dst[t, c] = sum_{m in cell t} src[m, c]`` for the ``KH*KW*BLOCK_M`` cells
+    of the ``ph*KH x pw*KW`` grid, ``src`` and ``dst`` row-major ``[., C]`` copies in memory, ``src`` already
+    scaled by ``1/|window m|``. A point (r, s) lies in the windows ``i = i0 .. i0+er`` and ``j = j0 .. j0+ec``
+    (:func:`adjoint_cells`): cell ``t = (i0*KH + er) * pw*KW + j0*KW + ec``. Made once per program, so a point's
+    adjoint is one gather (:func:`pool_adjoint`), summed here in the order the point's windows would be."""
+    c_ok = (offs_c < C)[:, None]
+    for t0 in tl.static_range(0, KH * KW * BLOCK_M, BLOCK_M):
+        t = t0 + tl.arange(0, BLOCK_M)
+        ri = t // (pw * KW)
+        ci = t - ri * (pw * KW)
+        i0 = ri // KH
+        j0 = ci // KW
+        er = ri - i0 * KH
+        ec = ci - j0 * KW
+        live = i0 < ph
+        acc = tl.zeros((offs_c.shape[0], BLOCK_M), dtype=dst.dtype.element_ty)
+        for di in tl.static_range(KH):
+            for dj in tl.static_range(KW):
+                ok = live & (di <= er) & (dj <= ec) & (i0 + di < ph) & (j0 + dj < pw)
+                m = (i0 + di) * pw + j0 + dj
+                acc += tl.load(src + m[None, :] * C + offs_c[:, None], mask=ok[None, :] & c_ok, other=0.0)
+        tl.store(dst + t[None, :] * C + offs_c[:, None], acc, mask=live[None, :] & c_ok)
+
+
+@triton.jit
+def adjoint_cells(r, col, rh, rw, ph, pw, KH: tl.constexpr, KW: tl.constexpr):
+    """The :func:`adjoint_table` cell of each point (r, s) of a tile: its windows are ``i = i0 .. i0+er`` with
+    ``i0 = r*ph // rh`` (``i0*rh <= r*ph < (i0+1)*rh``: window i0 always holds the point) and ``er`` the number of
+    later rows of windows that start before the point's row ends (``i*rh < (r+1)*ph``; their other bound and
+    ``i < ph`` follow), at most ``KH - 1 = ceil(ph / rh)``; ``j`` likewise."""
     rp = r * ph
     cp = col * pw
     i0 = floor_div(rp, rh, 1.0 / rh.to(tl.float32))
     j0 = floor_div(cp, rw, 1.0 / rw.to(tl.float32))
-    base = src + (i0 * pw + j0)[None, :] * C + offs_c[:, None]  # window (i0, j0); the others at fixed steps
-    c_ok = (offs_c < C)[:, None]
-    acc = tl.zeros((offs_c.shape[0], r.shape[0]), dtype=DT)
-    for di in tl.static_range(KH):
-        in_i = valid
-        if di > 0:
-            in_i = in_i & ((i0 + di) * rh < rp + ph)
-        for dj in tl.static_range(KW):
-            ok = in_i
-            if dj > 0:
-                ok = ok & ((j0 + dj) * rw < cp + pw)
-            acc += tl.load(base + (di * pw + dj) * C, mask=ok[None, :] & c_ok, other=0.0)
-    return acc
+    er = i0 * 0
+    for di in tl.static_range(1, KH):
+        er += tl.where((i0 + di) * rh < rp + ph, 1, 0)
+    ec = j0 * 0
+    for dj in tl.static_range(1, KW):
+        ec += tl.where((j0 + dj) * rw < cp + pw, 1, 0)
+    return (i0 * KH + er) * (pw * KW) + j0 * KW + ec
+
+
+@triton.jit
+def pool_adjoint(table, offs_c, C, r, col, valid, rh, rw, ph, pw, KH: tl.constexpr, KW: tl.constexpr):
+    """``sum_m w_mn src[m, c]`` for every point of the tile, ``[BLOCK_C, points]``: one gather from the
+    :func:`adjoint_table` of ``src`` (L1-resident), not a dot over the centres."""
+    cell = adjoint_cells(r, col, rh, rw, ph, pw, KH, KW)
+    return tl.load(table + cell[None, :] * C + offs_c[:, None], mask=(offs_c < C)[:, None] & valid[None, :],
+                   other=0.0)
 
 
 @triton.jit
