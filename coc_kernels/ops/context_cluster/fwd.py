@@ -133,7 +133,7 @@ def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_pt
         vb = v_ptr + group_base(g, fh, fw, rh, rw, DV, H, W)
         offs_dv = tl.arange(0, BLOCK_DV)
         uv = tl.zeros((BLOCK_DV, BLOCK_M), dtype=DT)  # U: sum of sigma v over the cluster
-        den = tl.zeros((BLOCK_N, BLOCK_M), dtype=DT)  # per tile position; summed over them after the loop
+        den = tl.zeros((BLOCK_M,), dtype=DT)
     r0, c0, row_end, n_tiles = chunk(k, RPC, rh, rw, BLOCK_N, BW)
     for _t in tl.range(0, n_tiles, num_stages=STAGES):
         _r, _col, valid, n, sp = tile(r0, row_end, c0, rw, W, BLOCK_N, BW)
@@ -151,9 +151,9 @@ def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_pt
         if AGG:
             onehot = tl.where(valid, a, -1)[:, None] == offs_m[None, :]  # [BN, BM]; masked points in no cluster
             if BY_COUNT:
-                den += onehot.to(DT)
+                den += tl.sum(onehot.to(DT), axis=0)
             else:
-                den += tl.where(onehot, sigma[:, None], 0.0)
+                den += tl.sum(tl.where(onehot, sigma[:, None], 0.0), axis=0)
             vt = load_tile(vb, offs_dv, sp, valid, DV, HW, DT)
             uv = dot_exact(vt * sigma[None, :], onehot.to(DT), uv, PREC, OP)  # [BDV, BM]
         r0, c0 = next_tile(r0, c0, rw, BLOCK_N, BW)
@@ -161,7 +161,7 @@ def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_pt
         part = g64 * NC + k
         ptrs, mask = cm_block(puv_ptr + part * M * DV, offs_dv, offs_m, DV, M)
         tl.store(ptrs, uv + tl.load(ptrs, mask=mask, other=0.0), mask=mask)  # U + vc (vc: the pool kernel's)
-        tl.store(pden_ptr + part * M + offs_m, tl.sum(den, axis=0), mask=m_ok)
+        tl.store(pden_ptr + part * M + offs_m, den, mask=m_ok)
 
 
 @kernel
