@@ -85,6 +85,12 @@ MUTANTS = [
     ("kernel: last index on ties", KF, "a = tl.min(tl.where(s == sigma[None, :], offs_m[:, None], BLOCK_M), axis=0)",
      "a = tl.max(tl.where(s == sigma[None, :], offs_m[:, None], -1), axis=0)",
      [T, "-k", "ties_first_index or identical_points"], False),
+    ("chunking: equal chunks ignored", "coc_kernels/ops/context_cluster/config.py",
+     '    unit = 1 if c["balanced"] else row_unit', "    unit = row_unit",
+     ["tests/ops/test_launch_config.py", "-k", "shipped_chunking"], False),
+    ("chunking: the centre class's target ignored", "coc_kernels/ops/context_cluster/config.py",
+     '    target = policy().target_programs or c["programs"]', "    target = policy().target_programs or 1024",
+     ["tests/ops/test_launch_config.py", "-k", "shipped_chunking"], False),
     # tools and loading
     ("mmseg 0.x checkpoints not switched to count", "coc_det/checkpoint.py", '("mmseg", "0.")',
      '("mmseg", "9.")', ["tests/integration/test_tools.py", "-k", "count_denominator"], False),

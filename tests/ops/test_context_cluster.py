@@ -205,7 +205,7 @@ def test_dalpha_dbeta_sum_every_block_of_partials():
     """Over 40 (group, chunk) partials summed 16 at a time (partial_block, 256 in use: 289+ groups would take a
     minute in the interpreter): dalpha/dbeta equal dense, so no block of partials is dropped."""
     x, v, a, b = make(1, 2, 8, 8, 8, 10, alpha=1.0, beta=0.2)
-    with ops.launch_policy(partial_block=16):
+    with ops.launch_policy(partial_block=16, target_programs=1):  # one chunk per group: 40 = 16 + 16 + 8
         q = ops.Geometry(x, v, 2, 2, 2, 4, 5)
         assert q.G * q.NC == 40
         assert_matches_dense("triton", x, v, a, b, heads=2, proposal=2, fold=(4, 5))

@@ -15,10 +15,24 @@ def test_chunked_groups(target):
     x, v, a, b = make(1, 2, 16, 16, 20, 26, alpha=1.3, beta=-0.2)  # 2 groups of N = 520 points
     with ops.launch_policy(target_programs=target):
         q = ops.Geometry(x, v, 2, 3, 2, 1, 1)
-        # chunks are whole multiples of the tallest tile's rows (row_unit) of the 20 region rows
-        expected = {1: 1, 4: 2, 10 ** 6: min(ops.MAX_CHUNKS, -(-20 // q.row_unit))}[target]
-        assert q.NC == expected and (target < 10 ** 6 or q.NC > 2)
+        # 6 centres chunk into equal rows: 20 region rows as 1 x 20, 2 x 10, and at most one chunk per 2 rows (the
+        # tallest tile here, q.row_unit), so 10 of 2 rows
+        assert q.row_unit == 2
+        assert (q.NC, q.rpc) == {1: (1, 20), 4: (2, 10), 10 ** 6: (10, 2)}[target]
         assert_matches_dense("triton", x, v, a, b, heads=2, proposal=(3, 2), fold=1, denominator="similarity")
+
+
+@pytest.mark.parametrize("centres, target, expected", [
+    (4, None, (4, 7)), (25, None, (2, 13)), (49, None, (2, 16)),  # the shipped targets, 2048 / 1024 / 1024
+    (4, 1024, (2, 13)), (49, 4096, (7, 4)), (25, 2048, (4, 7)),  # the policy's target, the class's kind of chunk
+])
+def test_shipped_chunking_by_centre_class(centres, target, expected):
+    """Chunks per centre class (``CHUNKING``): 512 groups of 25 region rows with 4-row tiles the tallest, as the
+    small model's stage 1 on 800x1344. 4 centres aim for 2048 programs in equal chunks (ceil(25 / 4) = 7 rows:
+    7, 7, 7, 4), 25 centres for 1024 (13 + 12), 49 centres for 1024 in whole multiples of the 4-row tiles (16 + 9,
+    the longer chunk first); a policy's target replaces the class's and keeps its kind of chunk."""
+    with ops.launch_policy(target_programs=target):
+        assert ops.chunking(512, 25, 4, centres) == expected
 
 
 def test_the_launch_geometry_is_made_once_per_shape_and_policy():
@@ -91,9 +105,9 @@ def test_launch_policy_is_scoped_and_checked():
     before = ops.policy()
     with pytest.raises(RuntimeError, match="inside"):
         with ops.launch_policy(target_programs=5, partial_block=16):
-            assert ops.policy().partial_block == 16 and ops.chunking(1, 10, 1)[0] == 5
+            assert ops.policy().partial_block == 16 and ops.chunking(1, 10, 1, 25)[0] == 5
             raise RuntimeError("inside")
-    assert ops.policy() is before and ops.chunking(1, 10, 1)[0] == 10
+    assert ops.policy() is before and ops.chunking(1, 10, 1, 25)[0] == 10
     for bad in (dict(partial_block=12), dict(target_programs=0), dict(precision="tf16")):
         with pytest.raises(ValueError):
             with ops.launch_policy(**bad):
@@ -131,9 +145,41 @@ def test_a_register_cap_belongs_to_the_settings_it_was_chosen_for(monkeypatch):
         y = context_cluster(x, v, a, b, heads=2, proposal=(7, 7), fold=1, impl="triton")
         y.backward(torch.ones_like(y))
     caps = {r.kernel.fn.__name__: r.maxnreg for r in rec}
-    assert caps["_bwd_main_kernel"] == 128 and caps["_bwd_do_kernel"] == 0
+    assert ops.KERNEL_CONFIGS["pool"].at(64)["maxnreg"] == 0  # pool ships no cap at 49 centres
+    assert caps["_bwd_main_kernel"] == 128 and caps["_pool_kernel"] == 0
     from coc_kernels.ops.context_cluster.launch import launch_options
     opts = {r.kernel.fn.__name__: launch_options(r) for r in rec}  # what the launch gives triton
     assert opts["_bwd_main_kernel"] == dict(num_warps=8, num_stages=1, maxnreg=128)
-    assert "maxnreg" not in opts["_bwd_do_kernel"]
+    assert "maxnreg" not in opts["_pool_kernel"]
     # what the compile gate builds from it: tests/ops/test_compile_gate.py::test_a_register_cap_reaches_ptxas
+
+
+
+_SWEEP_SCRIPT = """
+import dataclasses, json
+from benchmarks import sweep_chunking
+from coc_kernels.ops.context_cluster import config
+shipped = config.CHUNKING
+one = sweep_chunking._launches(["small"], [25], dataclasses.replace(shipped, programs=(1, 1, 1)))
+again = sweep_chunking._launches(["small"], [25])
+print(json.dumps(dict(one=sorted({len(t) for made in one.values() for _, t, _, _ in made}),
+                      again=sorted({len(t) for _, t, _, _ in again["small s1 25c float32 similarity"]}),
+                      restored=config.CHUNKING is shipped)))
+"""
+
+
+def test_the_chunking_sweep_records_each_candidate_and_restores_the_shipped_one():
+    """``benchmarks/sweep_chunking.py`` estimates each candidate on launches recorded under it: a candidate of one
+    program per group gives every launch one chunk, the shipped chunking two at small stage 1 (512 groups, 25
+    rows), and the shipped table is back afterwards. (Recorded specs need the compiler's kernels: a subprocess
+    without the interpreter; nothing compiles or runs.)"""
+    import json
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", _SWEEP_SCRIPT], cwd=root, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == dict(one=[1], again=[2], restored=True)

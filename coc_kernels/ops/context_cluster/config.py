@@ -22,8 +22,9 @@ class LaunchPolicy:
     every result, is the same on every GPU. The one in force is :func:`policy`; change it for a block with
     :func:`launch_policy` (tests, tuning sweeps, the compile gate). Every field is checked here, where it is set."""
 
-    #: programs a launch aims for: groups are split into chunks until G * NC reaches this
-    target_programs: int = 1024
+    #: programs a launch aims for: groups are split into chunks until G * NC reaches this; None: the centre class's
+    #: in :data:`CHUNKING`
+    target_programs: int | None = None
     #: the (dalpha, dbeta) partials (one per group and chunk) are summed this many at a time, in a fixed order
     partial_block: int = 256
     #: ``tl.dot`` precision: "split" (tensor cores on bf16 pieces that sum exactly to the fp32 operands: fp32
@@ -40,8 +41,8 @@ class LaunchPolicy:
     tuning: bool = True
 
     def __post_init__(self):
-        if not _is_int(self.target_programs) or self.target_programs < 1:
-            raise ValueError(f"target_programs must be a positive int, got {self.target_programs!r}")
+        if self.target_programs is not None and (not _is_int(self.target_programs) or self.target_programs < 1):
+            raise ValueError(f"target_programs must be a positive int or None, got {self.target_programs!r}")
         if not _is_int(self.partial_block) or self.partial_block < 1 or self.partial_block & (self.partial_block - 1):
             raise ValueError(f"partial_block must be a power of two (an int), got {self.partial_block!r}")
         if not isinstance(self.precision, str) or self.precision not in DOT_PRECISIONS:
@@ -226,7 +227,9 @@ KERNEL_CONFIGS = {
                                "spills at sm_80 (triton 3.6)"),
     "bwd_do": KernelConfig(BLOCK_N=(16, 16, 16), num_warps=(4, 4, 4), STAGES=(1, 1, 1),
                            why="16 points: 28-36 resident warps (32 points: 16-28; 64: 176 registers, 2 programs "
-                               "per SM); pipelined, it spills (255 registers at sm_90, triton 3.6 and 3.8)"),
+                               "per SM); pipelined, it spills (255 registers at sm_90, triton 3.6 and 3.8); no cap "
+                               "at 49 centres: 64 takes fp32 from 72 registers to 64 (small stage 1 0.117 -> 0.103 "
+                               "ms) but bf16 from 56 to 64 (medium 0.124 -> 0.170), and 56 spills fp32 under 3.6"),
     "bwd_main": KernelConfig(BLOCK_N=(16, 16, 32), num_warps=(4, 4, 8), STAGES=(1, 1, 1), maxnreg=(0, 128, 128),
                              why="unpipelined tiles, 16 resident warps: 16 points on 4 warps at 4 and 25 centres, 32 "
                                  "on 8 warps at 49 (16 points there: 8 warps' per-point work made for half as many "
@@ -281,10 +284,47 @@ def vector_width(rw: int, W: int, bw: int) -> int:
     return 1
 
 
-def chunking(G: int, rh: int, row_unit: int):
-    """``(NC, rows per chunk)``: a group's ``rh`` region rows split into NC chunks of whole multiples of
-    ``row_unit`` rows (the tallest tile of any kernel), until ``G * NC`` reaches the policy's target."""
+@dataclasses.dataclass(frozen=True)
+class ChunkConfig:
+    """How a group's region rows are split into chunks (one program each), one value per centre class:
+    ``programs``, the number of programs a launch aims for (chunks are added until ``G * NC`` reaches it; the
+    policy's ``target_programs`` replaces it where set); ``balanced``: chunks of ``ceil(rh / NC)`` rows, else of
+    whole multiples of the tallest tile's rows (the first chunks then run longer than the last). ``why``: what
+    chose them."""
+    programs: tuple
+    balanced: tuple
+    why: str = ""
+
+    def at(self, block_m: int) -> dict:
+        i = CENTRE_CLASSES.index(block_m)
+        return dict(programs=self.programs[i], balanced=self.balanced[i])
+
+
+#: chunking by centre class, chosen by the time model's estimate (``benchmarks/sweep_chunking.py``: every candidate
+#: at every stage of the small and medium models, fp32): the estimate simulates programs on the SMs, so a launch
+#: whose programs all fit at once (one wave) ends with its longest program, and one that needs more ends sooner when
+#: its longer programs go first
+CHUNKING = ChunkConfig(
+    programs=(2048, 1024, 1024), balanced=(True, True, False),
+    why="4 / 25 centres: the dot kernels hold 8-9 programs per SM, so a launch is about one wave and equal chunks "
+        "shorten its longest program (small stage 1 fwd+bwd 0.63 -> 0.58 and 0.72 -> 0.65 ms, medium stage 2 at "
+        "25 centres 0.41 -> 0.29); 4 centres take twice the programs (medium stage 1 0.79 with 3 chunks, 0.90 "
+        "with 2 equal ones); at 49 centres 2-6 per SM, several waves, where longer first chunks end sooner "
+        "(equal chunks: small stage 1 +4 %)")
+
+
+def chunking(G: int, rh: int, row_unit: int, M: int):
+    """``(NC, rows per chunk)``: a group's ``rh`` region rows split into NC chunks until ``G * NC`` reaches the
+    target (:data:`CHUNKING` of the class of M centres, or the policy's ``target_programs``), at most one chunk per
+    ``row_unit`` rows (the tallest tile of any kernel; each program re-reads its group's NC partials, work the
+    time model counts once), of ``ceil(rh / NC)`` rows where the class's chunks are balanced, else of whole
+    multiples of ``row_unit`` rows."""
+    c = CHUNKING.at(min(max(pow2(M), CENTRE_CLASSES[0]), CENTRE_CLASSES[-1]))
+    target = policy().target_programs or c["programs"]
     units = max(1, cdiv(rh, row_unit))
-    nc = max(1, min(units, MAX_CHUNKS, cdiv(policy().target_programs, max(G, 1))))
+    nc = max(1, min(units, MAX_CHUNKS, cdiv(target, max(G, 1))))
+    if c["balanced"]:
+        per = max(1, cdiv(rh, nc))
+        return max(1, cdiv(rh, per)), per
     per = cdiv(units, nc)
     return cdiv(units, per), per * row_unit

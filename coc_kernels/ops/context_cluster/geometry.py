@@ -45,7 +45,7 @@ class Geometry:
         # kernel masks the rows past its chunk, so any tile height is correct in any chunk)
         base = {name: kernel_config(name, self.M, self.D, self.DV) for name in KERNELS}
         self.row_unit = max(cfg["BLOCK_N"] // tile_width(self.rw, cfg["BLOCK_N"]) for cfg in base.values())
-        self.NC, self.rpc = chunking(self.G, self.rh, self.row_unit)
+        self.NC, self.rpc = chunking(self.G, self.rh, self.row_unit, self.M)
         if max(self.rh * ph, self.rw * pw) > 2 ** 24:
             raise ValueError(f"regions of {self.rh}x{self.rw} points with {ph}x{pw} centres: the pooling adjoint finds "
                              "a point's windows by a float division, exact only while region size x centres per axis "
