@@ -86,7 +86,7 @@ MUTANTS = [
      "a = tl.max(tl.where(s == sigma[None, :], offs_m[:, None], -1), axis=0)",
      [T, "-k", "ties_first_index or identical_points"], False),
     ("chunking: equal chunks ignored", "coc_kernels/ops/context_cluster/config.py",
-     '    unit = 1 if c["balanced"] else row_unit', "    unit = row_unit",
+     '    if c["balanced"]:', "    if False:",
      ["tests/ops/test_launch_config.py", "-k", "shipped_chunking"], False),
     ("chunking: the centre class's target ignored", "coc_kernels/ops/context_cluster/config.py",
      '    target = policy().target_programs or c["programs"]', "    target = policy().target_programs or 1024",
