@@ -154,7 +154,6 @@ def test_a_register_cap_belongs_to_the_settings_it_was_chosen_for(monkeypatch):
     # what the compile gate builds from it: tests/ops/test_compile_gate.py::test_a_register_cap_reaches_ptxas
 
 
-
 _SWEEP_SCRIPT = """
 import dataclasses, json
 from benchmarks import sweep_chunking

@@ -182,6 +182,11 @@ def cdiv(a: int, b: int) -> int:
 CENTRE_CLASSES = (16, 32, 64)
 
 
+def centre_class(M: int) -> int:
+    """The centre class (``BLOCK_M``) of M centres: the power of two at or above M within :data:`CENTRE_CLASSES`."""
+    return min(max(pow2(M), CENTRE_CLASSES[0]), CENTRE_CLASSES[-1])
+
+
 @dataclasses.dataclass(frozen=True)
 class KernelConfig:
     """Launch settings of one kernel, one value per centre class (:data:`CENTRE_CLASSES`): ``BLOCK_N`` points
@@ -248,7 +253,7 @@ def kernel_config(kernel: str, M: int, D: int, DV: int) -> dict:
     centres and D / DV channels: its row of :data:`KERNEL_CONFIGS`, then the policy's ``config_overrides``."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; one of {KERNELS}")
-    cfg = KERNEL_CONFIGS[kernel].at(min(max(pow2(M), CENTRE_CLASSES[0]), CENTRE_CLASSES[-1]))
+    cfg = KERNEL_CONFIGS[kernel].at(centre_class(M))
     overrides = policy().config_overrides  # checked when the policy was made
     return with_settings(cfg, {**overrides.get("*", {}), **overrides.get(kernel, {})})
 
@@ -319,7 +324,7 @@ def chunking(G: int, rh: int, row_unit: int, M: int):
     ``row_unit`` rows (the tallest tile of any kernel; each program re-reads its group's NC partials, work the
     time model counts once), of ``ceil(rh / NC)`` rows where the class's chunks are balanced, else of whole
     multiples of ``row_unit`` rows."""
-    c = CHUNKING.at(min(max(pow2(M), CENTRE_CLASSES[0]), CENTRE_CLASSES[-1]))
+    c = CHUNKING.at(centre_class(M))
     target = policy().target_programs or c["programs"]
     units = max(1, cdiv(rh, row_unit))
     nc = max(1, min(units, MAX_CHUNKS, cdiv(target, max(G, 1))))
