@@ -57,6 +57,8 @@ MUTANTS = [
      [MATCH, "-k", "triton and regions_5x7"], False),
     ("kernel: backward denominator + 2", KB, "    inv = 1.0 / (den + 1.0)", "    inv = 1.0 / (den + 2.0)",
      [MATCH, "-k", "triton and regions_5x7"], False),
+    ("kernel: dx without the normalisation's projection", KB, "proj = tl.where(xn > eps, cos_a, 0.0)",
+     "proj = tl.where(xn > eps, cos_a * 0.0, 0.0)", [MATCH, "-k", "triton and regions_5x7"], False),
     ("kernel: floor for ceil in a pooling window's size", KT, "    rows = (lo_r + rh + ph - 1) // ph - lo_r // ph",
      "    rows = (lo_r + rh) // ph - lo_r // ph", [MATCH, "-k", "triton and regions_5x7"], False),
     ("kernel: a point one row past its pooling window", KT, "(rp[:, None] < hi_r[None, :])",

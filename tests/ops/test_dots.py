@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from coc_kernels.ops.context_cluster.dots import dot_dense, dot_exact, split3
+from coc_kernels.ops.context_cluster.dots import dot_dense, dot_exact, dot_exact_left, split3
 from conftest import DEVICE
 
 
@@ -19,8 +19,8 @@ def _split_probe(x_ptr, hi_ptr, mid_ptr, lo_ptr, N: tl.constexpr):
 
 
 @triton.jit
-def _dots_probe(a_ptr, b_ptr, e_ptr, dense_ptr, exact_ptr, M: tl.constexpr, K: tl.constexpr, N: tl.constexpr,
-                PREC: tl.constexpr):
+def _dots_probe(a_ptr, b_ptr, e_ptr, dense_ptr, exact_ptr, left_ptr, M: tl.constexpr, K: tl.constexpr,
+                N: tl.constexpr, PREC: tl.constexpr):
     om, ok, on = tl.arange(0, M), tl.arange(0, K), tl.arange(0, N)
     a = tl.load(a_ptr + om[:, None] * K + ok[None, :])
     b = tl.load(b_ptr + ok[:, None] * N + on[None, :])
@@ -29,6 +29,9 @@ def _dots_probe(a_ptr, b_ptr, e_ptr, dense_ptr, exact_ptr, M: tl.constexpr, K: t
     tl.store(dense_ptr + om[:, None] * N + on[None, :], dot_dense(a_hi, a_mid, a_lo, b, PREC, tl.float32))
     acc = tl.zeros((M, N), dtype=tl.float32)
     tl.store(exact_ptr + om[:, None] * N + on[None, :], dot_exact(a, e, acc, PREC, tl.float32))
+    acc_t = tl.zeros((N, M), dtype=tl.float32)  # (a @ e)^T = e^T @ a^T, the exact operand on the left
+    tl.store(left_ptr + on[:, None] * M + om[None, :],
+             dot_exact_left(tl.trans(e), tl.trans(a), acc_t, PREC, tl.float32))
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="the probes run in the interpreter")
@@ -54,18 +57,20 @@ def test_split3_pieces_are_bf16_and_sum_exactly():
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="the probes run in the interpreter")
 def test_split_dots_keep_fp32_accuracy():
-    """``dot_exact`` (dense @ a 0/1 matrix) and ``dot_dense`` (dense @ dense, six bf16 products) against
-    float64: within a few fp32 roundings, where one bf16 product would be off by ~1e-3 and dropping the last
-    piece by ~1e-5 (relative)."""
+    """``dot_exact`` (dense @ a 0/1 matrix), ``dot_exact_left`` (the 0/1 matrix on the left) and ``dot_dense``
+    (dense @ dense, six bf16 products) against float64: within a few fp32 roundings, where one bf16 product would
+    be off by ~1e-3 and dropping the last piece by ~1e-5 (relative)."""
     g = torch.Generator().manual_seed(1)
     M, K, N = 16, 32, 16
     a, b = torch.randn(M, K, generator=g), torch.randn(K, N, generator=g)
     e = (torch.rand(K, N, generator=g) < 0.3).float()
-    dense, exact = torch.empty(M, N), torch.empty(M, N)
-    _dots_probe[(1,)](a, b, e, dense, exact, M=M, K=K, N=N, PREC="split")
+    dense, exact, left = torch.empty(M, N), torch.empty(M, N), torch.empty(N, M)
+    _dots_probe[(1,)](a, b, e, dense, exact, left, M=M, K=K, N=N, PREC="split")
     scale = a.abs().double() @ b.abs().double()  # the size of the sum's terms
     err_dense = ((dense.double() - a.double() @ b.double()).abs() / scale).max().item()
     err_exact = ((exact.double() - a.double() @ e.double()).abs() / (a.abs().double() @ e.double()).clamp_min(
         1e-30)).max().item()
+    err_left = ((left.double().T - a.double() @ e.double()).abs() / (a.abs().double() @ e.double()).clamp_min(
+        1e-30)).max().item()
     eps = torch.finfo(torch.float32).eps
-    assert err_dense < 8 * eps and err_exact < 8 * eps, (err_dense, err_exact)
+    assert err_dense < 8 * eps and err_exact < 8 * eps and err_left < 8 * eps, (err_dense, err_exact, err_left)

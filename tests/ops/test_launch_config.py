@@ -98,6 +98,25 @@ def test_tile_and_vector_widths():
     # (rw, W, BW): 42 = 2*21, 336 = 16*21, 7 odd, 12 = 4*3
     assert [ops.vector_width(*c) for c in ((42, 336, 16), (336, 336, 16), (7, 56, 8), (12, 24, 16), (2, 8, 2))] \
         == [2, 4, 1, 4, 2]
+    # at most max_vec: 336 allows 4, capped at 2 and 1
+    assert [ops.vector_width(336, 336, 16, m) for m in (4, 2, 1)] == [4, 2, 1]
+
+
+@pytest.mark.parametrize("centres, expected", [
+    (5, {"_pool_kernel": 4, "_dispatch_kernel": 4, "_bwd_do_kernel": 4, "_bwd_main_kernel": 2}),
+    (7, {"_pool_kernel": 2, "_dispatch_kernel": 4, "_bwd_do_kernel": 4, "_bwd_main_kernel": 2})])
+def test_a_kernel_vector_width_is_capped_by_its_class(centres, expected):
+    """Regions 32 columns wide in a 32-wide image allow 4-element accesses (BW 16); the main backward takes at most
+    2 at 25 and 49 centres and pool at most 2 at 49 (``KernelConfig.max_vec``), the others 4. Counted by hand from
+    the shipped table."""
+    x, v, a, b = make(1, 1, 32, 32, 12, 32, device="cpu")
+    x.requires_grad_(True)
+    with ops.record_launches(execute=False) as rec:
+        y = context_cluster(x, v, a, b, heads=1, proposal=centres, fold=1, impl="triton")
+        y.backward(torch.ones_like(y))
+    vec = {launch.kernel.__name__: launch.constexprs["VEC"] for launch in rec}
+    assert {k: vec[k] for k in expected} == expected
+    assert {launch.kernel.__name__: launch.args["W_v"] for launch in rec}["_bwd_main_kernel"] == 32 // 2
 
 
 def test_launch_policy_is_scoped_and_checked():

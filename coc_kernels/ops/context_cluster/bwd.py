@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import triton.language as tl
 
-from .dots import dot_exact
+from .dots import dot_exact, dot_exact_left
 from .tiles import (chunk, cm_block, group_base, kernel, load_assignment, load_tile, next_tile, norm_cols,
                     adjoint_table, pool_adjoint, store_tile, sum_partials, tile, windows)
 
@@ -31,16 +31,30 @@ def _bwd_do_kernel(dy_ptr, a_ptr, sig_ptr, pdo_ptr, H, W_v, fh, fw, rh, rw_v, M,
     dyb = dy_ptr + group_base(g, fh, fw, rh, rw, DV, H, W)
     offs_m = tl.arange(0, BLOCK_M)
     offs_dv = tl.arange(0, BLOCK_DV)
-    acc = tl.zeros((BLOCK_DV, BLOCK_M), dtype=DT)
+    # the one-hot as the left operand, do as [BM, BDV] (16 / 64 centres: half the instructions and registers);
+    # at 32 centres on 4 warps triton's layout of that product costs more than the one-hot on the right
+    LEFT: tl.constexpr = BLOCK_M != 32
+    if LEFT:
+        acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=DT)
+    else:
+        acc = tl.zeros((BLOCK_DV, BLOCK_M), dtype=DT)
     r0, c0, row_end, n_tiles = chunk(k, RPC, rh, rw, BLOCK_N, BW)
     for _t in tl.range(0, n_tiles, num_stages=STAGES):
         _r, _col, valid, n, sp = tile(r0, row_end, c0, rw, W, BLOCK_N, BW)
         a, sigma = load_assignment(a_ptr, sig_ptr, g64 * N, n, valid, -1)
-        onehot = (a[:, None] == offs_m[None, :]).to(DT)  # [BN, BM]
-        acc = dot_exact(load_tile(dyb, offs_dv, sp, valid, DV, HW, DT) * sigma[None, :], onehot, acc, PREC, OP)
+        dys = load_tile(dyb, offs_dv, sp, valid, DV, HW, DT) * sigma[None, :]  # [BDV, BN]
+        if LEFT:
+            acc = dot_exact_left((offs_m[:, None] == a[None, :]).to(DT), tl.trans(dys), acc, PREC, OP)
+        else:
+            acc = dot_exact(dys, (a[:, None] == offs_m[None, :]).to(DT), acc, PREC, OP)
         r0, c0 = next_tile(r0, c0, rw, BLOCK_N, BW)
-    ptrs, mask = cm_block(pdo_ptr + (g64 * NC + k) * M * DV, offs_dv, offs_m, DV, M)
-    tl.store(ptrs, acc, mask=mask)
+    part = g64 * NC + k
+    if LEFT:
+        tl.store(pdo_ptr + part * M * DV + offs_m[:, None] * DV + offs_dv[None, :], acc,
+                 mask=(offs_m < M)[:, None] & (offs_dv < DV)[None, :])
+    else:
+        ptrs, mask = cm_block(pdo_ptr + part * M * DV, offs_dv, offs_m, DV, M)
+        tl.store(ptrs, acc, mask=mask)
 
 
 @kernel
@@ -107,7 +121,9 @@ def _bwd_main_kernel(x_ptr, v_ptr, dy_ptr, a_ptr, sig_ptr, c_ptr, o_ptr, den_ptr
     adjoint_table(scr + S_W, scr + S_T, offs_dv, DV, ph, pw, KH, KW, BLOCK_M)
     tl.debug_barrier()
 
-    dch = tl.zeros((BLOCK_D, BLOCK_M), dtype=DT)
+    # d c_hat as [BM, BD], the one-hot the dot's left operand: with it on the right ([BD, BM]) the loop's 2-warp
+    # programs need more than 128 registers (triton 3.6 spills) and 8 % more instructions
+    dch = tl.zeros((BLOCK_M, BLOCK_D), dtype=DT)
     dal = tl.zeros((BLOCK_N,), dtype=DT)
     dbe = tl.zeros((BLOCK_N,), dtype=DT)
     r0, c0, row_end, n_tiles = chunk(k, RPC, rh, rw, BLOCK_N, BW)
@@ -135,15 +151,16 @@ def _bwd_main_kernel(x_ptr, v_ptr, dy_ptr, a_ptr, sig_ptr, c_ptr, o_ptr, den_ptr
         dbe += dz
         dal += dz * cos_a
         dcos = alpha * dz
-        dch = dot_exact(x_hat * dcos[None, :], (a[:, None] == offs_m[None, :]).to(DT), dch, PREC, OP)
-        dxh = dcos[None, :] * c_a
-        proj = tl.where(xn > eps, dcos * cos_a, 0.0)  # x_hat . dxh
-        store_tile(dxb, (dxh - x_hat * proj[None, :]) / tl.maximum(xn, eps)[None, :], offs_d, sp, valid, D, HW)
+        dch = dot_exact_left((offs_m[:, None] == a[None, :]).to(DT), tl.trans(x_hat * dcos[None, :]), dch, PREC, OP)
+        # dx = (dxh - x_hat (x_hat . dxh)) / |x| with dxh = dcos c_a (no projection where |x| <= eps)
+        proj = tl.where(xn > eps, cos_a, 0.0)
+        scale = dcos / tl.maximum(xn, eps)
+        store_tile(dxb, (c_a - x_hat * proj[None, :]) * scale[None, :], offs_d, sp, valid, D, HW)
         r0, c0 = next_tile(r0, c0, rw, BLOCK_N, BW)
-    ptrs, _ = cm_block(pdc_ptr + part * M * D, offs_d, offs_m, D, M)
-    tl.store(ptrs, dch, mask=dm_mask)
-    tl.store(pdab_ptr + part * 2, tl.sum(dal, axis=0))
-    tl.store(pdab_ptr + part * 2 + 1, tl.sum(dbe, axis=0))
+    tl.store(pdc_ptr + part * M * D + offs_m[:, None] * D + offs_d[None, :], dch,
+             mask=m_ok[:, None] & d_ok[None, :])
+    # (dalpha, dbeta) in one reduction (two leave a thread-index value to keep across the loop: a 4-12 B spill)
+    tl.store(pdab_ptr + part * 2 + tl.arange(0, 2), tl.sum(tl.join(dal, dbe), axis=0))
 
 
 @kernel

@@ -194,11 +194,14 @@ class KernelConfig:
     (``tl.range(..., num_stages=STAGES)``: the next tile's loads go out as ``cp.async`` while this one
     computes). The same for every dtype. ``maxnreg``: registers per thread at most (ptxas ``.maxnreg``; 0: no
     cap), for a configuration whose occupancy ptxas reaches by spilling when left to itself; it belongs to these
-    settings and is dropped where tuning or an override changes them. ``why``: what chose them."""
+    settings and is dropped where tuning or an override changes them. ``max_vec``: elements per vector access at
+    most (:func:`vector_width`; 4-element accesses take more registers per thread: a kernel capped near its
+    occupancy step may spill with them). ``why``: what chose them."""
     BLOCK_N: tuple
     num_warps: tuple
     STAGES: tuple
     maxnreg: tuple = (0, 0, 0)
+    max_vec: tuple = (4, 4, 4)
     why: str = ""
 
     def at(self, block_m: int) -> dict:
@@ -213,11 +216,12 @@ class KernelConfig:
 #: checks every launch, with triton 3.6 and 3.8) and per-point instructions stay low: the split dots run on
 #: tensor cores and hold their operands in shared memory, so tiles of 32-64 points fit.
 KERNEL_CONFIGS = {
-    "pool": KernelConfig(BLOCK_N=(16, 16, 16), num_warps=(2, 2, 2), STAGES=(2, 2, 2),
+    "pool": KernelConfig(BLOCK_N=(16, 16, 16), num_warps=(2, 2, 2), STAGES=(2, 2, 2), max_vec=(4, 4, 2),
                          why="pipelined 16-point tiles on 2 warps: 12-24 resident warps with the value's window "
                              "sums beside the centres' (4 warps: more resident, but each per-(point, centre) "
                              "membership instruction made by twice the threads; 32 points at 49 centres: 231 "
-                             "registers)"),
+                             "registers); at 49 centres at most 2-element accesses (with 4, ptxas takes 128 "
+                             "registers for the assignment-only pool and spills 8 B, bf16, triton 3.6)"),
     "assign": KernelConfig(BLOCK_N=(16, 16, 16), num_warps=(2, 2, 4), STAGES=(1, 2, 1), maxnreg=(112, 128, 0),
                            why="one warp per 16 centres: the similarity dot feeds the one-hot dots, so triton lays "
                                "its warps along the centres (a chained dot), and more than BLOCK_M / 16 warps would "
@@ -227,20 +231,25 @@ KERNEL_CONFIGS = {
                                "centres: 118 for 8 programs, 112 for 9, medium stage 1 0.29 -> 0.21 ms; 25 "
                                "centres: 144 for 7, 128 for 8); at 49 centres a cap of 128 spills at sm_80"),
     "assign_only": KernelConfig(BLOCK_N=(64, 64, 64), num_warps=(4, 4, 8), STAGES=(2, 2, 2)),
-    "dispatch": KernelConfig(BLOCK_N=(64, 64, 64), num_warps=(8, 8, 8), STAGES=(2, 2, 2), maxnreg=(0, 0, 48),
-                           why="gathers, no dot; at 49 centres ptxas left to itself takes 40 registers and "
-                               "spills at sm_80 (triton 3.6)"),
+    "dispatch": KernelConfig(BLOCK_N=(64, 32, 64), num_warps=(8, 4, 8), STAGES=(2, 2, 2), maxnreg=(0, 0, 48),
+                           why="gathers, no dot; at 25 centres 2-row tiles on 4 warps (4-row tiles are partly masked "
+                               "under chunks of 12-13 rows: 651-695 instructions per point, 483-516 on 2 rows; 10-12 "
+                               "programs per SM, capped at 40 registers it spills at sm_80 under triton 3.6); at 49 "
+                               "centres ptxas left to itself takes 40 registers and spills at sm_80 (triton 3.6)"),
     "bwd_do": KernelConfig(BLOCK_N=(16, 16, 16), num_warps=(4, 4, 4), STAGES=(1, 1, 1),
-                           why="16 points: 28-36 resident warps (32 points: 16-28; 64: 176 registers, 2 programs "
-                               "per SM); pipelined, it spills (255 registers at sm_90, triton 3.6 and 3.8); no cap "
-                               "at 49 centres: 64 takes fp32 from 72 registers to 64 (small stage 1 0.117 -> 0.103 "
-                               "ms) but bf16 from 56 to 64 (medium 0.124 -> 0.170), and 56 spills fp32 under 3.6"),
-    "bwd_main": KernelConfig(BLOCK_N=(16, 16, 32), num_warps=(4, 4, 8), STAGES=(1, 1, 1), maxnreg=(0, 128, 128),
-                             why="unpipelined tiles, 16 resident warps: 16 points on 4 warps at 4 and 25 centres, 32 "
-                                 "on 8 warps at 49 (16 points there: 8 warps' per-point work made for half as many "
-                                 "points; 4 warps spill); capped at 128 registers at 25 and 49 centres, where ptxas "
-                                 "left to itself keeps more and fits fewer programs per SM, or takes 128 and spills "
-                                 "(49 centres, triton 3.6)"),
+                           why="16 points: 36-48 resident warps (32 points: 16-28; 64: 176 registers, 2 programs "
+                               "per SM); pipelined, it spills (255 registers at sm_90, triton 3.6 and 3.8); with the "
+                               "one-hot on the left at 4 and 49 centres 40-48 registers (49 centres: 72 with it on "
+                               "the right, small stage 1 0.117 -> 0.055 ms)"),
+    "bwd_main": KernelConfig(BLOCK_N=(16, 16, 32), num_warps=(4, 2, 4), STAGES=(1, 1, 1), maxnreg=(0, 128, 128),
+                             max_vec=(2, 2, 2),
+                             why="unpipelined tiles capped at 128 registers where ptxas left to itself keeps more: 25 "
+                                 "centres on 2 warps, 8 programs per SM, the 1,024 programs of stage 1 in one wave "
+                                 "(4 warps: 4 per SM, two waves; 0.26 -> 0.20 ms); 49 centres 32 points on 4 warps "
+                                 "(16 points on 2 warps spill 200-700 B; 32 on 8 warps hold 2 programs per SM: "
+                                 "0.36 -> 0.25 ms); 4 centres 16 points on 4 warps (2 warps: medium stage 1 0.24 -> "
+                                 "0.35 ms); at most 2-element accesses (4-element ones hold more registers: spills of "
+                                 "4-16 B at every class)"),
     "bwd_pool": KernelConfig(BLOCK_N=(64, 64, 64), num_warps=(8, 8, 8), STAGES=(2, 2, 2), maxnreg=(0, 0, 64),
                            why="gathers, no dot; at 49 centres ptxas left to itself takes 48 registers and "
                                "spills at sm_90 (triton 3.8)"),
@@ -256,6 +265,11 @@ def kernel_config(kernel: str, M: int, D: int, DV: int) -> dict:
     cfg = KERNEL_CONFIGS[kernel].at(centre_class(M))
     overrides = policy().config_overrides  # checked when the policy was made
     return with_settings(cfg, {**overrides.get("*", {}), **overrides.get(kernel, {})})
+
+
+def max_vec(kernel: str, M: int) -> int:
+    """Elements per vector access at most for one kernel at M centres (:attr:`KernelConfig.max_vec`)."""
+    return KERNEL_CONFIGS[kernel].max_vec[CENTRE_CLASSES.index(centre_class(M))]
 
 
 def describe(cfg: dict) -> str:
@@ -280,11 +294,11 @@ def tile_width(rw: int, block_n: int) -> int:
     return best[1]
 
 
-def vector_width(rw: int, W: int, bw: int) -> int:
-    """``VEC``: elements per vector access, the largest of 4, 2, 1 that divides the region width, the image
-    width and ``BW`` (every row segment of a tile then starts on a multiple of it)."""
+def vector_width(rw: int, W: int, bw: int, max_vec: int = 4) -> int:
+    """``VEC``: elements per vector access, the largest of 4, 2, 1 (at most ``max_vec``) that divides the region
+    width, the image width and ``BW`` (every row segment of a tile then starts on a multiple of it)."""
     for vec in (4, 2):
-        if rw % vec == 0 and W % vec == 0 and bw % vec == 0:
+        if vec <= max_vec and rw % vec == 0 and W % vec == 0 and bw % vec == 0:
             return vec
     return 1
 

@@ -44,6 +44,20 @@ def dot_exact(dense, exact, acc, PREC: tl.constexpr, OP: tl.constexpr):
 
 
 @triton.jit
+def dot_exact_left(exact, dense, acc, PREC: tl.constexpr, OP: tl.constexpr):
+    """``acc + exact @ dense``: :func:`dot_exact` with the exact operand on the left."""
+    if PREC == "split":
+        e = exact.to(OP)
+        hi, mid, lo = split3(dense)
+        acc = tl.dot(e, hi.to(OP), acc, input_precision="ieee")
+        acc = tl.dot(e, mid.to(OP), acc, input_precision="ieee")
+        acc = tl.dot(e, lo.to(OP), acc, input_precision="ieee")
+    else:
+        acc = tl.dot(exact, dense, acc, input_precision=PREC)
+    return acc
+
+
+@triton.jit
 def dot_dense(a_hi, a_mid, a_lo, b, PREC: tl.constexpr, OP: tl.constexpr):
     """``a @ b`` for dense fp32 ``a`` given as its :func:`split3` pieces (split once by the caller, e.g.
     outside a loop) and dense ``b``: with ``PREC == "split"`` the six bf16 tensor-core products whose terms

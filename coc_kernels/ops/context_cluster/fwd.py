@@ -10,7 +10,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .dots import dot_dense, dot_exact, split3
+from .dots import dot_dense, dot_exact, dot_exact_left, split3
 from .tiles import (chunk, cm_block, group_base, kernel, load_assignment, load_tile, next_tile, norm_cols,
                     pool_in, pool_in_row, store_tile, sum_partials, sum_vec_partials, tile, windows)
 
@@ -132,7 +132,7 @@ def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_pt
     if AGG:
         vb = v_ptr + group_base(g, fh, fw, rh, rw, DV, H, W)
         offs_dv = tl.arange(0, BLOCK_DV)
-        uv = tl.zeros((BLOCK_DV, BLOCK_M), dtype=DT)  # U: sum of sigma v over the cluster
+        uv = tl.zeros((BLOCK_M, BLOCK_DV), dtype=DT)  # U: sum of sigma v over the cluster, [BM, BDV]
         den = tl.zeros((BLOCK_M,), dtype=DT)
     r0, c0, row_end, n_tiles = chunk(k, RPC, rh, rw, BLOCK_N, BW)
     for _t in tl.range(0, n_tiles, num_stages=STAGES):
@@ -149,17 +149,19 @@ def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_pt
         tl.store(a_ptr + g64 * N + n, a, mask=valid)
         tl.store(sig_ptr + g64 * N + n, sigma, mask=valid)
         if AGG:
-            onehot = tl.where(valid, a, -1)[:, None] == offs_m[None, :]  # [BN, BM]; masked points in no cluster
+            # [BM, BN], the exact operand on the left (laid out like the similarities); masked points in no cluster
+            onehot = offs_m[:, None] == tl.where(valid, a, -1)[None, :]
             if BY_COUNT:
-                den += tl.sum(onehot.to(DT), axis=0)
+                den += tl.sum(onehot.to(DT), axis=1)
             else:
-                den += tl.sum(tl.where(onehot, sigma[:, None], 0.0), axis=0)
+                den += tl.sum(tl.where(onehot, sigma[None, :], 0.0), axis=1)
             vt = load_tile(vb, offs_dv, sp, valid, DV, HW, DT)
-            uv = dot_exact(vt * sigma[None, :], onehot.to(DT), uv, PREC, OP)  # [BDV, BM]
+            uv = dot_exact_left(onehot.to(DT), tl.trans(vt * sigma[None, :]), uv, PREC, OP)
         r0, c0 = next_tile(r0, c0, rw, BLOCK_N, BW)
     if AGG:
         part = g64 * NC + k
-        ptrs, mask = cm_block(puv_ptr + part * M * DV, offs_dv, offs_m, DV, M)
+        ptrs = puv_ptr + part * M * DV + offs_m[:, None] * DV + offs_dv[None, :]
+        mask = m_ok[:, None] & (offs_dv < DV)[None, :]
         tl.store(ptrs, uv + tl.load(ptrs, mask=mask, other=0.0), mask=mask)  # U + vc (vc: the pool kernel's)
         tl.store(pden_ptr + part * M + offs_m, den, mask=m_ok)
 

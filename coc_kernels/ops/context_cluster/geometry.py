@@ -9,7 +9,8 @@ from torch import Tensor
 
 from ...reference import MAX_FUSED_IMAGE_ELEMENTS, compute_dtype, triton_interpreting
 from . import choices
-from .config import KERNELS, cdiv, chunking, kernel_config, policy, pow2, tile_width, vector_width
+from .config import (KERNELS, cdiv, chunking, kernel_config, max_vec, policy, pow2, tile_width,
+                     vector_width)
 
 
 def _dt(dtype: torch.dtype):
@@ -63,7 +64,7 @@ class Geometry:
         for name in KERNELS:
             cfg = choices.config_for(name, self, base[name])
             bw = tile_width(self.rw, cfg["BLOCK_N"])
-            self.cfg[name] = (cfg, bw, vector_width(self.rw, self.W, bw))
+            self.cfg[name] = (cfg, bw, vector_width(self.rw, self.W, bw, max_vec(name, self.M)))
         # windows a point can lie in, per axis (pooling adjoint gathers)
         self.KH, self.KW = 1 + cdiv(ph, max(self.rh, 1)), 1 + cdiv(pw, max(self.rw, 1))
 

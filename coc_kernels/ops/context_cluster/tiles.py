@@ -81,15 +81,18 @@ def tile_access(fn):
 @tile_access
 @triton.jit
 def load_tile(base, offs_c, sp, valid, C, HW, DT: tl.constexpr):
-    """``[BLOCK_C, points]`` tile of a contiguous ``[B, C, H, W]`` tensor: channel c at ``base + c*HW + sp``."""
-    ptrs = base + offs_c[:, None] * HW + sp[None, :]
+    """``[BLOCK_C, points]`` tile of a contiguous ``[B, C, H, W]`` tensor: channel c at ``base + c*HW + sp``. The
+    offset is summed in 32 bits first (it stays within one image: ``MAX_FUSED_IMAGE_ELEMENTS``): as
+    ``(base + c*HW) + sp`` the compiler hoists a 64-bit pointer per channel row held, two registers each, for every
+    tensor a loop touches (the main backward: 40 registers of its 2-warp programs)."""
+    ptrs = base + (offs_c[:, None] * HW + sp[None, :])
     return tl.load(ptrs, mask=(offs_c < C)[:, None] & valid[None, :], other=0.0).to(DT)
 
 
 @tile_access
 @triton.jit
 def store_tile(base, val, offs_c, sp, valid, C, HW):
-    ptrs = base + offs_c[:, None] * HW + sp[None, :]
+    ptrs = base + (offs_c[:, None] * HW + sp[None, :])
     tl.store(ptrs, val.to(base.dtype.element_ty), mask=(offs_c < C)[:, None] & valid[None, :])
 
 
