@@ -10,8 +10,8 @@ from __future__ import annotations
 import triton.language as tl
 
 from .dots import dot_exact, dot_exact_left
-from .tiles import (chunk, cm_block, group_base, kernel, load_assignment, load_tile, next_tile, norm_cols,
-                    adjoint_table, pool_adjoint, store_tile, sum_partials, tile, windows)
+from .tiles import (chunk, cm_block, group_base, kernel, load_assignment, load_tile, mc_block, next_tile,
+                    norm_cols, adjoint_table, pool_adjoint, store_tile, sum_partials, tile, windows)
 
 
 @kernel
@@ -50,11 +50,10 @@ def _bwd_do_kernel(dy_ptr, a_ptr, sig_ptr, pdo_ptr, H, W_v, fh, fw, rh, rw_v, M,
         r0, c0 = next_tile(r0, c0, rw, BLOCK_N, BW)
     part = g64 * NC + k
     if LEFT:
-        tl.store(pdo_ptr + part * M * DV + offs_m[:, None] * DV + offs_dv[None, :], acc,
-                 mask=(offs_m < M)[:, None] & (offs_dv < DV)[None, :])
+        ptrs, mask = mc_block(pdo_ptr + part * M * DV, offs_m, offs_dv, M, DV)
     else:
         ptrs, mask = cm_block(pdo_ptr + part * M * DV, offs_dv, offs_m, DV, M)
-        tl.store(ptrs, acc, mask=mask)
+    tl.store(ptrs, acc, mask=mask)
 
 
 @kernel
@@ -157,8 +156,8 @@ def _bwd_main_kernel(x_ptr, v_ptr, dy_ptr, a_ptr, sig_ptr, c_ptr, o_ptr, den_ptr
         scale = dcos / tl.maximum(xn, eps)
         store_tile(dxb, (c_a - x_hat * proj[None, :]) * scale[None, :], offs_d, sp, valid, D, HW)
         r0, c0 = next_tile(r0, c0, rw, BLOCK_N, BW)
-    tl.store(pdc_ptr + part * M * D + offs_m[:, None] * D + offs_d[None, :], dch,
-             mask=m_ok[:, None] & d_ok[None, :])
+    ptrs, mask = mc_block(pdc_ptr + part * M * D, offs_m, offs_d, M, D)
+    tl.store(ptrs, dch, mask=mask)
     # (dalpha, dbeta) in one reduction (two leave a thread-index value to keep across the loop: a 4-12 B spill)
     tl.store(pdab_ptr + part * 2 + tl.arange(0, 2), tl.sum(tl.join(dal, dbe), axis=0))
 

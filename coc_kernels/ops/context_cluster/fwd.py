@@ -11,8 +11,8 @@ import triton
 import triton.language as tl
 
 from .dots import dot_dense, dot_exact, dot_exact_left, split3
-from .tiles import (chunk, cm_block, group_base, kernel, load_assignment, load_tile, next_tile, norm_cols,
-                    pool_in, pool_in_row, store_tile, sum_partials, sum_vec_partials, tile, windows)
+from .tiles import (chunk, cm_block, group_base, kernel, load_assignment, load_tile, mc_block, next_tile,
+                    norm_cols, pool_in, pool_in_row, store_tile, sum_partials, sum_vec_partials, tile, windows)
 
 
 @triton.jit
@@ -160,8 +160,7 @@ def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_pt
         r0, c0 = next_tile(r0, c0, rw, BLOCK_N, BW)
     if AGG:
         part = g64 * NC + k
-        ptrs = puv_ptr + part * M * DV + offs_m[:, None] * DV + offs_dv[None, :]
-        mask = m_ok[:, None] & (offs_dv < DV)[None, :]
+        ptrs, mask = mc_block(puv_ptr + part * M * DV, offs_m, offs_dv, M, DV)
         tl.store(ptrs, uv + tl.load(ptrs, mask=mask, other=0.0), mask=mask)  # U + vc (vc: the pool kernel's)
         tl.store(pden_ptr + part * M + offs_m, den, mask=m_ok)
 

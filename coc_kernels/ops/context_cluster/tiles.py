@@ -212,6 +212,13 @@ def cm_block(base, offs_c, offs_m, C, M):
 
 
 @triton.jit
+def mc_block(base, offs_m, offs_c, M, C):
+    """Pointers and mask of a row-major ``[M, C]`` block as a ``[BLOCK_M, BLOCK_C]`` tile (:func:`cm_block`'s
+    transpose): element (m, c) at ``base + m * C + c``."""
+    return base + offs_m[:, None] * C + offs_c[None, :], (offs_m < M)[:, None] & (offs_c < C)[None, :]
+
+
+@triton.jit
 def sum_partials(ptr, offs_r, offs_c, R, C, NC, ROW_STRIDE, COL_STRIDE):
     """Fixed-order sum over the NC chunk partials of a ``[NC, ...]`` buffer; tile ``[len(offs_r), len(offs_c)]``
     with element (r, c) at ``r * ROW_STRIDE + c * COL_STRIDE`` inside each partial of size R*C."""
