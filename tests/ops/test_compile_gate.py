@@ -201,4 +201,5 @@ def test_the_gate_notices_kernel_sources_changed_during_its_run(tmp_path):
     (tmp_path / "tiles.py").write_text("Y = 2\n")
     after = choices.kernel_sources(str(tmp_path))
     assert [os.path.basename(f) for f in before if after[f] != before[f]] == ["tiles.py"]
-    assert {"tiles.py", "fwd.py", "bwd.py", "dots.py"} <= set(choices.KERNEL_SOURCES)  # the kernels and helpers
+    # the kernels, their helpers and the tables they read
+    assert {"tiles.py", "fwd.py", "bwd.py", "dots.py", "membership.py"} <= set(choices.KERNEL_SOURCES)

@@ -30,6 +30,9 @@ SHAPE_CASES = {
     "fold_8x4": (1, 1, 16, 24, 24, 16, (2, 2), (8, 4), 1.2, -0.1, "similarity"),
     # tiny2's stage 1 at 224 px: folds of 7 give regions of 8x8 with 16 centres, head dim 24
     "tiny2_regions_8x8_centres_16": (1, 1, 24, 24, 8, 56, (4, 4), (1, 7), 1.0, 0.1, "count"),
+    # 49 centres on regions 30 wide: tiles of one 16-column row, two per row (the second half masked), the pool
+    # kernel's window table read with the membership on the left (the detection models' 49-centre path)
+    "centres_49_one_row_tiles": (1, 1, 16, 16, 7, 30, (7, 7), (1, 1), 0.8, 0.2, "similarity"),
 }
 CASES.update({k: v[:-1] for k, v in SHAPE_CASES.items()})
 

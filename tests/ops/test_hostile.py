@@ -273,6 +273,15 @@ def test_regions_past_the_pooling_adjoints_float_division_are_refused():
         ops.Geometry(x, None, 1, 64, 1, 1, 1)
 
 
+def test_regions_past_the_pool_tables_32_bit_offsets_are_refused():
+    """The pool kernel's window table (region points, columns rounded up to the tile width, x centre slots) is
+    addressed with 32-bit offsets: a 2**13 x 2**12 region with 49 centres (64 slots) would reach 2**31 elements
+    from an image of 2**25; it is refused, naming the table, before anything is made."""
+    ops.Geometry(torch.empty(1, 1, 2 ** 13, 2 ** 12 - 16, device="meta"), None, 1, 7, 7, 1, 1)  # just below
+    with pytest.raises(ValueError, match="window table.*2\\*\\*31.*impl='light'"):
+        ops.Geometry(torch.empty(1, 1, 2 ** 13, 2 ** 12, device="meta"), None, 1, 7, 7, 1, 1)
+
+
 def test_auto_takes_the_light_path_past_the_fused_size_limit(monkeypatch):
     """An image over the fused kernels' 32-bit element limit runs on the light path under impl='auto' (which has
     no such limit); impl='triton' says why it cannot. (Fake CUDA tensors: the choice, without a GPU.)"""

@@ -20,14 +20,16 @@ def make(B=2, C=8, H=8, W=8, dtype=torch.float32, device=DEVICE):
 # ------------------------------------------------------------------------------------ non-finite values
 @pytest.mark.parametrize("where,bad", [("x", float("nan")), ("x", float("inf")), ("value", float("nan")),
                                        ("value", float("-inf"))])
-def test_non_finite_inputs_propagate_alike_on_every_path(where, bad):
+@pytest.mark.parametrize("proposal", [2, 7])  # 4 centres; 49, whose pool kernel sums with the membership on the left
+def test_non_finite_inputs_propagate_alike_on_every_path(where, bad, proposal):
     """As the original computes: a non-finite x makes its whole group (image, head, region) NaN; a
     non-finite value in channel c makes channel c of its group NaN. Every path gives the same NaN pattern,
     the same finite values elsewhere, and assignment ids inside 0..M-1."""
     x, v, a, b = make()
     t = x if where == "x" else v
     t[1, 1, 5, 2] = bad  # image 1, head 0, region (1, 0)
-    ys = {i: context_cluster(x, v, a, b, impl=i, **KW) for i in IMPLS}
+    kw = dict(KW, proposal=proposal)
+    ys = {i: context_cluster(x, v, a, b, impl=i, **kw) for i in IMPLS}
     nan = ys["dense"].isnan()
     expected = torch.zeros_like(nan)
     if where == "x":
@@ -38,9 +40,9 @@ def test_non_finite_inputs_propagate_alike_on_every_path(where, bad):
     for impl in IMPLS:
         assert torch.equal(ys[impl].isnan(), nan), impl
         torch.testing.assert_close(ys[impl][~nan], ys["dense"][~nan], rtol=1e-5, atol=1e-5)
-    maps = {i: cluster_assignment(x, a, b, impl=i, **KW) for i in ("light", "triton")}
+    maps = {i: cluster_assignment(x, a, b, impl=i, **kw) for i in ("light", "triton")}
     assert torch.equal(maps["triton"], maps["light"])
-    assert 0 <= int(maps["triton"].min()) and int(maps["triton"].max()) < 4
+    assert 0 <= int(maps["triton"].min()) and int(maps["triton"].max()) < proposal ** 2
 
 
 # ------------------------------------------------------------------------------------ precision

@@ -8,23 +8,24 @@ cluster aggregates, their gradients) are sums over chunks: each program writes i
 the next kernel adds the ``NC`` partials in a fixed order. No float atomics anywhere: results are bitwise
 reproducible for a given shape and launch configuration (tuning off: the shipped ones, the same on every GPU).
 
-Tiles are ``[channels, BR x BW points]``: BR rows of BW consecutive columns of the region (BW a power of two
-with few masked columns: 16 for the detection models' 42-wide regions), points along the fast axis, so a
-warp's lanes run along W; the image and region widths are passed as multiples of a vector width VEC
-(constexpr), which lets the compiler emit 8- or 16-byte accesses. Each tile loop is software-pipelined
-(``tl.range(..., num_stages=STAGES)``: the next tile's loads go out as ``cp.async``). Window membership is
-tested with multiplications (no integer division per point) and the tile's rows and columns advance as carried
-counters. Scatters over the assignment (cluster sums, their gradients) and into the pooling windows are dot
-products with one-hot / window-membership tiles, and the similarities a dot of centres and points; all run on
-tensor cores at fp32 accuracy (the "split" precision): the fp32 operand is cut into three bf16 pieces that sum
-to it exactly, the 0/1 operand is exact in bf16, so three bf16 products with fp32 accumulation lose nothing but
-the order of the sums (``dots.dot_exact``); the dense-by-dense similarity takes the six products above 2**-24
-(``dots.dot_dense``). TF32 (10 bits) would flip assignments against the fp32 reference; FMA dots ("ieee", still
-selectable, and what fp64 inputs take) cost ~1,000-2,400 FMAs per point. Window weights ``1/|window|`` are
-applied once per window after the sums. Gathers (``o[a_n]``, ``dU[a_n]``, ``c_hat[a_n]``, and the pooling
-adjoints) are loads from a tiny per-program copy of the group state that stays in L1/L2. A point lies in at
-most 2x2 windows, the same set for every point of a cell of a fixed grid: each program first sums the windows'
-rows per cell (``tiles.adjoint_table``), so a point's adjoint is one gather, not four.
+Tiles are ``[channels, BR x BW points]``: BR rows of BW consecutive columns of the region (BW a power of two with
+few masked columns: 16 for the detection models' 42-wide regions), points along the fast axis, so a warp's lanes run
+along W; the image and region widths are passed as multiples of a vector width VEC (constexpr), which lets the
+compiler emit 8- or 16-byte accesses. Each tile loop is software-pipelined (``tl.range(..., num_stages=STAGES)``:
+the next tile's loads go out as ``cp.async``), and the tile's rows and columns advance as carried counters. The pool
+kernel loads its window-membership tile beside the data tile from a 0/1 table made once per region geometry
+(``membership.py``, shared by every group; its address from the tile's position alone); the adjoint kernels test
+membership with multiplications (no integer division per point). Scatters over the assignment (cluster sums, their
+gradients) and into the pooling windows are dot products with one-hot / window-membership tiles, and the
+similarities a dot of centres and points; all run on tensor cores at fp32 accuracy (the "split" precision): the fp32
+operand is cut into three bf16 pieces that sum to it exactly, the 0/1 operand is exact in bf16, so three bf16
+products with fp32 accumulation lose nothing but the order of the sums (``dots.dot_exact``); the dense-by-dense
+similarity takes the six products above 2**-24 (``dots.dot_dense``). TF32 (10 bits) would flip assignments against
+the fp32 reference; FMA dots ("ieee", still selectable, and what fp64 inputs take) cost ~1,000-2,400 FMAs per point.
+Window weights ``1/|window|`` are applied once per window after the sums. Gathers (``o[a_n]``, ``dU[a_n]``,
+``c_hat[a_n]``, and the pooling adjoints) are loads from a tiny per-program copy of the group state that stays in
+L1/L2. A point lies in at most 2x2 windows, the same set for every point of a cell of a fixed grid: each program
+first sums the windows' rows per cell (``tiles.adjoint_table``), so a point's adjoint is one gather, not four.
 
 Forward, 3 launches:
   1. ``_pool_kernel``: partial window sums of x for the centres ``c`` (adaptive-avg-pool windows) and of the
@@ -42,13 +43,13 @@ Saved for backward: ``a [G, N]`` int32, ``sigma [G, N]``, ``c [G, M, d]``, ``o [
 ``den [G, M]``: O(G (N + M d)), never a ``[G, M, N]`` tensor.
 
 Files, by job: ``tiles.py`` (tile and window helpers) and ``dots.py`` (the split dots), inlined into the kernels of
-``fwd.py`` and ``bwd.py``; ``config.py`` (the launch policy and the one table of per-kernel settings,
-:data:`~.config.KERNEL_CONFIGS`); ``launch.py`` (keyword launches, recording, buffers); ``geometry.py`` (a
-shape's groups, chunks and configurations); ``choices.py`` (the configurations chosen per shape class: keys,
-cache and pinned files, the lookup) and ``tuning.py`` (the tuner: candidates timed and checked on the user's GPU,
-rank 0's broadcast, the forward and assignment entry points that tune first); ``host.py`` (forward, backward,
-assignment); ``autograd.py`` (:class:`ClusterFunction` and the custom ops). The torch reference paths are
-``coc_kernels.reference``.
+``fwd.py`` and ``bwd.py``; ``membership.py`` (the pool kernel's window table, made and cached per geometry);
+``config.py`` (the launch policy and the one table of per-kernel settings, :data:`~.config.KERNEL_CONFIGS`);
+``launch.py`` (keyword launches, recording, buffers); ``geometry.py`` (a shape's groups, chunks and configurations);
+``choices.py`` (the configurations chosen per shape class: keys, cache and pinned files, the lookup) and
+``tuning.py`` (the tuner: candidates timed and checked on the user's GPU, rank 0's broadcast, the forward and
+assignment entry points that tune first); ``host.py`` (forward, backward, assignment); ``autograd.py``
+(:class:`ClusterFunction` and the custom ops). The torch reference paths are ``coc_kernels.reference``.
 """
 from __future__ import annotations
 

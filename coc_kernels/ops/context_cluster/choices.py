@@ -36,8 +36,8 @@ def code_version() -> str:
     return h.hexdigest()[:16]
 
 
-#: the files that make the kernels and their launches
-KERNEL_SOURCES = ("tiles.py", "dots.py", "fwd.py", "bwd.py", "config.py", "host.py")
+#: the files that make the kernels, their launches and the tables they read
+KERNEL_SOURCES = ("tiles.py", "dots.py", "membership.py", "fwd.py", "bwd.py", "config.py", "host.py")
 
 
 def kernel_sources(folder: str = os.path.dirname(os.path.abspath(__file__))) -> dict:

@@ -216,12 +216,15 @@ class KernelConfig:
 #: checks every launch, with triton 3.6 and 3.8) and per-point instructions stay low: the split dots run on
 #: tensor cores and hold their operands in shared memory, so tiles of 32-64 points fit.
 KERNEL_CONFIGS = {
-    "pool": KernelConfig(BLOCK_N=(16, 16, 16), num_warps=(2, 2, 2), STAGES=(2, 2, 2), max_vec=(4, 4, 2),
-                         why="pipelined 16-point tiles on 2 warps: 12-24 resident warps with the value's window "
-                             "sums beside the centres' (4 warps: more resident, but each per-(point, centre) "
-                             "membership instruction made by twice the threads; 32 points at 49 centres: 231 "
-                             "registers); at 49 centres at most 2-element accesses (with 4, ptxas takes 128 "
-                             "registers for the assignment-only pool and spills 8 B, bf16, triton 3.6)"),
+    "pool": KernelConfig(BLOCK_N=(16, 16, 16), num_warps=(2, 2, 4), STAGES=(2, 2, 2), max_vec=(4, 4, 2),
+                         why="pipelined 16-point tiles, the window membership loaded from a table "
+                             "(membership.py) beside each tile; 4 and 25 centres on 2 warps with the tile on the "
+                             "left of the dots (12-24 resident warps; 4 warps repeat the tile's pieces in every "
+                             "warp: small stage 1 at 25 centres 0.064 -> 0.115 ms); 49 centres on 4 warps, a "
+                             "warpgroup, with the membership on the left (config.pool_left; 2 warps: 0.155 -> "
+                             "0.107 ms; 32 points: 4 programs per SM with the value's sums; 8 warps: layout "
+                             "conversions in the loop); at 49 centres at most 2-element accesses (with 4, ptxas "
+                             "took 128 registers for the assignment-only pool and spilled 8 B, bf16, triton 3.6)"),
     "assign": KernelConfig(BLOCK_N=(16, 16, 16), num_warps=(2, 2, 4), STAGES=(1, 2, 1), maxnreg=(112, 128, 0),
                            why="one warp per 16 centres: the similarity dot feeds the one-hot dots, so triton lays "
                                "its warps along the centres (a chained dot), and more than BLOCK_M / 16 warps would "
@@ -265,6 +268,16 @@ def kernel_config(kernel: str, M: int, D: int, DV: int) -> dict:
     cfg = KERNEL_CONFIGS[kernel].at(centre_class(M))
     overrides = policy().config_overrides  # checked when the policy was made
     return with_settings(cfg, {**overrides.get("*", {}), **overrides.get(kernel, {})})
+
+
+def pool_left(block_m: int, num_warps: int) -> bool:
+    """Whether the pool kernel sums its windows as ``membership^T @ tile^T`` (``[BLOCK_M, channels]``
+    accumulators) rather than ``tile @ membership``: where its programs are whole warpgroups and the centre tile
+    is one warpgroup's rows (64), the product runs as a warpgroup MMA at sm_90 with the tile's pieces made once
+    (on the right of an MMA over 2-4 warps every warp makes them all); small stage 1 at 49 centres 0.155 (2 warps,
+    the tile on the left) -> 0.107 ms (the estimate, triton 3.8). Below that, 2 warps with the tile on the left
+    are shorter."""
+    return block_m >= 64 and num_warps % 4 == 0
 
 
 def max_vec(kernel: str, M: int) -> int:

@@ -12,49 +12,62 @@ import triton.language as tl
 
 from .dots import dot_dense, dot_exact, dot_exact_left, split3
 from .tiles import (chunk, cm_block, group_base, kernel, load_assignment, load_tile, mc_block, next_tile,
-                    norm_cols, pool_in, pool_in_row, store_tile, sum_partials, sum_vec_partials, tile, windows)
+                    norm_cols, pool_member, store_tile, sum_partials, sum_vec_partials, tile, windows)
 
 
 @triton.jit
-def _window_sums(xb, vb, offs_d, offs_dv, lo_r, hi_r, lo_c, hi_c, k, RPC, rh, rw, W, HW, ph, pw,
-                 CAREFUL: tl.constexpr, AGG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BW: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, STAGES: tl.constexpr, DT: tl.constexpr,
-                 PREC: tl.constexpr, OP: tl.constexpr):
-    """Chunk k's window sums of x ``[BLOCK_D, BLOCK_M]``, with AGG of v (else zeros), and per window the points
-    holding a non-finite x (CAREFUL; else zeros). CAREFUL: non-finite x values enter the dot as 0 (``inf * 0``
-    would reach every window), and are counted instead; otherwise x enters as it is."""
-    acc = tl.zeros((offs_d.shape[0], BLOCK_M), dtype=DT)
-    vc = tl.zeros((offs_dv.shape[0], BLOCK_M), dtype=DT)
+def _window_sums(xb, vb, mem_ptr, offs_m, offs_d, offs_dv, k, RPC, rh, rw, W, HW,
+                 CAREFUL: tl.constexpr, AGG: tl.constexpr, LEFT: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BW: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, STAGES: tl.constexpr,
+                 DT: tl.constexpr, PREC: tl.constexpr, OP: tl.constexpr):
+    """Chunk k's window sums of x, with AGG of v (else zeros), and per window the points holding a non-finite x
+    (CAREFUL; else zeros): ``[BLOCK_M, BLOCK_D]`` / ``[BLOCK_M, BLOCK_DV]`` with LEFT (membership^T @ tile^T),
+    else ``[BLOCK_D, BLOCK_M]`` / ``[BLOCK_DV, BLOCK_M]``. CAREFUL: non-finite x values enter the dot as 0
+    (``inf * 0`` would reach every window), and are counted instead; otherwise x enters as it is."""
+    if LEFT:
+        acc = tl.zeros((BLOCK_M, offs_d.shape[0]), dtype=DT)
+        vc = tl.zeros((BLOCK_M, offs_dv.shape[0]), dtype=DT)
+    else:
+        acc = tl.zeros((offs_d.shape[0], BLOCK_M), dtype=DT)
+        vc = tl.zeros((offs_dv.shape[0], BLOCK_M), dtype=DT)
     bad = tl.zeros((BLOCK_M,), dtype=tl.int32)
     r0, c0, row_end, n_tiles = chunk(k, RPC, rh, rw, BLOCK_N, BW)
     for _t in tl.range(0, n_tiles, num_stages=STAGES):
         r, col, valid, _n, sp = tile(r0, row_end, c0, rw, W, BLOCK_N, BW)
         xt = load_tile(xb, offs_d, sp, valid, D, HW, DT)
-        if BLOCK_N == BW:  # a tile is one row
-            inside = pool_in_row(lo_r, hi_r, lo_c, hi_c, r0, col, ph, pw)
-        else:
-            inside = pool_in(lo_r, hi_r, lo_c, hi_c, r, col, valid, ph, pw)
+        inside = pool_member(mem_ptr, offs_m, r0, r, c0, valid, rw, LEFT, BLOCK_N, BW)
         if CAREFUL:
             finite = tl.abs(xt) < float("inf")  # false for NaN too
             bad_n = tl.max(tl.where(finite, 0, 1), axis=0)  # [BN]
-            bad += tl.sum(tl.where((bad_n[:, None] > 0) & inside, 1, 0), axis=0)
+            if LEFT:
+                bad += tl.sum(tl.where((bad_n[None, :] > 0) & (inside != 0), 1, 0), axis=1)
+            else:
+                bad += tl.sum(tl.where((bad_n[:, None] > 0) & (inside != 0), 1, 0), axis=0)
             xt = tl.where(finite, xt, 0.0)
-        acc = dot_exact(xt, inside.to(DT), acc, PREC, OP)
+        if LEFT:
+            acc = dot_exact_left(inside, tl.trans(xt), acc, PREC, OP)
+        else:
+            acc = dot_exact(xt, inside, acc, PREC, OP)
         if AGG:
-            vc = dot_exact(load_tile(vb, offs_dv, sp, valid, DV, HW, DT), inside.to(DT), vc, PREC, OP)
+            vt = load_tile(vb, offs_dv, sp, valid, DV, HW, DT)
+            if LEFT:
+                vc = dot_exact_left(inside, tl.trans(vt), vc, PREC, OP)
+            else:
+                vc = dot_exact(vt, inside, vc, PREC, OP)
         r0, c0 = next_tile(r0, c0, rw, BLOCK_N, BW)
     return acc, vc, bad
 
 
 @kernel
-def _pool_kernel(x_ptr, v_ptr, pc_ptr, puv_ptr, H, W_v, fh, fw, rh, rw_v, ph, pw, M, NC, RPC,
-                 AGG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BW: tl.constexpr, D: tl.constexpr,
-                 DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, VEC: tl.constexpr,
-                 STAGES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, OP: tl.constexpr):
+def _pool_kernel(x_ptr, v_ptr, mem_ptr, pc_ptr, puv_ptr, H, W_v, fh, fw, rh, rw_v, ph, pw, M, NC, RPC,
+                 AGG: tl.constexpr, LEFT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BW: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                 VEC: tl.constexpr, STAGES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, OP: tl.constexpr):
     """Partial window means of chunk k for the centres: ``pc [G, NC, M, D]`` (window sums over the chunk's
     points, divided by the whole window's size); with AGG, those of the value too, ``vc``, into the chunk's
-    slot of ``puv [G, NC, M, DV]`` (the assign kernel adds the chunk's cluster sums ``U`` to it): the window
-    membership tile serves both dots.
+    slot of ``puv [G, NC, M, DV]`` (the assign kernel adds the chunk's cluster sums ``U`` to it). Window
+    membership comes from the table ``mem`` (``membership.pool_table``; LEFT: its layout for the transposed
+    products) and serves both dots.
 
     A window holding a non-finite x is NaN in every channel (its normalised centre is NaN either way, as
     adaptive_avg_pool2d's would be); other windows stay finite. The sums take x as it is; a non-finite x makes
@@ -71,19 +84,29 @@ def _pool_kernel(x_ptr, v_ptr, pc_ptr, puv_ptr, H, W_v, fh, fw, rh, rw_v, ph, pw
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    lo_r, hi_r, lo_c, hi_c, inv = windows(offs_m, M, rh, rw, ph, pw, DT)
-    acc, vc, bad = _window_sums(xb, vb, offs_d, offs_dv, lo_r, hi_r, lo_c, hi_c, k, RPC, rh, rw, W, HW, ph, pw,
-                                False, AGG, BLOCK_M, BLOCK_N, BW, D, DV, STAGES, DT, PREC, OP)
-    if tl.max(tl.max(tl.where(tl.abs(acc) < float("inf"), 0, 1), axis=1), axis=0) > 0:  # rare: a non-finite x
-        acc, _vc, bad = _window_sums(xb, vb, offs_d, offs_dv, lo_r, hi_r, lo_c, hi_c, k, RPC, rh, rw, W, HW,
-                                     ph, pw, True, False, BLOCK_M, BLOCK_N, BW, D, DV, STAGES, DT, PREC, OP)
+    _lo_r, _hi_r, _lo_c, _hi_c, inv = windows(offs_m, M, rh, rw, ph, pw, DT)
+    acc, vc, bad = _window_sums(xb, vb, mem_ptr, offs_m, offs_d, offs_dv, k, RPC, rh, rw, W, HW, False,
+                                AGG, LEFT, BLOCK_M, BLOCK_N, BW, D, DV, STAGES, DT, PREC, OP)
+    # rare: a non-finite x. One reduction over every element (two in a row over a tensor-memory accumulator crash
+    # triton 3.6's TMEM layout pass at sm_100)
+    if tl.max(tl.where(tl.abs(acc) < float("inf"), 0, 1), axis=None) > 0:
+        acc, _vc, bad = _window_sums(xb, vb, mem_ptr, offs_m, offs_d, offs_dv, k, RPC, rh, rw, W, HW,
+                                     True, False, LEFT, BLOCK_M, BLOCK_N, BW, D, DV, STAGES, DT, PREC, OP)
     part = g.to(tl.int64) * NC + k
-    acc = tl.where(bad[None, :] > 0, float("nan"), acc * inv[None, :])
-    ptrs, mask = cm_block(pc_ptr + part * M * D, offs_d, offs_m, D, M)
-    tl.store(ptrs, acc, mask=mask)
-    if AGG:
-        ptrs, mask = cm_block(puv_ptr + part * M * DV, offs_dv, offs_m, DV, M)
-        tl.store(ptrs, vc * inv[None, :], mask=mask)
+    if LEFT:
+        acc = tl.where(bad[:, None] > 0, float("nan"), acc * inv[:, None])
+        ptrs, mask = mc_block(pc_ptr + part * M * D, offs_m, offs_d, M, D)
+        tl.store(ptrs, acc, mask=mask)
+        if AGG:
+            ptrs, mask = mc_block(puv_ptr + part * M * DV, offs_m, offs_dv, M, DV)
+            tl.store(ptrs, vc * inv[:, None], mask=mask)
+    else:
+        acc = tl.where(bad[None, :] > 0, float("nan"), acc * inv[None, :])
+        ptrs, mask = cm_block(pc_ptr + part * M * D, offs_d, offs_m, D, M)
+        tl.store(ptrs, acc, mask=mask)
+        if AGG:
+            ptrs, mask = cm_block(puv_ptr + part * M * DV, offs_dv, offs_m, DV, M)
+            tl.store(ptrs, vc * inv[None, :], mask=mask)
 
 
 @kernel

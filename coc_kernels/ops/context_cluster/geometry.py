@@ -8,7 +8,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ...reference import MAX_FUSED_IMAGE_ELEMENTS, compute_dtype, triton_interpreting
-from . import choices
+from . import choices, membership
 from .config import (KERNELS, cdiv, chunking, kernel_config, max_vec, policy, pow2, tile_width,
                      vector_width)
 
@@ -59,12 +59,16 @@ class Geometry:
         self.dt = _dt(x.dtype)
         self.acc = compute_dtype(x.dtype)
         self.dot = _dot_constexprs(self.dt)  # PREC / OP of the dot kernels (made under the policy in force)
+        # the torch dtype of an exact (0/1) operand the kernels load for their dots: OP's for the split dots
+        self.dot_operand = ((torch.float32 if self.dot["OP"] == tl.float32 else torch.bfloat16)
+                            if self.dot["PREC"] == "split" else self.acc)
         self.BM = pow2(self.M)
         self.cfg = {}
         for name in KERNELS:
             cfg = choices.config_for(name, self, base[name])
             bw = tile_width(self.rw, cfg["BLOCK_N"])
             self.cfg[name] = (cfg, bw, vector_width(self.rw, self.W, bw, max_vec(name, self.M)))
+        membership.check_size(self.rh, self.rw, self.BM, self.cfg["pool"][1])
         # windows a point can lie in, per axis (pooling adjoint gathers)
         self.KH, self.KW = 1 + cdiv(ph, max(self.rh, 1)), 1 + cdiv(pw, max(self.rw, 1))
 

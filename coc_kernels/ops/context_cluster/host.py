@@ -8,7 +8,9 @@ from torch import Tensor
 from .bwd import _bwd_do_kernel, _bwd_main_kernel, _bwd_pool_kernel
 from .fwd import _assign_kernel, _dispatch_kernel, _pool_kernel
 from .geometry import Geometry, geometry
+from .config import pool_left
 from .launch import empty, launch
+from .membership import pool_table
 
 
 def _contiguous(t: Tensor) -> Tensor:
@@ -25,9 +27,11 @@ def _centres_and_assign(x: Tensor, value, alpha: Tensor, beta: Tensor, q: Geomet
     puv = empty((q.G, q.NC, q.M, q.DV), q.acc, dev, q.policy.poison) if agg else pc
     v = value if agg else x
     cfg, blocks = q.tiles("pool")
+    left = pool_left(q.BM, cfg["num_warps"])
     launch(_pool_kernel, q.grid,
-            dict(x_ptr=x, v_ptr=v, pc_ptr=pc, puv_ptr=puv, **q.region("pool"), **q.sizes("ph", "pw")),
-            dict(AGG=agg, **blocks, **q.channels("D", "DV"), DT=q.dt, **q.dot), cfg)
+            dict(x_ptr=x, v_ptr=v, mem_ptr=pool_table(q, "pool", left), pc_ptr=pc, puv_ptr=puv, **q.region("pool"),
+                 **q.sizes("ph", "pw")),
+            dict(AGG=agg, LEFT=left, **blocks, **q.channels("D", "DV"), DT=q.dt, **q.dot), cfg)
     c = empty((q.G, q.M, q.D), q.acc, dev, q.policy.poison)
     a = empty((q.G, q.N), torch.int32, dev, q.policy.poison)
     sigma = empty((q.G, q.N), q.acc, dev, q.policy.poison)

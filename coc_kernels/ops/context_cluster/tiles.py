@@ -121,24 +121,33 @@ def windows(offs_m, M, rh, rw, ph, pw, DT: tl.constexpr):
 
 
 @triton.jit
-def pool_in(lo_r, hi_r, lo_c, hi_c, r, col, valid, ph, pw):
-    """``[points, BLOCK_M]`` window membership of the tile (bool): the point lies in window m."""
-    rp = tl.where(valid, r * ph, -ph)  # points outside the region lie in no window
-    cp = col * pw
-    return (((rp + ph)[:, None] > lo_r[None, :]) & (rp[:, None] < hi_r[None, :])
-            & ((cp + pw)[:, None] > lo_c[None, :]) & (cp[:, None] < hi_c[None, :]))
-
-
-@triton.jit
-def pool_in_row(lo_r, hi_r, lo_c, hi_c, r, col, ph, pw):
-    """:func:`pool_in` of a tile that is one row ``r`` (a scalar, inside the chunk) of the region: the row test is
-    one vector over the windows, and no validity mask is needed (a column past the region, ``col >= rw``, has
-    ``col * pw >= rw * pw``, beyond every window's ``hi_c``)."""
-    rp = r * ph
-    lo = tl.where((rp + ph > lo_r[None, :]) & (rp < hi_r[None, :]), lo_c[None, :], 1 << 30)  # off the row: empty
-    cp = col * pw
-    return ((cp + pw)[:, None] > lo) & (cp[:, None] < hi_c[None, :])
-
+def pool_member(mem_ptr, offs_m, r0, r, c0, valid, rw, LEFT: tl.constexpr, BLOCK_N: tl.constexpr, BW: tl.constexpr):
+    """Window membership of the tile at (r0, c0) from the table of ``membership.build``, ``mem [rh, ceil(rw / BW),
+    BLOCK_M, BW]`` (LEFT; else its blocks ``[BW, BLOCK_M]``): 1 where the point lies in window m. Returns
+    ``[BLOCK_M, BLOCK_N]`` (LEFT) or ``[BLOCK_N, BLOCK_M]`` in the table's dtype (the dots' exact operand), 0 for
+    masked points: loaded where the dot needs it (pipelined with the tile), its address from the tile's position
+    alone (row patterns found per tile by two divisions, or a table of offsets loaded per tile, cost more than
+    the loads save)."""
+    BM: tl.constexpr = offs_m.shape[0]
+    cols = tl.arange(0, BLOCK_N) % BW
+    row = tl.cdiv(rw, BW) * (BW * BM)  # one region row's blocks
+    if BLOCK_N == BW:  # one row: one block
+        base = r0 * row + c0 * BM
+        if LEFT:
+            offs = base + (offs_m[:, None] * BW + cols[None, :])
+        else:
+            offs = base + (cols[:, None] * BM + offs_m[None, :])
+    else:
+        base = r * row + c0 * BM
+        if LEFT:
+            offs = base[None, :] + (offs_m[:, None] * BW + cols[None, :])
+        else:
+            offs = base[:, None] + (cols[:, None] * BM + offs_m[None, :])
+    if LEFT:
+        mask = valid[None, :]
+    else:
+        mask = valid[:, None]
+    return tl.load(mem_ptr + offs, mask=mask, other=0.0)
 
 
 @triton.jit
