@@ -74,3 +74,36 @@ def test_split_dots_keep_fp32_accuracy():
         1e-30)).max().item()
     eps = torch.finfo(torch.float32).eps
     assert err_dense < 8 * eps and err_exact < 8 * eps and err_left < 8 * eps, (err_dense, err_exact, err_left)
+
+
+def _nonzero_pieces(values: torch.Tensor) -> int:
+    """How many of the split3 pieces (in torch: the fp32 value's leading 8 bits, the next 8, the rest) are non-zero
+    for some of the values."""
+    def head(t):
+        return (t.view(torch.int32) & -65536).view(torch.float32)
+    hi = head(values)
+    mid = head(values - hi)
+    lo = values - hi - mid
+    return 1 + int(bool(mid.any() or lo.any())) + int(bool(lo.any()))
+
+
+@pytest.mark.parametrize("dtype,pieces", [(torch.bfloat16, 1), (torch.float16, 2), (torch.float32, 3)])
+def test_the_pool_launch_takes_the_pieces_its_inputs_need(dtype, pieces):
+    """The pool kernel's dots multiply only the first PIECES bf16 pieces of x and the value (of one dtype; the rest
+    would be zeros for a narrow type): every finite value of bf16 and fp16 (all bit patterns; fp32: random ones over
+    its exponents) has no non-zero piece past that count, and needs all of them; the recorded launch passes it."""
+    if dtype == torch.float32:
+        g = torch.Generator().manual_seed(2)
+        values = torch.randn(4096, generator=g) * torch.exp2(torch.randint(-100, 100, (4096,), generator=g).float())
+    else:
+        values = torch.arange(-2 ** 15, 2 ** 15, dtype=torch.int32).to(torch.int16).view(dtype).float()
+    values = values[torch.isfinite(values)]
+    assert _nonzero_pieces(values) == pieces
+    from coc_kernels import context_cluster
+    from coc_kernels.ops import context_cluster as ops
+    x = torch.randn(1, 4, 8, 8).to(dtype)
+    with ops.record_launches(execute=False) as rec:
+        context_cluster(x, x, torch.ones(1), torch.zeros(1), heads=1, proposal=2, fold=1, impl="triton")
+    pool = rec[0]
+    assert pool.kernel.__name__ == "_pool_kernel"
+    assert pool.constexprs["PIECES"] == pieces

@@ -27,31 +27,52 @@ def split3(t):
 
 
 @triton.jit
-def dot_exact(dense, exact, acc, PREC: tl.constexpr, OP: tl.constexpr):
+def pieces(dense, PIECES: tl.constexpr):
+    """bf16 pieces that sum to fp32 ``dense`` exactly, the first PIECES of ``hi, mid, lo`` meaningful: all three
+    (:func:`split3`) for any fp32 value; values of a narrower input type need fewer, fp16's 11 significant bits
+    two (``hi, dense - hi``), bf16's 8 one (``dense``: the others would be zeros, multiplied for nothing)."""
+    if PIECES == 1:
+        hi, mid, lo = dense, dense, dense
+    elif PIECES == 2:
+        hi = bf16_head(dense)
+        mid = dense - hi
+        lo = mid
+    else:
+        hi, mid, lo = split3(dense)
+    return hi, mid, lo
+
+
+@triton.jit
+def dot_exact(dense, exact, acc, PREC: tl.constexpr, OP: tl.constexpr, PIECES: tl.constexpr = 3):
     """``acc + dense @ exact`` for an ``exact`` whose entries are bf16 numbers (0/1 masks, one-hot): with
-    ``PREC == "split"`` three tensor-core products of the bf16 pieces of ``dense`` (exact products, fp32 sums:
-    fp32 accuracy); OP is the operand type (bf16; fp32 under the interpreter, whose bf16 dots are wrong, on
-    the same bf16-exact values). Otherwise one ``tl.dot`` at input precision PREC."""
+    ``PREC == "split"`` one tensor-core product per bf16 piece of ``dense`` (:func:`pieces`: 3 for fp32 values,
+    2 / 1 for values converted from fp16 / bf16; exact products, fp32 sums: fp32 accuracy); OP is the operand type
+    (bf16; fp32 under the interpreter, whose bf16 dots are wrong, on the same bf16-exact values). Otherwise one
+    ``tl.dot`` at input precision PREC."""
     if PREC == "split":
         e = exact.to(OP)
-        hi, mid, lo = split3(dense)
+        hi, mid, lo = pieces(dense, PIECES)
         acc = tl.dot(hi.to(OP), e, acc, input_precision="ieee")
-        acc = tl.dot(mid.to(OP), e, acc, input_precision="ieee")
-        acc = tl.dot(lo.to(OP), e, acc, input_precision="ieee")
+        if PIECES > 1:
+            acc = tl.dot(mid.to(OP), e, acc, input_precision="ieee")
+        if PIECES > 2:
+            acc = tl.dot(lo.to(OP), e, acc, input_precision="ieee")
     else:
         acc = tl.dot(dense, exact, acc, input_precision=PREC)
     return acc
 
 
 @triton.jit
-def dot_exact_left(exact, dense, acc, PREC: tl.constexpr, OP: tl.constexpr):
+def dot_exact_left(exact, dense, acc, PREC: tl.constexpr, OP: tl.constexpr, PIECES: tl.constexpr = 3):
     """``acc + exact @ dense``: :func:`dot_exact` with the exact operand on the left."""
     if PREC == "split":
         e = exact.to(OP)
-        hi, mid, lo = split3(dense)
+        hi, mid, lo = pieces(dense, PIECES)
         acc = tl.dot(e, hi.to(OP), acc, input_precision="ieee")
-        acc = tl.dot(e, mid.to(OP), acc, input_precision="ieee")
-        acc = tl.dot(e, lo.to(OP), acc, input_precision="ieee")
+        if PIECES > 1:
+            acc = tl.dot(e, mid.to(OP), acc, input_precision="ieee")
+        if PIECES > 2:
+            acc = tl.dot(e, lo.to(OP), acc, input_precision="ieee")
     else:
         acc = tl.dot(exact, dense, acc, input_precision=PREC)
     return acc

@@ -17,9 +17,9 @@ from .tiles import (chunk, cm_block, group_base, kernel, load_assignment, load_t
 
 @triton.jit
 def _window_sums(xb, vb, mem_ptr, offs_m, offs_d, offs_dv, k, RPC, rh, rw, W, HW,
-                 CAREFUL: tl.constexpr, AGG: tl.constexpr, LEFT: tl.constexpr, BLOCK_M: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BW: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, STAGES: tl.constexpr,
-                 DT: tl.constexpr, PREC: tl.constexpr, OP: tl.constexpr):
+                 CAREFUL: tl.constexpr, AGG: tl.constexpr, LEFT: tl.constexpr, PIECES: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BW: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
+                 STAGES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, OP: tl.constexpr):
     """Chunk k's window sums of x, with AGG of v (else zeros), and per window the points holding a non-finite x
     (CAREFUL; else zeros): ``[BLOCK_M, BLOCK_D]`` / ``[BLOCK_M, BLOCK_DV]`` with LEFT (membership^T @ tile^T),
     else ``[BLOCK_D, BLOCK_M]`` / ``[BLOCK_DV, BLOCK_M]``. CAREFUL: non-finite x values enter the dot as 0
@@ -45,24 +45,25 @@ def _window_sums(xb, vb, mem_ptr, offs_m, offs_d, offs_dv, k, RPC, rh, rw, W, HW
                 bad += tl.sum(tl.where((bad_n[:, None] > 0) & (inside != 0), 1, 0), axis=0)
             xt = tl.where(finite, xt, 0.0)
         if LEFT:
-            acc = dot_exact_left(inside, tl.trans(xt), acc, PREC, OP)
+            acc = dot_exact_left(inside, tl.trans(xt), acc, PREC, OP, PIECES)
         else:
-            acc = dot_exact(xt, inside, acc, PREC, OP)
+            acc = dot_exact(xt, inside, acc, PREC, OP, PIECES)
         if AGG:
             vt = load_tile(vb, offs_dv, sp, valid, DV, HW, DT)
             if LEFT:
-                vc = dot_exact_left(inside, tl.trans(vt), vc, PREC, OP)
+                vc = dot_exact_left(inside, tl.trans(vt), vc, PREC, OP, PIECES)
             else:
-                vc = dot_exact(vt, inside, vc, PREC, OP)
+                vc = dot_exact(vt, inside, vc, PREC, OP, PIECES)
         r0, c0 = next_tile(r0, c0, rw, BLOCK_N, BW)
     return acc, vc, bad
 
 
 @kernel
 def _pool_kernel(x_ptr, v_ptr, mem_ptr, pc_ptr, puv_ptr, H, W_v, fh, fw, rh, rw_v, ph, pw, M, NC, RPC,
-                 AGG: tl.constexpr, LEFT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BW: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                 VEC: tl.constexpr, STAGES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, OP: tl.constexpr):
+                 AGG: tl.constexpr, LEFT: tl.constexpr, PIECES: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BW: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr,
+                 BLOCK_DV: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
+                 OP: tl.constexpr):
     """Partial window means of chunk k for the centres: ``pc [G, NC, M, D]`` (window sums over the chunk's
     points, divided by the whole window's size); with AGG, those of the value too, ``vc``, into the chunk's
     slot of ``puv [G, NC, M, DV]`` (the assign kernel adds the chunk's cluster sums ``U`` to it). Window
@@ -86,12 +87,12 @@ def _pool_kernel(x_ptr, v_ptr, mem_ptr, pc_ptr, puv_ptr, H, W_v, fh, fw, rh, rw_
     offs_dv = tl.arange(0, BLOCK_DV)
     _lo_r, _hi_r, _lo_c, _hi_c, inv = windows(offs_m, M, rh, rw, ph, pw, DT)
     acc, vc, bad = _window_sums(xb, vb, mem_ptr, offs_m, offs_d, offs_dv, k, RPC, rh, rw, W, HW, False,
-                                AGG, LEFT, BLOCK_M, BLOCK_N, BW, D, DV, STAGES, DT, PREC, OP)
+                                AGG, LEFT, PIECES, BLOCK_M, BLOCK_N, BW, D, DV, STAGES, DT, PREC, OP)
     # rare: a non-finite x. One reduction over every element (two in a row over a tensor-memory accumulator crash
     # triton 3.6's TMEM layout pass at sm_100)
     if tl.max(tl.where(tl.abs(acc) < float("inf"), 0, 1), axis=None) > 0:
         acc, _vc, bad = _window_sums(xb, vb, mem_ptr, offs_m, offs_d, offs_dv, k, RPC, rh, rw, W, HW,
-                                     True, False, LEFT, BLOCK_M, BLOCK_N, BW, D, DV, STAGES, DT, PREC, OP)
+                                     True, False, LEFT, PIECES, BLOCK_M, BLOCK_N, BW, D, DV, STAGES, DT, PREC, OP)
     part = g.to(tl.int64) * NC + k
     if LEFT:
         acc = tl.where(bad[:, None] > 0, float("nan"), acc * inv[:, None])

@@ -72,6 +72,12 @@ class Geometry:
         # windows a point can lie in, per axis (pooling adjoint gathers)
         self.KH, self.KW = 1 + cdiv(ph, max(self.rh, 1)), 1 + cdiv(pw, max(self.rw, 1))
 
+    @staticmethod
+    def pieces(t: Tensor) -> int:
+        """bf16 pieces that sum to an element of t exactly (``dots.pieces``, the split dots' PIECES): 1 for bf16,
+        2 for fp16 (11 significant bits), 3 for fp32 (24)."""
+        return {torch.bfloat16: 1, torch.float16: 2}.get(t.dtype, 3)
+
     def tiles(self, name: str):
         """(config, tile constexprs) of one kernel."""
         cfg, bw, vec = self.cfg[name]
