@@ -278,7 +278,8 @@ def _ptx_instructions(ptx: str):
 
 def ptx_profile(ptx: str, tile_file: str, tile_lines: set) -> dict:
     """From the PTX: the kernel's instruction count (``instructions``); the loop that holds the most tile accesses
-    (``tile_lines`` of ``tile_file``: the source lines of the tile-access helpers), and in it the instruction
+    (``tile_lines`` of ``tile_file``: the source lines of the tile-access helpers; the first of several, the main
+    loop: a rare path's loop, such as the pool kernel's non-finite pass, comes after it), and in it the instruction
     count, FMAs, shared-memory loads (``ld.shared`` and the tensor-core dots' ``ldmatrix``), integer div/rem,
     cp.async; and the byte widths of every tile access of the kernel (``ld.global`` / ``st.global`` /
     ``cp.async``)."""
@@ -310,7 +311,7 @@ def ptx_profile(ptx: str, tile_file: str, tile_lines: set) -> dict:
     best = None
     for lo, hi in loops:
         n_tile = sum(1 for line, code, _ in items[lo:hi + 1] if is_tile_access(line, code))
-        if best is None or n_tile > best[0] or (n_tile == best[0] and hi - lo > best[2] - best[1]):
+        if best is None or n_tile > best[0]:  # the first of the loops with the most (a rare path's comes later)
             best = (n_tile, lo, hi)
     out = dict(tile_access_bytes=sorted(set(widths)), loop=None, instructions=sum(1 for _, code, _ in items if code))
     if best is None or best[0] == 0:

@@ -136,6 +136,31 @@ def test_ptx_profile_counts_the_tile_loop_by_hand():
     assert prof["tile_access_bytes"] == [8, 16]
 
 
+def test_ptx_profile_takes_the_main_loop_before_a_longer_rare_one():
+    """Two loops with as many tile accesses (the pool kernel's main loop and its rare non-finite pass, which holds
+    the masks and counts besides): the profile is the first, the loop that runs, not the longer one after it."""
+    from coc_kernels.ops import aot
+    ptx = "\n".join([
+        "$L__BB0_1:",
+        ".loc 1 10 0",
+        "cp.async.cg.shared.global [%r6], [%rd2], 8;",
+        ".loc 1 20 0",
+        "add.s32 %r1, %r1, 1;",
+        "@%p1 bra.uni $L__BB0_1;",
+        "$L__BB0_2:",
+        ".loc 1 10 0",
+        "ld.global.v2.b32 {%r2, %r3}, [%rd1];",
+        ".loc 1 20 0",
+        "setp.lt.f32 %p3, %f1, %f2;",
+        "selp.b32 %r4, 1, 0, %p3;",
+        "add.s32 %r5, %r5, %r4;",
+        "@%p2 bra.uni $L__BB0_2;",
+        '.file 1 "/k/tiles.py"',
+    ])
+    prof = aot.ptx_profile(ptx, "/k/tiles.py", {10})
+    assert prof["loop"] == dict(instructions=3, fma=0, ld_shared=0, int_divrem=0, cp_async=1, tile_accesses=1)
+
+
 _CAP_SCRIPT = """
 import torch
 from coc_kernels import context_cluster

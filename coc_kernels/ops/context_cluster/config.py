@@ -280,6 +280,15 @@ def pool_left(block_m: int, num_warps: int) -> bool:
     return block_m >= 64 and num_warps % 4 == 0
 
 
+def pool_rare_stages(block_m: int, stages: int) -> int:
+    """Pipelining depth of the pool kernel's rare non-finite pass (its loop holds the masks and counts besides the
+    sums): unpipelined it keeps the kernel's register peak lower at 16 and 64 centre slots (49 centres, triton 3.6:
+    83 -> 79 registers, 5 -> 6 programs per SM, small stage 1 0.834 -> 0.797 ms; 4 centres fp32, triton 3.8: 0.056 ->
+    0.047 ms for the kernel), but at 32 slots ptxas then takes more (bf16: 123 -> 141, 0.030 -> 0.057 ms): there it
+    is pipelined as the main loop."""
+    return stages if block_m == 32 else 1
+
+
 def max_vec(kernel: str, M: int) -> int:
     """Elements per vector access at most for one kernel at M centres (:attr:`KernelConfig.max_vec`)."""
     return KERNEL_CONFIGS[kernel].max_vec[CENTRE_CLASSES.index(centre_class(M))]

@@ -62,13 +62,13 @@ def _window_sums(xb, vb, mem_ptr, offs_m, offs_d, offs_dv, k, RPC, rh, rw, W, HW
 def _pool_kernel(x_ptr, v_ptr, mem_ptr, pc_ptr, puv_ptr, H, W_v, fh, fw, rh, rw_v, ph, pw, M, NC, RPC,
                  AGG: tl.constexpr, LEFT: tl.constexpr, PIECES: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, BW: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr,
-                 BLOCK_DV: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
-                 OP: tl.constexpr):
+                 BLOCK_DV: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr, RARE_STAGES: tl.constexpr,
+                 DT: tl.constexpr, PREC: tl.constexpr, OP: tl.constexpr):
     """Partial window means of chunk k for the centres: ``pc [G, NC, M, D]`` (window sums over the chunk's
     points, divided by the whole window's size); with AGG, those of the value too, ``vc``, into the chunk's
     slot of ``puv [G, NC, M, DV]`` (the assign kernel adds the chunk's cluster sums ``U`` to it). Window
     membership comes from the table ``mem`` (``membership.pool_table``; LEFT: its layout for the transposed
-    products) and serves both dots.
+    products) and serves both dots. RARE_STAGES: the pipelining of the non-finite pass (``config.pool_rare_stages``).
 
     A window holding a non-finite x is NaN in every channel (its normalised centre is NaN either way, as
     adaptive_avg_pool2d's would be); other windows stay finite. The sums take x as it is; a non-finite x makes
@@ -92,7 +92,8 @@ def _pool_kernel(x_ptr, v_ptr, mem_ptr, pc_ptr, puv_ptr, H, W_v, fh, fw, rh, rw_
     # triton 3.6's TMEM layout pass at sm_100)
     if tl.max(tl.where(tl.abs(acc) < float("inf"), 0, 1), axis=None) > 0:
         acc, _vc, bad = _window_sums(xb, vb, mem_ptr, offs_m, offs_d, offs_dv, k, RPC, rh, rw, W, HW,
-                                     True, False, LEFT, PIECES, BLOCK_M, BLOCK_N, BW, D, DV, STAGES, DT, PREC, OP)
+                                     True, False, LEFT, PIECES, BLOCK_M, BLOCK_N, BW, D, DV, RARE_STAGES, DT,
+                                     PREC, OP)
     part = g.to(tl.int64) * NC + k
     if LEFT:
         acc = tl.where(bad[:, None] > 0, float("nan"), acc * inv[:, None])

@@ -8,7 +8,7 @@ from torch import Tensor
 from .bwd import _bwd_do_kernel, _bwd_main_kernel, _bwd_pool_kernel
 from .fwd import _assign_kernel, _dispatch_kernel, _pool_kernel
 from .geometry import Geometry, geometry
-from .config import pool_left
+from .config import pool_left, pool_rare_stages
 from .launch import empty, launch
 from .membership import pool_table
 
@@ -31,8 +31,8 @@ def _centres_and_assign(x: Tensor, value, alpha: Tensor, beta: Tensor, q: Geomet
     launch(_pool_kernel, q.grid,
             dict(x_ptr=x, v_ptr=v, mem_ptr=pool_table(q, "pool", left), pc_ptr=pc, puv_ptr=puv, **q.region("pool"),
                  **q.sizes("ph", "pw")),
-            dict(AGG=agg, LEFT=left, PIECES=q.pieces(x), **blocks, **q.channels("D", "DV"), DT=q.dt,
-                 **q.dot), cfg)
+            dict(AGG=agg, LEFT=left, PIECES=q.pieces(x), RARE_STAGES=pool_rare_stages(q.BM, blocks["STAGES"]),
+                 **blocks, **q.channels("D", "DV"), DT=q.dt, **q.dot), cfg)
     c = empty((q.G, q.M, q.D), q.acc, dev, q.policy.poison)
     a = empty((q.G, q.N), torch.int32, dev, q.policy.poison)
     sigma = empty((q.G, q.N), q.acc, dev, q.policy.poison)
