@@ -76,6 +76,32 @@ def test_split_dots_keep_fp32_accuracy():
     assert err_dense < 8 * eps and err_exact < 8 * eps and err_left < 8 * eps, (err_dense, err_exact, err_left)
 
 
+@triton.jit
+def _dense_pieces_probe(a_ptr, b_ptr, out_ptr, M: tl.constexpr, K: tl.constexpr, N: tl.constexpr,
+                        PIECES: tl.constexpr):
+    om, ok, on = tl.arange(0, M), tl.arange(0, K), tl.arange(0, N)
+    a_hi, a_mid, a_lo = split3(tl.load(a_ptr + om[:, None] * K + ok[None, :]))
+    b = tl.load(b_ptr + ok[:, None] * N + on[None, :])
+    tl.store(out_ptr + om[:, None] * N + on[None, :], dot_dense(a_hi, a_mid, a_lo, b, "split", tl.float32, PIECES))
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="the probes run in the interpreter")
+@pytest.mark.parametrize("dtype,pieces", [(torch.bfloat16, 1), (torch.float16, 2), (torch.float32, 3)])
+def test_dot_dense_with_the_pieces_of_a_narrow_right_operand(dtype, pieces):
+    """``dot_dense(..., PIECES)`` with b's values of a type that needs PIECES pieces (the assign kernel's raw bf16
+    x tile) against float64: the products it keeps (3 / 5 / 6) are those above 2**-24, so it stays within a few
+    fp32 roundings; leaving out one of them (lo.hi, 2**-16) would not."""
+    g = torch.Generator().manual_seed(3)
+    M, K, N = 16, 32, 16
+    a = torch.randn(M, K, generator=g)
+    b = torch.randn(K, N, generator=g).to(dtype).float()
+    out = torch.empty(M, N)
+    _dense_pieces_probe[(1,)](a, b, out, M=M, K=K, N=N, PIECES=pieces)
+    want = a.double() @ b.double()
+    err = ((out.double() - want).abs() / (a.abs().double() @ b.abs().double())).max().item()
+    assert err < 8 * torch.finfo(torch.float32).eps, err
+
+
 def _nonzero_pieces(values: torch.Tensor) -> int:
     """How many of the split3 pieces (in torch: the fp32 value's leading 8 bits, the next 8, the rest) are non-zero
     for some of the values."""
@@ -90,8 +116,9 @@ def _nonzero_pieces(values: torch.Tensor) -> int:
 @pytest.mark.parametrize("dtype,pieces", [(torch.bfloat16, 1), (torch.float16, 2), (torch.float32, 3)])
 def test_the_pool_launch_takes_the_pieces_its_inputs_need(dtype, pieces):
     """The pool kernel's dots multiply only the first PIECES bf16 pieces of x and the value (of one dtype; the rest
-    would be zeros for a narrow type): every finite value of bf16 and fp16 (all bit patterns; fp32: random ones over
-    its exponents) has no non-zero piece past that count, and needs all of them; the recorded launch passes it."""
+    would be zeros for a narrow type), and the assign kernel's similarity takes the raw x tile where PIECES is 1:
+    every finite value of bf16 and fp16 (all bit patterns; fp32: random ones over its exponents) has no non-zero
+    piece past that count, and needs all of them; the recorded launches pass it."""
     if dtype == torch.float32:
         g = torch.Generator().manual_seed(2)
         values = torch.randn(4096, generator=g) * torch.exp2(torch.randint(-100, 100, (4096,), generator=g).float())
@@ -104,6 +131,7 @@ def test_the_pool_launch_takes_the_pieces_its_inputs_need(dtype, pieces):
     x = torch.randn(1, 4, 8, 8).to(dtype)
     with ops.record_launches(execute=False) as rec:
         context_cluster(x, x, torch.ones(1), torch.zeros(1), heads=1, proposal=2, fold=1, impl="triton")
-    pool = rec[0]
-    assert pool.kernel.__name__ == "_pool_kernel"
+    pool, assign = rec[0], rec[1]
+    assert pool.kernel.__name__ == "_pool_kernel" and assign.kernel.__name__ == "_assign_kernel"
     assert pool.constexprs["PIECES"] == pieces
+    assert assign.constexprs["PIECES"] == pieces  # its similarity dot takes the raw x tile's pieces (bf16)

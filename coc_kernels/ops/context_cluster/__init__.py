@@ -20,7 +20,9 @@ gradients) and into the pooling windows are dot products with one-hot / window-m
 similarities a dot of centres and points; all run on tensor cores at fp32 accuracy (the "split" precision): the fp32
 operand is cut into three bf16 pieces that sum to it exactly, the 0/1 operand is exact in bf16, so three bf16
 products with fp32 accumulation lose nothing but the order of the sums (``dots.dot_exact``); the dense-by-dense
-similarity takes the six products above 2**-24 (``dots.dot_dense``). TF32 (10 bits) would flip assignments against
+similarity takes the six products above 2**-24 (``dots.dot_dense``); a bf16 x is one piece already, so its
+similarity is ``c_hat`` (three pieces) times the raw x tile, three products, scaled by ``1/|x|`` per point. Operands
+converted from bf16 / fp16 take only their 1 / 2 pieces (``dots.pieces``). TF32 (10 bits) would flip assignments against
 the fp32 reference; FMA dots ("ieee", still selectable, and what fp64 inputs take) cost ~1,000-2,400 FMAs per point.
 Window weights ``1/|window|`` are applied once per window after the sums. Gathers (``o[a_n]``, ``dU[a_n]``,
 ``c_hat[a_n]``, and the pooling adjoints) are loads from a tiny per-program copy of the group state that stays in

@@ -79,20 +79,27 @@ def dot_exact_left(exact, dense, acc, PREC: tl.constexpr, OP: tl.constexpr, PIEC
 
 
 @triton.jit
-def dot_dense(a_hi, a_mid, a_lo, b, PREC: tl.constexpr, OP: tl.constexpr):
+def dot_dense(a_hi, a_mid, a_lo, b, PREC: tl.constexpr, OP: tl.constexpr, PIECES: tl.constexpr = 3):
     """``a @ b`` for dense fp32 ``a`` given as its :func:`split3` pieces (split once by the caller, e.g.
-    outside a loop) and dense ``b``: with ``PREC == "split"`` the six bf16 tensor-core products whose terms
-    are above 2**-24 of the result (hi.hi, hi.mid, mid.hi, hi.lo, lo.hi, mid.mid), summed smallest first;
-    otherwise one ``tl.dot`` of ``a_hi`` (then the whole of a) at input precision PREC."""
+    outside a loop) and dense ``b`` whose values need PIECES bf16 pieces (:func:`pieces`): with ``PREC ==
+    "split"`` the bf16 tensor-core products whose terms are above 2**-24 of the result (of hi.hi, hi.mid, mid.hi,
+    hi.lo, lo.hi, mid.mid those that take an existing piece of b: 6, 5 or 3), summed smallest first; otherwise
+    one ``tl.dot`` of ``a_hi`` (then the whole of a) at input precision PREC."""
     if PREC == "split":
-        b_hi, b_mid, b_lo = split3(b)
+        b_hi, b_mid, b_lo = pieces(b, PIECES)
         ah, am, al = a_hi.to(OP), a_mid.to(OP), a_lo.to(OP)
-        bh, bm = b_hi.to(OP), b_mid.to(OP)
-        acc = tl.dot(am, bm, input_precision="ieee")
-        acc = tl.dot(al, bh, acc, input_precision="ieee")
-        acc = tl.dot(ah, b_lo.to(OP), acc, input_precision="ieee")
+        bh = b_hi.to(OP)
+        if PIECES > 1:
+            bm = b_mid.to(OP)
+            acc = tl.dot(am, bm, input_precision="ieee")
+            acc = tl.dot(al, bh, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(al, bh, input_precision="ieee")
+        if PIECES > 2:
+            acc = tl.dot(ah, b_lo.to(OP), acc, input_precision="ieee")
         acc = tl.dot(am, bh, acc, input_precision="ieee")
-        acc = tl.dot(ah, bm, acc, input_precision="ieee")
+        if PIECES > 1:
+            acc = tl.dot(ah, bm, acc, input_precision="ieee")
         acc = tl.dot(ah, bh, acc, input_precision="ieee")
     else:
         acc = tl.dot(a_hi, b, input_precision=PREC)

@@ -114,12 +114,13 @@ def _pool_kernel(x_ptr, v_ptr, mem_ptr, pc_ptr, puv_ptr, H, W_v, fh, fw, rh, rw_
 @kernel
 def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_ptr, alpha_ptr, beta_ptr,
                    H, W_v, fh, fw, rh, rw_v, M, NC, RPC,
-                   AGG: tl.constexpr, BY_COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BW: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                   VEC: tl.constexpr, STAGES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, OP: tl.constexpr):
+                   AGG: tl.constexpr, BY_COUNT: tl.constexpr, PIECES: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BW: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr,
+                   BLOCK_DV: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr, DT: tl.constexpr,
+                   PREC: tl.constexpr, OP: tl.constexpr):
     """Centres from the partials (chunk 0 stores ``c [G, M, D]``); assignment ``a, sigma [G, N]`` of chunk k;
     with AGG, partial ``U + vc`` (``puv [G, NC, M, DV]``: the chunk's ``U`` added to the ``vc`` the pool kernel
-    left there) and denominators (``pden [G, NC, M]``)."""
+    left there) and denominators (``pden [G, NC, M]``). PIECES: bf16 pieces of an x value (``dots.pieces``)."""
     g = tl.program_id(0)
     k = tl.program_id(1)
     g64 = g.to(tl.int64)
@@ -162,9 +163,17 @@ def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_pt
     r0, c0, row_end, n_tiles = chunk(k, RPC, rh, rw, BLOCK_N, BW)
     for _t in tl.range(0, n_tiles, num_stages=STAGES):
         _r, _col, valid, n, sp = tile(r0, row_end, c0, rw, W, BLOCK_N, BW)
-        x_hat, _xn = norm_cols(load_tile(xb, offs_d, sp, valid, D, HW, DT), eps)
-        cos = dot_dense(c_hi, c_mid, c_lo, x_hat, PREC, OP)  # [BM, BN]
-        s = 1.0 / (1.0 + tl.exp(-(beta_m[:, None] + alpha * cos)))
+        xt = load_tile(xb, offs_d, sp, valid, D, HW, DT)
+        if PIECES == 1:
+            # bf16 x: c_hat @ x on its one piece (3 products, no split of the tile), then alpha / |x| per point
+            # (fp32 and fp16 split x_hat: with 3 or 2 pieces the raw tile saves nothing). Only bf16 values of
+            # 1e37 and more can overflow the raw products (x_hat's are at most 1): their windows' sums overflow too
+            cos = dot_dense(c_hi, c_mid, c_lo, xt, PREC, OP, PIECES)  # [BM, BN], times |x|
+            z = beta_m[:, None] + (alpha / tl.maximum(tl.sqrt(tl.sum(xt * xt, axis=0)), eps))[None, :] * cos
+        else:
+            x_hat, _xn = norm_cols(xt, eps)
+            z = beta_m[:, None] + alpha * dot_dense(c_hi, c_mid, c_lo, x_hat, PREC, OP)
+        s = 1.0 / (1.0 + tl.exp(-z))
         s = tl.where(s == s, s, -1.0)  # NaN below every number
         sigma = tl.max(s, axis=0)
         a = tl.min(tl.where(s == sigma[None, :], offs_m[:, None], BLOCK_M), axis=0)  # first index of the max

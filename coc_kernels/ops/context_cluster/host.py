@@ -42,7 +42,7 @@ def _centres_and_assign(x: Tensor, value, alpha: Tensor, beta: Tensor, q: Geomet
     launch(_assign_kernel, q.grid,
             dict(x_ptr=x, v_ptr=v, pc_ptr=pc, c_ptr=c, a_ptr=a, sig_ptr=sigma, puv_ptr=puv, pden_ptr=pden,
                  alpha_ptr=alpha, beta_ptr=beta, **q.region(name), **q.sizes()),
-            dict(AGG=agg, BY_COUNT=by_count, **blocks, **q.channels("D", "DV"), DT=q.dt,
+            dict(AGG=agg, BY_COUNT=by_count, PIECES=q.pieces(x), **blocks, **q.channels("D", "DV"), DT=q.dt,
                  **q.dot), cfg)
     return c, a, sigma, puv, pden
 
