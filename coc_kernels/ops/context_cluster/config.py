@@ -245,14 +245,18 @@ KERNEL_CONFIGS = {
                                "one-hot on the left at 4 and 49 centres 40-48 registers (49 centres: 72 with it on "
                                "the right, small stage 1 0.117 -> 0.055 ms)"),
     "bwd_main": KernelConfig(BLOCK_N=(16, 16, 32), num_warps=(4, 2, 4), STAGES=(1, 1, 1), maxnreg=(0, 128, 128),
-                             max_vec=(2, 2, 2),
+                             max_vec=(1, 2, 1),
                              why="unpipelined tiles capped at 128 registers where ptxas left to itself keeps more: 25 "
                                  "centres on 2 warps, 8 programs per SM, the 1,024 programs of stage 1 in one wave "
                                  "(4 warps: 4 per SM, two waves; 0.26 -> 0.20 ms); 49 centres 32 points on 4 warps "
                                  "(16 points on 2 warps spill 200-700 B; 32 on 8 warps hold 2 programs per SM: "
                                  "0.36 -> 0.25 ms); 4 centres 16 points on 4 warps (2 warps: medium stage 1 0.24 -> "
-                                 "0.35 ms); at most 2-element accesses (4-element ones hold more registers: spills of "
-                                 "4-16 B at every class)"),
+                                 "0.35 ms); at 4 and 49 centres 1-element accesses: the loop is unpipelined (plain "
+                                 "loads, no cp.async), and 2-element ones cost instructions and registers to unpack "
+                                 "(small stage 1 fp32, triton 3.8: 4 centres 0.468 -> 0.440 ms, 49 centres 0.752 -> "
+                                 "0.746); "
+                                 "at 25 centres 2 (with 1, ptxas of triton 3.6 spills 12-24 B under the cap; with 2, "
+                                 "that of triton 3.8 spills 12-60 B for fp16); 4-element ones spill at every class"),
     "bwd_pool": KernelConfig(BLOCK_N=(64, 64, 64), num_warps=(8, 8, 8), STAGES=(2, 2, 2), maxnreg=(0, 0, 64),
                            why="gathers, no dot; at 49 centres ptxas left to itself takes 48 registers and "
                                "spills at sm_90 (triton 3.8)"),
