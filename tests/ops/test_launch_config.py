@@ -35,6 +35,29 @@ def test_shipped_chunking_by_centre_class(centres, target, expected):
         assert ops.chunking(512, 25, 4, centres) == expected
 
 
+@pytest.mark.parametrize("groups, centres, expected", [
+    (16, 25, (13, 2)), (64, 25, (13, 2)), (16, 4, (13, 2)), (16, 49, (13, 2)),  # single rows: 112-448 programs
+    (128, 25, (7, 4)), (128, 4, (7, 4)), (64, 49, (7, 4)),  # 896 and 448 programs: the tiles' rows
+])
+def test_few_groups_take_single_row_chunks(groups, centres, expected):
+    """The later stages' few groups (small model, 25 region rows, 4-row tiles the tallest): where chunks of whole
+    tile rows leave a launch short of its target and below the class's ``fine_below`` programs (512 / 1024 / 256
+    at 4 / 25 / 49 centres), the chunks are of single rows, as many as the target wants up to MAX_CHUNKS (16 ->
+    ceil(25 / 16) = 2 rows, 13 chunks); above it, 7 chunks of 4 rows (25 rows, at most one chunk per 4)."""
+    assert ops.chunking(groups, 25, 4, centres) == expected
+
+
+def test_single_row_chunks_under_two_row_tiles():
+    """Chunks of one row where some kernels' tiles hold two: those tiles mask the row past their chunk, and the
+    result is the dense one."""
+    x, v, a, b = make(1, 2, 16, 16, 12, 26, alpha=1.3, beta=-0.2)  # 2 groups of 12 x 26 points
+    q = ops.Geometry(x, v, 2, 3, 2, 1, 1)
+    assert q.row_unit == 2 and (q.NC, q.rpc) == (12, 1)
+    # a region no taller than its tallest tile keeps one chunk (8 groups of 4 rows, 16-row tiles)
+    assert ops.chunking(8, 4, 16, 4) == (1, 4)
+    assert_matches_dense("triton", x, v, a, b, heads=2, proposal=(3, 2), fold=1, denominator="similarity")
+
+
 def test_the_launch_geometry_is_made_once_per_shape_and_policy():
     """The per-shape geometry is reused (host time), and never across launch policies or shapes: a chunking
     changed by the policy shows in the next call's launches."""

@@ -334,15 +334,18 @@ class ChunkConfig:
     """How a group's region rows are split into chunks (one program each), one value per centre class:
     ``programs``, the number of programs a launch aims for (chunks are added until ``G * NC`` reaches it; the
     policy's ``target_programs`` replaces it where set); ``balanced``: chunks of ``ceil(rh / NC)`` rows, else of
-    whole multiples of the tallest tile's rows (the first chunks then run longer than the last). ``why``: what
-    chose them."""
+    whole multiples of the tallest tile's rows (the first chunks then run longer than the last); ``fine_below``:
+    where chunks of the tallest tile's rows (a region of two such tiles or more) leave a launch short of the target
+    and below this many programs (the later stages' few groups), chunks of single rows (a taller tile masks the
+    rows past its chunk). ``why``: what chose them."""
     programs: tuple
     balanced: tuple
+    fine_below: tuple = (0, 0, 0)
     why: str = ""
 
     def at(self, block_m: int) -> dict:
         i = CENTRE_CLASSES.index(block_m)
-        return dict(programs=self.programs[i], balanced=self.balanced[i])
+        return dict(programs=self.programs[i], balanced=self.balanced[i], fine_below=self.fine_below[i])
 
 
 #: chunking by centre class, chosen by the time model's estimate (``benchmarks/sweep_chunking.py``: every candidate
@@ -350,24 +353,32 @@ class ChunkConfig:
 #: whose programs all fit at once (one wave) ends with its longest program, and one that needs more ends sooner when
 #: its longer programs go first
 CHUNKING = ChunkConfig(
-    programs=(2048, 1024, 1024), balanced=(True, True, False),
+    programs=(2048, 1024, 1024), balanced=(True, True, False), fine_below=(512, 1024, 256),
     why="4 / 25 centres: the dot kernels hold 8-9 programs per SM, so a launch is about one wave and equal chunks "
         "shorten its longest program (small stage 1 fwd+bwd 0.63 -> 0.58 and 0.72 -> 0.65 ms, medium stage 2 at "
         "25 centres 0.41 -> 0.29); 4 centres take twice the programs (medium stage 1 0.79 with 3 chunks, 0.90 "
         "with 2 equal ones); at 49 centres 2-6 per SM, several waves, where longer first chunks end sooner "
-        "(equal chunks: small stage 1 +4 %)")
+        "(equal chunks: small stage 1 +4 %); single-row chunks where the 4-row tiles (bwd_pool, the assignment "
+        "alone) would leave the later stages' few groups (16-96) at 7 chunks of 4 rows: small stage 4 0.13 / 0.19 "
+        "/ 0.17 -> 0.08 / 0.12 / 0.11 ms at 4 / 25 / 49 centres, stage 3 at 4 and 25 centres 0.13 / 0.19 -> 0.09 / "
+        "0.13; not above 512 / 1024 / 256 programs (small stage 2 at 4 centres 0.141 -> 0.156 and stage 3 at 49 "
+        "0.170 -> 0.182 in two waves)")
 
 
 def chunking(G: int, rh: int, row_unit: int, M: int):
     """``(NC, rows per chunk)``: a group's ``rh`` region rows split into NC chunks until ``G * NC`` reaches the
     target (:data:`CHUNKING` of the class of M centres, or the policy's ``target_programs``), at most one chunk per
     ``row_unit`` rows (the tallest tile of any kernel; each program re-reads its group's NC partials, work the
-    time model counts once), of ``ceil(rh / NC)`` rows where the class's chunks are balanced, else of whole
-    multiples of ``row_unit`` rows."""
+    time model counts once) unless that leaves fewer than the class's ``fine_below`` programs short of the target
+    in a region of two tiles or more (then one per row), of ``ceil(rh / NC)`` rows where the class's chunks are
+    balanced, else of whole multiples of ``row_unit`` rows."""
     c = CHUNKING.at(centre_class(M))
     target = policy().target_programs or c["programs"]
+    want = min(MAX_CHUNKS, cdiv(target, max(G, 1)))
     units = max(1, cdiv(rh, row_unit))
-    nc = max(1, min(units, MAX_CHUNKS, cdiv(target, max(G, 1))))
+    if 1 < units < want and G * units < c["fine_below"]:  # few programs, held back by the tallest tile: single rows
+        row_unit, units = 1, max(1, rh)
+    nc = max(1, min(units, want))
     if c["balanced"]:
         per = max(1, cdiv(rh, nc))
         return max(1, cdiv(rh, per)), per
