@@ -5,7 +5,8 @@ Per launch, ``T = max(T_core, T_dram, T_store)``:
 
 - ``T_core``: the grid's programs, in launch order (axis 0, the group, fastest), placed on the SMs, at most
   ``per_sm`` at a time on each (registers, warps and shared memory, as ptxas reports them); a program does
-  ``loop x tiles + other`` warp-instructions per warp (PTX counts of the tile loop and of the rest of the kernel).
+  ``loop x tiles + partial x (chunks - 1) + other`` warp-instructions per warp (PTX counts of the tile loop, of the
+  loops that sum the group's chunk partials, and of the rest of the kernel).
   On an SM holding ``n`` warps (spread over 4 schedulers), each warp issues ``min(1 / L, 4 / n)`` instructions
   per cycle: one every ``L`` cycles while the schedulers have slack, a share of one per cycle once they do not.
 - ``T_dram``: compulsory bytes (every tensor argument read or written once) / DRAM bandwidth.
@@ -43,7 +44,9 @@ class KernelCost:
     """What the model needs of one launch: ``programs`` = ``((count, tiles), ...)`` runs of programs in launch
     order and the tile-loop iterations each takes; warps per program; programs resident per SM; PTX instructions
     per thread of one tile-loop iteration and of the rest of the kernel; compulsory bytes; elements stored
-    through uncoalesced tile stores."""
+    through uncoalesced tile stores; PTX instructions of one iteration of the loops over the group's chunk
+    partials (``aot.ptx_profile``'s ``partial_loops``), which run ``chunks - 1`` times (0 where not counted: the
+    calibration data)."""
     kernel: str
     programs: tuple
     warps: int
@@ -52,6 +55,8 @@ class KernelCost:
     other_instructions: int
     bytes: int
     strided_store_elements: int = 0
+    partial_instructions: int = 0
+    chunks: int = 1
 
     @classmethod
     def from_dict(cls, d: dict) -> "KernelCost":
@@ -77,10 +82,13 @@ def kernel_cost(kernel: str, chunk_tiles, groups: int, warps: int, r90: dict, nb
     """A launch's cost from its grid (``groups`` programs per chunk, ``chunk_tiles[k]`` tile iterations each,
     chunk by chunk) and its sm_90 compile result (``aot.compile_spec``: programs per SM, PTX counts)."""
     loop = (r90.get("loop") or {}).get("instructions", 0)
+    partial = r90.get("partial_loops", 0)
+    chunk_tiles = tuple(chunk_tiles)
     return KernelCost(kernel=kernel, programs=runs(t for t in chunk_tiles for _ in range(groups)), warps=warps,
                       per_sm=r90["programs_per_sm"], loop_instructions=loop,
-                      other_instructions=max(0, r90.get("instructions", loop) - loop), bytes=int(nbytes),
-                      strided_store_elements=int(strided_store_elements))
+                      other_instructions=max(0, r90.get("instructions", loop) - loop - partial), bytes=int(nbytes),
+                      strided_store_elements=int(strided_store_elements), partial_instructions=partial,
+                      chunks=len(chunk_tiles))
 
 
 def runs(values) -> tuple:
@@ -98,7 +106,8 @@ def core_cycles(cost: KernelCost, latency: float, gpu: dict = H100) -> float:
     """Cycles until the last program of the launch retires (event simulation of the SMs)."""
     if cost.per_sm < 1:
         return math.inf
-    work = np.repeat([cost.loop_instructions * t + cost.other_instructions for _, t in cost.programs],
+    fixed = cost.other_instructions + cost.partial_instructions * max(cost.chunks - 1, 0)
+    work = np.repeat([cost.loop_instructions * t + fixed for _, t in cost.programs],
                      [c for c, _ in cost.programs]).astype(np.float64)
     sms, slots = gpu["sms"], cost.per_sm
     rem = np.full((sms, slots), np.inf)

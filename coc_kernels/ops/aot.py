@@ -133,17 +133,18 @@ def compile_spec(spec: Spec, cc: int, resources: bool = True) -> dict:
     file, lines = tile_helper_lines(spec.module)
     if lines:
         out["accesses"] = tile_accesses(k.asm.get("ttgir", ""), file, lines)
-        out.update(ptx_profile(k.asm["ptx"], file, lines))
+        out.update(ptx_profile(k.asm["ptx"], file, lines, tile_helper_lines(spec.module, "partials_loop")[1]))
     return out
 
 
-def tile_helper_lines(module: str):
+def tile_helper_lines(module: str, mark: str = "tile_access"):
     """``(file, source lines)`` of the tile-access helpers the module's kernels call (the names in it marked
-    ``tile_access``: the functions that make every ``[B, C, H, W]`` tile load and store), from the decorator to
-    one line past the body: compilers differ by a line in where they place the load of a ``return tl.load(...)``."""
+    ``tile_access``: the functions that make every ``[B, C, H, W]`` tile load and store; or those of another
+    ``mark``, such as ``partials_loop``), from the decorator to one line past the body: compilers differ by a line
+    in where they place the load of a ``return tl.load(...)``."""
     import importlib
     import inspect
-    helpers = [v for v in vars(importlib.import_module(module)).values() if getattr(v, "tile_access", False)]
+    helpers = [v for v in vars(importlib.import_module(module)).values() if getattr(v, mark, False)]
     lines, file = set(), None
     for h in helpers:
         fn = getattr(h, "fn", h)
@@ -276,13 +277,15 @@ def _ptx_instructions(ptx: str):
         yield cur, code, None
 
 
-def ptx_profile(ptx: str, tile_file: str, tile_lines: set) -> dict:
+def ptx_profile(ptx: str, tile_file: str, tile_lines: set, partial_lines: set = frozenset()) -> dict:
     """From the PTX: the kernel's instruction count (``instructions``); the loop that holds the most tile accesses
     (``tile_lines`` of ``tile_file``: the source lines of the tile-access helpers; the first of several, the main
     loop: a rare path's loop, such as the pool kernel's non-finite pass, comes after it), and in it the instruction
     count, FMAs, shared-memory loads (``ld.shared`` and the tensor-core dots' ``ldmatrix``), integer div/rem,
-    cp.async; and the byte widths of every tile access of the kernel (``ld.global`` / ``st.global`` /
-    ``cp.async``)."""
+    cp.async; the byte widths of every tile access of the kernel (``ld.global`` / ``st.global`` /
+    ``cp.async``); and ``partial_loops``, the instructions of the loops over chunk partials (loops with no tile
+    access, most of whose located instructions lie on ``partial_lines`` of ``tile_file``: they run once per
+    chunk)."""
     items = list(_ptx_instructions(ptx))
     labels = {lab: i for i, (_, _, lab) in enumerate(items) if lab}
     loops = []
@@ -313,7 +316,15 @@ def ptx_profile(ptx: str, tile_file: str, tile_lines: set) -> dict:
         n_tile = sum(1 for line, code, _ in items[lo:hi + 1] if is_tile_access(line, code))
         if best is None or n_tile > best[0]:  # the first of the loops with the most (a rare path's comes later)
             best = (n_tile, lo, hi)
-    out = dict(tile_access_bytes=sorted(set(widths)), loop=None, instructions=sum(1 for _, code, _ in items if code))
+    partial = 0
+    for lo, hi in loops:
+        body = [(line, code) for line, code, _ in items[lo:hi + 1] if code]
+        located = [line for line, _ in body if line is not None]
+        if (located and not any(is_tile_access(line, code) for line, code in body)
+                and 2 * sum(line[0] == tile_file and line[1] in partial_lines for line in located) > len(located)):
+            partial += len(body)
+    out = dict(tile_access_bytes=sorted(set(widths)), loop=None, partial_loops=partial,
+               instructions=sum(1 for _, code, _ in items if code))
     if best is None or best[0] == 0:
         return out
     body = [code for _, code, _ in items[best[1]:best[2] + 1] if code]

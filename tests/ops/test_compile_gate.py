@@ -161,6 +161,38 @@ def test_ptx_profile_takes_the_main_loop_before_a_longer_rare_one():
     assert prof["loop"] == dict(instructions=3, fma=0, ld_shared=0, int_divrem=0, cp_async=1, tile_accesses=1)
 
 
+def test_ptx_profile_counts_the_loops_over_chunk_partials():
+    """A loop with no tile access whose located instructions lie mostly on the partial-sum helpers' lines (they run
+    once per chunk) is counted in ``partial_loops``; the tile loop and a loop of other lines are not."""
+    from coc_kernels.ops import aot
+    ptx = "\n".join([
+        "$L__BB0_1:",  # the partial sums: 3 of 4 located instructions on line 30
+        ".loc 1 30 0",
+        "ld.global.b32 %r1, [%rd1];",
+        "add.f32 %f1, %f1, %f2;",
+        "add.s32 %r2, %r2, 1;",
+        ".loc 2 5 0",
+        "@%p1 bra.uni $L__BB0_1;",
+        "$L__BB0_2:",  # the tile loop
+        ".loc 1 10 0",
+        "ld.global.v2.b32 {%r3, %r4}, [%rd2];",
+        ".loc 1 30 0",
+        "add.f32 %f3, %f3, %f4;",
+        "@%p2 bra.uni $L__BB0_2;",
+        "$L__BB0_3:",  # another loop (half on line 30: not a majority)
+        ".loc 1 30 0",
+        "add.f32 %f5, %f5, %f6;",
+        ".loc 2 7 0",
+        "@%p3 bra.uni $L__BB0_3;",
+        '.file 1 "/k/tiles.py"',
+        '.file 2 "/k/fwd.py"',
+    ])
+    prof = aot.ptx_profile(ptx, "/k/tiles.py", {10}, {30})
+    assert prof["partial_loops"] == 4
+    assert prof["loop"]["instructions"] == 3
+    assert aot.ptx_profile(ptx, "/k/tiles.py", {10})["partial_loops"] == 0
+
+
 _CAP_SCRIPT = """
 import torch
 from coc_kernels import context_cluster

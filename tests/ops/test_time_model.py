@@ -23,6 +23,17 @@ def test_one_wave_at_the_latency_bound():
     assert tm.core_cycles(c, L) == pytest.approx((3 * 100 + 20) * L)
 
 
+def test_the_partial_sums_run_once_per_chunk():
+    # 132 programs, one per SM; each sums its group's 5 chunk partials: the 30-instruction loop runs 4 times
+    c = tm.KernelCost("k", ((132, 3),), 4, 1, 100, 20, 0, 0, partial_instructions=30, chunks=5)
+    assert tm.core_cycles(c, L) == pytest.approx((3 * 100 + 20 + 4 * 30) * L)
+    # the cost from a compile result: the partial loop comes out of the static rest, and a grid of 5 chunks
+    r90 = dict(programs_per_sm=1, loop=dict(instructions=100), instructions=150, partial_loops=30)
+    k = tm.kernel_cost("k", [3] * 5, 2, 4, r90, 0)
+    assert (k.other_instructions, k.partial_instructions, k.chunks) == (20, 30, 5)
+    assert k.programs == ((10, 3),)
+
+
 def test_a_second_wave_doubles_the_time():
     assert tm.core_cycles(cost([(133, 1)]), L) == pytest.approx(2 * 100 * L)
     assert tm.core_cycles(cost([(264, 1)], per_sm=2), L) == pytest.approx(100 * L)  # both fit at once

@@ -78,6 +78,13 @@ def tile_access(fn):
     return fn
 
 
+def partials_loop(fn):
+    """Marks a helper whose loop runs once per chunk partial (NC - 1 times): the time model (``ops.aot``,
+    ``benchmarks/time_model.py``) counts that loop's instructions per chunk, not once."""
+    fn.partials_loop = True
+    return fn
+
+
 @tile_access
 @triton.jit
 def load_tile(base, offs_c, sp, valid, C, HW, DT: tl.constexpr):
@@ -227,6 +234,7 @@ def mc_block(base, offs_m, offs_c, M, C):
     return base + offs_m[:, None] * C + offs_c[None, :], (offs_m < M)[:, None] & (offs_c < C)[None, :]
 
 
+@partials_loop
 @triton.jit
 def sum_partials(ptr, offs_r, offs_c, R, C, NC, ROW_STRIDE, COL_STRIDE):
     """Fixed-order sum over the NC chunk partials of a ``[NC, ...]`` buffer; tile ``[len(offs_r), len(offs_c)]``
@@ -239,6 +247,7 @@ def sum_partials(ptr, offs_r, offs_c, R, C, NC, ROW_STRIDE, COL_STRIDE):
     return acc
 
 
+@partials_loop
 @triton.jit
 def sum_vec_partials(ptr, offs, R, NC):
     acc = tl.load(ptr + offs, mask=offs < R, other=0.0)
