@@ -254,9 +254,9 @@ KERNEL_CONFIGS = {
                                  "0.35 ms); at 4 and 49 centres 1-element accesses: the loop is unpipelined (plain "
                                  "loads, no cp.async), and 2-element ones cost instructions and registers to unpack "
                                  "(small stage 1 fp32, triton 3.8: 4 centres 0.468 -> 0.440 ms, 49 centres 0.752 -> "
-                                 "0.746); "
-                                 "at 25 centres 2 (with 1, ptxas of triton 3.6 spills 12-24 B under the cap; with 2, "
-                                 "that of triton 3.8 spills 12-60 B for fp16); 4-element ones spill at every class"),
+                                 "0.746); at 25 centres 2 (with 1, ptxas of triton 3.6 spills 12-24 B under the cap; "
+                                 "with 2, that of triton 3.8 spills 12-60 B for fp16); 4-element ones spill at every "
+                                 "class"),
     "bwd_pool": KernelConfig(BLOCK_N=(64, 64, 64), num_warps=(8, 8, 8), STAGES=(2, 2, 2), maxnreg=(0, 0, 64),
                            why="gathers, no dot; at 49 centres ptxas left to itself takes 48 registers and "
                                "spills at sm_90 (triton 3.8)"),
@@ -359,19 +359,19 @@ CHUNKING = ChunkConfig(
         "25 centres 0.41 -> 0.29); 4 centres take twice the programs (medium stage 1 0.79 with 3 chunks, 0.90 "
         "with 2 equal ones); at 49 centres 2-6 per SM, several waves, where longer first chunks end sooner "
         "(equal chunks: small stage 1 +4 %); single-row chunks where the 4-row tiles (bwd_pool, the assignment "
-        "alone) would leave the later stages' few groups (16-96) at 7 chunks of 4 rows: small stage 4 0.13 / 0.19 "
-        "/ 0.17 -> 0.08 / 0.12 / 0.11 ms at 4 / 25 / 49 centres, stage 3 at 4 and 25 centres 0.13 / 0.19 -> 0.09 / "
-        "0.13; not above 512 / 1024 / 256 programs (small stage 2 at 4 centres 0.141 -> 0.156 and stage 3 at 49 "
-        "0.170 -> 0.182 in two waves)")
+        "alone) would leave the later stages' few groups (16-96) at 7 chunks of 4 rows: small stage 4 0.131 / 0.196 "
+        "/ 0.176 -> 0.086 / 0.131 / 0.124 ms at 4 / 25 / 49 centres, stage 3 at 4 and 25 centres 0.131 / 0.196 -> "
+        "0.102 / 0.142 (the partial sums counted per chunk); not above 512 / 1024 / 256 programs, where more chunks "
+        "take a second wave (small stage 2 at 4 centres 0.141 -> 0.156, stage 3 at 49 0.170 -> 0.182, counted once)")
 
 
 def chunking(G: int, rh: int, row_unit: int, M: int):
     """``(NC, rows per chunk)``: a group's ``rh`` region rows split into NC chunks until ``G * NC`` reaches the
     target (:data:`CHUNKING` of the class of M centres, or the policy's ``target_programs``), at most one chunk per
-    ``row_unit`` rows (the tallest tile of any kernel; each program re-reads its group's NC partials, work the
-    time model counts once) unless that leaves fewer than the class's ``fine_below`` programs short of the target
-    in a region of two tiles or more (then one per row), of ``ceil(rh / NC)`` rows where the class's chunks are
-    balanced, else of whole multiples of ``row_unit`` rows."""
+    ``row_unit`` rows (the tallest tile of any kernel; each program re-reads its group's NC partials) unless that
+    leaves fewer than the class's ``fine_below`` programs short of the target in a region of two tiles or more
+    (then one per row), of ``ceil(rh / NC)`` rows where the class's chunks are balanced, else of whole multiples of
+    ``row_unit`` rows."""
     c = CHUNKING.at(centre_class(M))
     target = policy().target_programs or c["programs"]
     want = min(MAX_CHUNKS, cdiv(target, max(G, 1)))
