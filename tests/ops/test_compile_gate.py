@@ -193,6 +193,21 @@ def test_ptx_profile_counts_the_loops_over_chunk_partials():
     assert aot.ptx_profile(ptx, "/k/tiles.py", {10})["partial_loops"] == 0
 
 
+def test_ptx_profile_reads_a_kernel_with_a_local_memory_depot():
+    """A ``.local`` declaration (a local-memory depot, as triton 3.6 emits for some 1-warp programs) is not a ``.loc``
+    directive: the profile reads on (it crashed the gate's sweep before)."""
+    from coc_kernels.ops import aot
+    ptx = "\n".join([
+        ".local .align 16 .b8 __local_depot0[80];",
+        "$L__BB0_1:",
+        ".loc 1 10 0",
+        "ld.global.v2.b32 {%r3, %r4}, [%rd2];",
+        "@%p2 bra.uni $L__BB0_1;",
+        '.file 1 "/k/tiles.py"',
+    ])
+    assert aot.ptx_profile(ptx, "/k/tiles.py", {10})["loop"]["tile_accesses"] == 1
+
+
 _CAP_SCRIPT = """
 import torch
 from coc_kernels import context_cluster
