@@ -263,7 +263,7 @@ def _ptx_instructions(ptx: str):
     cur = None
     for raw in ptx.splitlines():
         s = raw.strip()
-        if s.split(None, 1)[0] == ".loc":  # not ".local" (a local-memory depot)
+        if s.split(None, 1)[:1] == [".loc"]:  # not ".local" (a local-memory depot); lines may be empty
             parts = s.split()
             cur = (files.get(int(parts[1])), int(parts[2].rstrip(","))) if len(parts) > 2 else None
             continue

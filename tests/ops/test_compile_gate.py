@@ -199,6 +199,7 @@ def test_ptx_profile_reads_a_kernel_with_a_local_memory_depot():
     from coc_kernels.ops import aot
     ptx = "\n".join([
         ".local .align 16 .b8 __local_depot0[80];",
+        "",
         "$L__BB0_1:",
         ".loc 1 10 0",
         "ld.global.v2.b32 {%r3, %r4}, [%rd2];",
