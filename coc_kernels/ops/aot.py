@@ -311,16 +311,14 @@ def ptx_profile(ptx: str, tile_file: str, tile_lines: set, partial_lines: set = 
                 vec = re.search(r"\.v(\d)\b", op)
                 bits = re.search(r"\.[bfu](\d+)\b", op)
                 widths.append((int(vec.group(1)) if vec else 1) * (int(bits.group(1)) // 8 if bits else 4))
-    best = None
-    for lo, hi in loops:
-        n_tile = sum(1 for line, code, _ in items[lo:hi + 1] if is_tile_access(line, code))
-        if best is None or n_tile > best[0]:  # the first of the loops with the most (a rare path's comes later)
-            best = (n_tile, lo, hi)
-    partial = 0
+    best, partial = None, 0
     for lo, hi in loops:
         body = [(line, code) for line, code, _ in items[lo:hi + 1] if code]
+        n_tile = sum(1 for line, code in body if is_tile_access(line, code))
+        if best is None or n_tile > best[0]:  # the first of the loops with the most (a rare path's comes later)
+            best = (n_tile, lo, hi)
         located = [line for line, _ in body if line is not None]
-        if (located and not any(is_tile_access(line, code) for line, code in body)
+        if (n_tile == 0 and located
                 and 2 * sum(line[0] == tile_file and line[1] in partial_lines for line in located) > len(located)):
             partial += len(body)
     out = dict(tile_access_bytes=sorted(set(widths)), loop=None, partial_loops=partial,

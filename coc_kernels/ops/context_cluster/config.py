@@ -377,7 +377,7 @@ def chunking(G: int, rh: int, row_unit: int, M: int):
     want = min(MAX_CHUNKS, cdiv(target, max(G, 1)))
     units = max(1, cdiv(rh, row_unit))
     if 1 < units < want and G * units < c["fine_below"]:  # few programs, held back by the tallest tile: single rows
-        row_unit, units = 1, max(1, rh)
+        row_unit, units = 1, rh
     nc = max(1, min(units, want))
     if c["balanced"]:
         per = max(1, cdiv(rh, nc))

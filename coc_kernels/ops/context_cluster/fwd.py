@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from .dots import dot_dense, dot_exact, dot_exact_left, split3
-from .tiles import (chunk, cm_block, group_base, kernel, load_assignment, load_tile, mc_block, next_tile,
+from .tiles import (chunk, cm_block, col_norms, group_base, kernel, load_assignment, load_tile, mc_block, next_tile,
                     norm_cols, pool_member, store_tile, sum_partials, sum_vec_partials, tile, windows)
 
 
@@ -169,7 +169,7 @@ def _assign_kernel(x_ptr, v_ptr, pc_ptr, c_ptr, a_ptr, sig_ptr, puv_ptr, pden_pt
             # (fp32 and fp16 split x_hat: with 3 or 2 pieces the raw tile saves nothing). Only bf16 values of
             # 1e37 and more can overflow the raw products (x_hat's are at most 1): their windows' sums overflow too
             cos = dot_dense(c_hi, c_mid, c_lo, xt, PREC, OP, PIECES)  # [BM, BN], times |x|
-            z = beta_m[:, None] + (alpha / tl.maximum(tl.sqrt(tl.sum(xt * xt, axis=0)), eps))[None, :] * cos
+            z = beta_m[:, None] + (alpha / tl.maximum(col_norms(xt), eps))[None, :] * cos
         else:
             x_hat, _xn = norm_cols(xt, eps)
             z = beta_m[:, None] + alpha * dot_dense(c_hi, c_mid, c_lo, x_hat, PREC, OP)

@@ -257,7 +257,13 @@ def sum_vec_partials(ptr, offs, R, NC):
 
 
 @triton.jit
+def col_norms(t):
+    """Euclidean norms of the columns of a ``[C, K]`` tile, ``[K]``."""
+    return tl.sqrt(tl.sum(t * t, axis=0))
+
+
+@triton.jit
 def norm_cols(t, eps):
     """F.normalize over dim 0 of a ``[C, K]`` tile: the normalised tile and the column norms."""
-    nrm = tl.sqrt(tl.sum(t * t, axis=0))
+    nrm = col_norms(t)
     return t / tl.maximum(nrm, eps)[None, :], nrm
