@@ -3,10 +3,10 @@
 
 Every launch of one forward + backward is recorded (nothing runs) and compiled for sm_90 once, as the compile gate
 does; then for each candidate chunking (a target of programs per launch, chunks balanced or in whole multiples of
-the tallest tile's rows, the same for every centre class; and the shipped one without its single-row chunks,
-``fine_below``) the launches are recorded again (their grids change, the
-compiled code does not) and the time model (``benchmarks/time_model.py``) estimates the six kernels. An estimate,
-not a measurement. About 5 minutes on 2 cores for the small and medium models, stages 1-4, 4/25/49 centres, fp32.
+the tallest tile's rows, the same for every centre class, chunked by the target alone; and the shipped one without
+its single-row chunks, ``fine_below``, or without its whole waves, ``wave``) the launches are recorded again (their
+grids change, the compiled code does not) and the time model (``benchmarks/time_model.py``) estimates the six
+kernels. An estimate, not a measurement. About 5 minutes on 2 cores for the small and medium models, stages 1-4, 4/25/49 centres, fp32.
 
     python -m benchmarks.sweep_chunking [--arch small medium] [--centres 4 25 49] [--md out.md]
 """
@@ -67,8 +67,10 @@ def main(argv=None):
     columns = {"shipped": totals(shipped)}
     coarse = dataclasses.replace(_config.CHUNKING, fine_below=(0,) * 3)
     columns["shipped, no single rows"] = totals(_launches(args.arch, args.centres, coarse))
+    targets_only = dataclasses.replace(_config.CHUNKING, wave=(0,) * 3)
+    columns["shipped, no waves"] = totals(_launches(args.arch, args.centres, targets_only))
     for target, balanced in CANDIDATES:
-        cand = dataclasses.replace(_config.CHUNKING, programs=(target,) * 3, balanced=(balanced,) * 3)
+        cand = dataclasses.replace(targets_only, programs=(target,) * 3, balanced=(balanced,) * 3)
         columns[f"{target} {'equal' if balanced else 'tile rows'}"] = totals(_launches(args.arch, args.centres, cand))
     names = list(columns)
     lines = [f"Estimated fwd+bwd (ms, sum of the six kernels; time model on the sm_90 code, triton "

@@ -47,6 +47,20 @@ def test_few_groups_take_single_row_chunks(groups, centres, expected):
     assert ops.chunking(groups, 25, 4, centres) == expected
 
 
+@pytest.mark.parametrize("groups, expected", [
+    (512, (2, 13)), (768, (5, 5)), (128, (7, 4)), (192, (5, 5)), (96, (9, 3)),
+])
+def test_25_centres_chunk_in_whole_waves(groups, expected):
+    """25 centres pick the chunk count whose waves of 1,056 programs (8 per SM on 132) times rows per chunk is
+    least, 25 region rows and 4-row tiles (at most 7 chunks, or single rows where fine_below allows 16):
+    small stage 1 (512 groups): 2 chunks, 1 wave x 13 rows (3 chunks: 2 x 9, 4: 2 x 7); medium (768): 5 chunks,
+    ceil(3840 / 1056) = 4 waves x 5 rows = 20 (2: 2 x 13, 4: 3 x 7 = 21, 7: 6 x 4); stage 2 (128 / 192 groups)
+    8 -> 7 chunks of 4 rows (1 x 4) and 5 of 5 (6: 2 waves x 5); medium stage 3 (96, single rows) 9 of 3 (11 ties
+    at 1 x 3: the fewer). The target's rule gives 2 chunks for medium (1024 / 768 groups)."""
+    assert ops.CHUNKING.wave[1] == 8 * 132
+    assert ops.chunking(groups, 25, 4, 25) == expected
+
+
 def test_single_row_chunks_under_two_row_tiles():
     """Chunks of one row where some kernels' tiles hold two: those tiles mask the row past their chunk, and the
     result is the dense one."""
@@ -203,7 +217,7 @@ import dataclasses, json
 from benchmarks import sweep_chunking
 from coc_kernels.ops.context_cluster import config
 shipped = config.CHUNKING
-one = sweep_chunking._launches(["small"], [25], dataclasses.replace(shipped, programs=(1, 1, 1)))
+one = sweep_chunking._launches(["small"], [25], dataclasses.replace(shipped, programs=(1, 1, 1), wave=(0, 0, 0)))
 again = sweep_chunking._launches(["small"], [25])
 print(json.dumps(dict(one=sorted({len(t) for made in one.values() for _, t, _, _ in made}),
                       again=sorted({len(t) for _, t, _, _ in again["small s1 25c float32 similarity"]}),

@@ -337,15 +337,21 @@ class ChunkConfig:
     whole multiples of the tallest tile's rows (the first chunks then run longer than the last); ``fine_below``:
     where chunks of the tallest tile's rows (a region of two such tiles or more) leave a launch short of the target
     and below this many programs (the later stages' few groups), chunks of single rows (a taller tile masks the
-    rows past its chunk). ``why``: what chose them."""
+    rows past its chunk); ``wave``: where set (balanced chunks, no policy target), the programs one wave of the dot
+    kernels holds on the reference GPU, and NC, of the counts the region's rows allow (as above), is the one that
+    minimises waves x rows per chunk (``ceil(G * NC / wave) * ceil(rh / NC)``; the fewest chunks on a tie) rather
+    than the target's: the last wave is then full, or its chunks short. A fixed number, not read off the device: every GPU chunks alike.
+    ``why``: what chose them."""
     programs: tuple
     balanced: tuple
     fine_below: tuple = (0, 0, 0)
+    wave: tuple = (0, 0, 0)
     why: str = ""
 
     def at(self, block_m: int) -> dict:
         i = CENTRE_CLASSES.index(block_m)
-        return dict(programs=self.programs[i], balanced=self.balanced[i], fine_below=self.fine_below[i])
+        return dict(programs=self.programs[i], balanced=self.balanced[i], fine_below=self.fine_below[i],
+                    wave=self.wave[i])
 
 
 #: chunking by centre class, chosen by the time model's estimate (``benchmarks/sweep_chunking.py``: every candidate
@@ -353,7 +359,7 @@ class ChunkConfig:
 #: whose programs all fit at once (one wave) ends with its longest program, and one that needs more ends sooner when
 #: its longer programs go first
 CHUNKING = ChunkConfig(
-    programs=(2048, 1024, 1024), balanced=(True, True, False), fine_below=(512, 1024, 256),
+    programs=(2048, 1024, 1024), balanced=(True, True, False), fine_below=(512, 1024, 256), wave=(0, 8 * 132, 0),
     why="4 / 25 centres: the dot kernels hold 8-9 programs per SM, so a launch is about one wave and equal chunks "
         "shorten its longest program (small stage 1 fwd+bwd 0.63 -> 0.58 and 0.72 -> 0.65 ms, medium stage 2 at "
         "25 centres 0.41 -> 0.29); 4 centres take twice the programs (medium stage 1 0.79 with 3 chunks, 0.90 "
@@ -362,7 +368,10 @@ CHUNKING = ChunkConfig(
         "alone) would leave the later stages' few groups (16-96) at 7 chunks of 4 rows: small stage 4 0.131 / 0.196 "
         "/ 0.176 -> 0.086 / 0.131 / 0.124 ms at 4 / 25 / 49 centres, stage 3 at 4 and 25 centres 0.131 / 0.196 -> "
         "0.102 / 0.142 (the partial sums counted per chunk); not above 512 / 1024 / 256 programs, where more chunks "
-        "take a second wave (small stage 2 at 4 centres 0.141 -> 0.156, stage 3 at 49 0.170 -> 0.182, counted once)")
+        "take a second wave (small stage 2 at 4 centres 0.141 -> 0.156, stage 3 at 49 0.170 -> 0.182, counted once); "
+        "25 centres in whole waves of the dot kernels' 8 programs per SM on 132 (the target's 1,024 split medium "
+        "stage 1's 768 groups in 2 chunks, 1.45 waves: 1.060 -> 0.990 ms with 5; every other stage and arch keeps "
+        "its chunks; at 4 and 49 centres no wave size picks the estimate's best at both archs)")
 
 
 def chunking(G: int, rh: int, row_unit: int, M: int):
@@ -379,6 +388,9 @@ def chunking(G: int, rh: int, row_unit: int, M: int):
     if 1 < units < want and G * units < c["fine_below"]:  # few programs, held back by the tallest tile: single rows
         row_unit, units = 1, rh
     nc = max(1, min(units, want))
+    if c["wave"] and c["balanced"] and not policy().target_programs:
+        # whole waves: of every chunk count the region's units allow, the one whose waves x rows per chunk is least
+        nc = min(range(1, min(units, MAX_CHUNKS) + 1), key=lambda n: (cdiv(G * n, c["wave"]) * cdiv(rh, n), n))
     if c["balanced"]:
         per = max(1, cdiv(rh, nc))
         return max(1, cdiv(rh, per)), per
