@@ -6,7 +6,8 @@ does; then for each candidate chunking (a target of programs per launch, chunks 
 the tallest tile's rows, the same for every centre class, chunked by the target alone; and the shipped one without
 its single-row chunks, ``fine_below``, or without its whole waves, ``wave``) the launches are recorded again (their
 grids change, the compiled code does not) and the time model (``benchmarks/time_model.py``) estimates the six
-kernels. An estimate, not a measurement. About 5 minutes on 2 cores for the small and medium models, stages 1-4, 4/25/49 centres, fp32.
+kernels. An estimate, not a measurement. About 5 minutes on 2 cores for the small and medium models, stages 1-4,
+4/25/49 centres, fp32.
 
     python -m benchmarks.sweep_chunking [--arch small medium] [--centres 4 25 49] [--md out.md]
 """

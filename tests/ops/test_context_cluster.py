@@ -208,6 +208,31 @@ def test_gradcheck_float64_overlapping_windows():
     assert torch.autograd.gradcheck(f, ins, eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
 
 
+@pytest.mark.skipif(DEVICE == "cuda", reason="float64 Triton kernels run only in the interpreter (CPU)")
+def test_gradcheck_float64_windows_tiling_one_axis():
+    """Regions of 6x7 pooled to 3x4 centres: the windows tile the rows (2 each, the adjoint's KH = 1: its table is
+    the windows' own rows) and overlap along the columns (KW = 2), as the detection shapes do (25 region rows in
+    5 windows, 42 columns in 5 overlapping ones)."""
+    rh, rw, ph, pw = 6, 7, 3, 4
+    x, v, a, b = make(1, 1, 3, 2, rh, 2 * rw, alpha=1.3, beta=-0.1, dtype=torch.float64)
+    q = ops.Geometry(x, v, 1, ph, pw, 1, 2)
+    assert (q.KH, q.KW) == (1, 2)
+    ins = [t.requires_grad_(True) for t in (x, v, a, b)]
+    f = lambda *t: context_cluster(*t, heads=1, proposal=(ph, pw), fold=(1, 2), impl="triton")  # noqa: E731
+    assert torch.autograd.gradcheck(f, ins, eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
+
+
+def test_windows_per_point_against_the_windows():
+    """The adjoint's windows per point along an axis (KH / KW) against adaptive pooling's windows counted point by
+    point: never fewer than a point lies in, and 1 exactly where no two windows overlap."""
+    from coc_kernels.ops.context_cluster.geometry import windows_per_point
+    for r in range(1, 30):
+        for p in range(1, 9):
+            most = max(sum((i * r) // p <= n < -(-((i + 1) * r) // p) for i in range(p)) for n in range(r))
+            k = windows_per_point(r, p)
+            assert k >= most and (k == 1) == (most == 1), (r, p, k, most)
+
+
 def test_dalpha_dbeta_sum_every_block_of_partials():
     """Over 40 (group, chunk) partials summed 16 at a time (partial_block, 256 in use: 289+ groups would take a
     minute in the interpreter): dalpha/dbeta equal dense, so no block of partials is dropped."""

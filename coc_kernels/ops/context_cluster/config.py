@@ -340,8 +340,8 @@ class ChunkConfig:
     rows past its chunk); ``wave``: where set (balanced chunks, no policy target), the programs one wave of the dot
     kernels holds on the reference GPU, and NC, of the counts the region's rows allow (as above), is the one that
     minimises waves x rows per chunk (``ceil(G * NC / wave) * ceil(rh / NC)``; the fewest chunks on a tie) rather
-    than the target's: the last wave is then full, or its chunks short. A fixed number, not read off the device: every GPU chunks alike.
-    ``why``: what chose them."""
+    than the target's: the last wave is then full, or its chunks short. A fixed number, not read off the device:
+    every GPU chunks alike. ``why``: what chose them."""
     programs: tuple
     balanced: tuple
     fine_below: tuple = (0, 0, 0)

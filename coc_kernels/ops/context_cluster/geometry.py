@@ -25,6 +25,15 @@ def _dot_constexprs(dt) -> dict:
     return dict(PREC=prec, OP=tl.float32 if triton_interpreting() else tl.bfloat16)
 
 
+def windows_per_point(r: int, p: int) -> int:
+    """At most how many of the ``p`` adaptive-pool windows along an axis of ``r`` points hold one point (the
+    pooling adjoint's ``KH`` / ``KW``): 1 where they tile the axis (``r % p == 0``: window i is ``[i*r/p,
+    (i+1)*r/p)``, no two overlap), else ``1 + ceil(p / r)`` (windows ``[floor(i*r/p), ceil((i+1)*r/p))`` overlap by
+    at most a point; a point at most in that many). With 1, the adjoint's table is the windows' own rows: a quarter
+    of the loads to build where both axes tile (the detection shapes tile one: 25 region rows in 5 windows)."""
+    return 1 if r % p == 0 else 1 + cdiv(p, max(r, 1))
+
+
 class Geometry:
     """Sizes of one call, and the launch configuration they imply."""
 
@@ -70,7 +79,7 @@ class Geometry:
             self.cfg[name] = (cfg, bw, vector_width(self.rw, self.W, bw, max_vec(name, self.M)))
         membership.check_size(self.rh, self.rw, self.BM, self.cfg["pool"][1])
         # windows a point can lie in, per axis (pooling adjoint gathers)
-        self.KH, self.KW = 1 + cdiv(ph, max(self.rh, 1)), 1 + cdiv(pw, max(self.rw, 1))
+        self.KH, self.KW = windows_per_point(self.rh, ph), windows_per_point(self.rw, pw)
 
     @staticmethod
     def pieces(t: Tensor) -> int:
