@@ -197,7 +197,7 @@ def adjoint_cells(r, col, rh, rw, ph, pw, KH: tl.constexpr, KW: tl.constexpr):
     """The :func:`adjoint_table` cell of each point (r, s) of a tile: its windows are ``i = i0 .. i0+er`` with
     ``i0 = r*ph // rh`` (``i0*rh <= r*ph < (i0+1)*rh``: window i0 always holds the point) and ``er`` the number of
     later rows of windows that start before the point's row ends (``i*rh < (r+1)*ph``; their other bound and
-    ``i < ph`` follow), at most ``KH - 1 = ceil(ph / rh)``; ``j`` likewise."""
+    ``i < ph`` follow), at most ``KH - 1`` (``geometry.windows_per_point``); ``j`` likewise."""
     rp = r * ph
     cp = col * pw
     i0 = floor_div(rp, rh, 1.0 / rh.to(tl.float32))
