@@ -28,9 +28,10 @@ def _dot_constexprs(dt) -> dict:
 def windows_per_point(r: int, p: int) -> int:
     """At most how many of the ``p`` adaptive-pool windows along an axis of ``r`` points hold one point (the
     pooling adjoint's ``KH`` / ``KW``): 1 where they tile the axis (``r % p == 0``: window i is ``[i*r/p,
-    (i+1)*r/p)``, no two overlap), else ``1 + ceil(p / r)`` (windows ``[floor(i*r/p), ceil((i+1)*r/p))`` overlap by
-    at most a point; a point at most in that many). With 1, the adjoint's table is the windows' own rows: a quarter
-    of the loads to build where both axes tile (the detection shapes tile one: 25 region rows in 5 windows)."""
+    (i+1)*r/p)``, no two overlap), else ``1 + ceil(p / r)`` (the windows ``[floor(i*r/p), ceil((i+1)*r/p))``
+    overlap; no point lies in more). With 1 the adjoint's table has one cell per window along that axis: where one
+    axis tiles, as in the detection shapes (25 region rows in 5 windows; 42 columns in 2 or 7), half the cells,
+    each summed from half the windows."""
     return 1 if r % p == 0 else 1 + cdiv(p, max(r, 1))
 
 
