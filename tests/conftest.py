@@ -30,6 +30,17 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 only_compiled_can_fail = pytest.mark.only_compiled_can_fail
 
 
+#: the longest files (the compile gates: 10-14 min of a 2-core machine's suite) run first. Under ``-n 2 --dist
+#: loadfile`` the workers take files in collection order (ops/ comes last), and a long file started last ends the
+#: run alone while the other worker idles
+LONGEST_FIRST = ("test_compile_gate.py", "test_compile_gate_36.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "only_compiled_can_fail: the Triton interpreter cannot fail this test's "
                                        "triton cases (tie rule, determinism); run it compiled on a GPU")

@@ -4,12 +4,15 @@ The Triton interpreter proves the math, not that a kernel compiles or fits in re
 the launches the op really makes (:func:`context_cluster.record_launches`), rebuilds the specialisation
 Triton's JIT would compile for each (argument types, 16-byte pointer alignment, constexprs, warps, stages),
 compiles it with ``triton.compile`` for a given compute capability, and reads registers, spills, stack and
-shared memory off ``ptxas -v`` (the ptxas inside the triton wheel). Works with triton 3.6 and 3.8; must run
-without ``TRITON_INTERPRET`` (the interpreter replaces the kernels by Python functions).
+shared memory off the log of triton's own ``ptxas -v`` run (the ptxas inside the triton wheel, triton's
+flags). Works with triton 3.6 and 3.8; must run without ``TRITON_INTERPRET`` (the interpreter replaces the
+kernels by Python functions).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import os
 import re
 import subprocess
@@ -103,24 +106,24 @@ def compile_spec(spec: Spec, cc: int, resources: bool = True) -> dict:
     options = dict(num_warps=spec.num_warps, num_stages=spec.num_stages)
     if spec.maxnreg:
         options["maxnreg"] = spec.maxnreg
+    log = io.StringIO()
     try:
-        k = triton.compile(src, target=GPUTarget("cuda", cc, 32), options=options)
+        # triton runs ptxas -v itself (with its own flags: line info, and under 3.8 --regAllocOptLevel=2); its log,
+        # which triton prints when asked, is the report of the very cubin it built: read it rather than run ptxas
+        # a second time on the PTX
+        with _ptxas_log_printed(resources), contextlib.redirect_stdout(log):
+            k = triton.compile(src, target=GPUTarget("cuda", cc, 32), options=options)
     except Exception as e:  # a compile error is a result here, not a crash of the gate
         msg = str(e).strip().splitlines()
         return dict(ok=False, error=(msg[-1] if msg else type(e).__name__)[:300])
     out = dict(ok=True, shared=int(getattr(k.metadata, "shared", 0)))
     if not resources:
         return out
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "k.ptx")
-        with open(path, "w") as f:
-            f.write(k.asm["ptx"])
-        arch = f"sm_{cc}a" if cc >= 90 else f"sm_{cc}"
-        r = subprocess.run([ptxas_path(), "-v", f"--gpu-name={arch}", path, "-o", os.devnull],
-                           capture_output=True, text=True)
-    text = r.stdout + r.stderr
-    if r.returncode:
-        return dict(ok=False, error=f"ptxas: {text.strip()[-300:]}")
+    text = log.getvalue()
+    if "Used " not in text:  # no log printed (a triton that does not): run ptxas -v on the PTX
+        text = _run_ptxas(k.asm["ptx"], cc)
+        if text is None:
+            return dict(ok=False, error="ptxas failed")
 
     def num(pat):
         m = re.search(pat, text)
@@ -135,6 +138,34 @@ def compile_spec(spec: Spec, cc: int, resources: bool = True) -> dict:
         out["accesses"] = tile_accesses(k.asm.get("ttgir", ""), file, lines)
         out.update(ptx_profile(k.asm["ptx"], file, lines, tile_helper_lines(spec.module, "partials_loop")[1]))
     return out
+
+
+@contextlib.contextmanager
+def _ptxas_log_printed(on: bool):
+    """Inside the block, triton prints the log of its ``ptxas -v`` run (``knobs.nvidia.dump_ptxas_log``, triton 3.6
+    and 3.8) when ``on``; the knob is restored afterwards."""
+    nv = getattr(getattr(triton, "knobs", None), "nvidia", None)
+    if not on or nv is None or not hasattr(nv, "dump_ptxas_log"):
+        yield
+        return
+    before = nv.dump_ptxas_log
+    nv.dump_ptxas_log = True
+    try:
+        yield
+    finally:
+        nv.dump_ptxas_log = before
+
+
+def _run_ptxas(ptx: str, cc: int):
+    """``ptxas -v``'s report on ``ptx`` for ``sm_<cc>``, or None where it fails."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        arch = f"sm_{cc}a" if cc >= 90 else f"sm_{cc}"
+        r = subprocess.run([ptxas_path(), "-v", f"--gpu-name={arch}", path, "-o", os.devnull],
+                           capture_output=True, text=True)
+    return None if r.returncode else r.stdout + r.stderr
 
 
 def tile_helper_lines(module: str, mark: str = "tile_access"):

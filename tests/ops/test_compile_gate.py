@@ -239,6 +239,45 @@ def test_a_register_cap_reaches_ptxas():
     assert int(regs0) > 64 >= int(regs), (regs0, regs)
 
 
+_LOG_SCRIPT = """
+import contextlib, io, triton
+import torch
+from coc_kernels import context_cluster
+from coc_kernels.ops import aot
+from coc_kernels.ops import context_cluster as ops
+x = torch.randn(1, 64, 14, 14, requires_grad=True)
+v = torch.randn(1, 64, 14, 14)
+a, b = torch.ones(1), torch.zeros(1)
+with ops.record_launches(execute=False) as rec:
+    context_cluster(x, v, a, b, heads=2, proposal=(7, 7), fold=1, impl="triton").sum().backward()
+spec = aot.spec_of(next(r for r in rec if r.kernel.fn.__name__ == "_bwd_main_kernel"))
+calls = []
+plain = aot._run_ptxas
+aot._run_ptxas = lambda ptx, cc: calls.append(cc) or plain(ptx, cc)
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    from_log = aot.compile_spec(spec, 90)
+aot._ptxas_log_printed = lambda on: contextlib.nullcontext()  # a triton that prints no log
+rerun = aot.compile_spec(spec, 90)
+print(len(out.getvalue()), calls, triton.knobs.nvidia.dump_ptxas_log)
+print(*[from_log[k] for k in ("ok", "regs", "spill_stores", "spill_loads")])
+print(*[rerun[k] for k in ("ok", "regs", "spill_stores", "spill_loads")])
+"""
+
+
+def test_the_gate_reads_the_report_of_tritons_own_ptxas_run():
+    """``aot.compile_spec`` takes registers and spills from the ``ptxas -v`` log of the cubin triton built (one
+    ptxas run per compile, with triton's own flags), printing nothing and leaving triton's knob as it was; where
+    no log comes (a triton that does not print it) it runs ptxas on the PTX itself, with the same figures."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "TRITON_DUMP_PTXAS_LOG")}
+    r = subprocess.run([sys.executable, "-c", _LOG_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    printed, from_log, rerun = [line for line in r.stdout.split("\n") if line.strip()][-3:]
+    assert printed == "0 [90] False"  # nothing printed; ptxas run by hand once, for the rerun without a log
+    assert from_log == rerun and from_log.split()[0] == "True" and int(from_log.split()[1]) > 0, (from_log, rerun)
+
+
 def test_tile_accesses_are_found_by_file_and_line_even_where_a_location_names_a_missing_file(tmp_path):
     """``aot.tile_accesses`` counts a load whose location chain passes through a helper line of the helpers' file;
     a location naming a file that no longer exists (a kernel cached from another checkout) is not one, and is no
