@@ -18,12 +18,13 @@ demo-seg: setup
 	$(PY) tools/run_demo.py --seg
 
 # the linter (ruff, configured in pyproject.toml), then the suite on TEST_WORKERS processes, each test file on one
-# of them (module fixtures are built once)
+# of them (module fixtures are built once), in collection order (tests/conftest.py puts the compile gates, the
+# longest files, first; xdist would otherwise start the files with the most tests first and the gate last)
 TEST_WORKERS ?= 2
 
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 bench: setup
 	$(PY) -m benchmarks.bench_mixer
