@@ -30,9 +30,9 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 only_compiled_can_fail = pytest.mark.only_compiled_can_fail
 
 
-#: the longest files (the compile gates: 10-14 min of a 2-core machine's suite) run first. Under ``-n 2 --dist
-#: loadfile`` the workers take files in collection order (ops/ comes last), and a long file started last ends the
-#: run alone while the other worker idles
+#: the longest files (the compile gates: 10-14 min of a 2-core machine's suite) run first. ``make test`` hands files
+#: to its two workers in collection order (``--dist loadfile --no-loadscope-reorder``; xdist's default starts the
+#: files with the most tests first), and a long file started last ends the run alone while the other worker idles
 LONGEST_FIRST = ("test_compile_gate.py", "test_compile_gate_36.py")
 
 
