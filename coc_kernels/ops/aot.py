@@ -121,9 +121,9 @@ def compile_spec(spec: Spec, cc: int, resources: bool = True) -> dict:
         return out
     text = log.getvalue()
     if "Used " not in text:  # no log printed (a triton that does not): run ptxas -v on the PTX
-        text = _run_ptxas(k.asm["ptx"], cc)
-        if text is None:
-            return dict(ok=False, error="ptxas failed")
+        ok, text = _run_ptxas(k.asm["ptx"], cc)
+        if not ok:
+            return dict(ok=False, error=f"ptxas: {text.strip()[-300:]}")
 
     def num(pat):
         m = re.search(pat, text)
@@ -157,7 +157,7 @@ def _ptxas_log_printed(on: bool):
 
 
 def _run_ptxas(ptx: str, cc: int):
-    """``ptxas -v``'s report on ``ptx`` for ``sm_<cc>``, or None where it fails."""
+    """``(ok, text)``: whether ``ptxas -v`` compiled ``ptx`` for ``sm_<cc>``, and its report (or its error)."""
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "k.ptx")
         with open(path, "w") as f:
@@ -165,7 +165,7 @@ def _run_ptxas(ptx: str, cc: int):
         arch = f"sm_{cc}a" if cc >= 90 else f"sm_{cc}"
         r = subprocess.run([ptxas_path(), "-v", f"--gpu-name={arch}", path, "-o", os.devnull],
                            capture_output=True, text=True)
-    return None if r.returncode else r.stdout + r.stderr
+    return r.returncode == 0, r.stdout + r.stderr
 
 
 def tile_helper_lines(module: str, mark: str = "tile_access"):
