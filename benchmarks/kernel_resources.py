@@ -195,15 +195,17 @@ def estimate_report(est: dict, version: str, record: dict, fit: dict) -> tuple:
     if groups:
         lines += ["", f"Estimated mixer fwd+bwd per stage (ms, sum of the six kernels, batch 2 at 800x1344, "
                       f"{DEFAULT_DENOMINATOR} denominator, triton {version}):", "",
-                  "| arch | centres | dtype | stage 1 | stage 2 | stage 3 | stage 4 | stage 1 recorded |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| arch | centres | dtype | stage 1 | stage 2 | stage 3 | stage 4 | backbone (stages x their layers) "
+                  "| stage 1 recorded |", "|---|---|---|---|---|---|---|---|---|"]
     for arch, m, dtype in groups:
         k = f"{arch} s1 {m}c {dtype}"  # the record's key
-        cells = []
+        cells, backbone = [], 0.0
         for stage in range(1, 5):
             row = est.get(f"{arch} s{stage} {m}c {dtype} {DEFAULT_DENOMINATOR}", {})
             total = sum(e["ms"] for e in row.values())
             cells.append(f"{total:.3f}" if row else "-")
+            layers = ARCH_SETTINGS[arch]["layers"][stage - 1]
+            backbone = None if backbone is None or not row else backbone + layers * total
             for kernel, e in row.items():
                 if e["ms"] > FLOOR_RATIO_TARGET * e["floor_ms"]:
                     misses.append(f"{arch} s{stage} {m}c {dtype} {kernel}: {e['ms'] / e['floor_ms']:.1f}x its floor")
@@ -217,6 +219,7 @@ def estimate_report(est: dict, version: str, record: dict, fit: dict) -> tuple:
                 if old is not None and total > REGRESSION * old:
                     bad.append(f"{k}: estimated stage-1 fwd+bwd {total:.3f} ms, {100 * (total / old - 1):.0f} % above "
                                f"the recorded {old:.3f} ms (benchmarks/data/predicted_times.json)")
+        cells.append("-" if backbone is None else f"{backbone:.3f}")  # every block's mixer: the layers of each stage
         lines.append(f"| {arch} | {m} | {dtype} | " + " | ".join(cells)
                      + f" | {record.get(k, float('nan')):.3f} |")
     if groups:

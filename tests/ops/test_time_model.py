@@ -113,7 +113,12 @@ def test_the_gate_fails_on_a_rise_of_the_recorded_stage1_estimate():
     record = {"small s1 25c float32": 2.0}
     lines, bad, totals = kr.estimate_report(est(2.3), "3.8", record, fit)
     assert len(bad) == 1 and "15 % above" in bad[0] and totals == {"small s1 25c float32": pytest.approx(2.3)}
-    assert any(line.startswith("| small | 25 | float32 | 2.300 | 2.300 | - | - | 2.000 |") for line in lines), lines
+    assert any(line.startswith("| small | 25 | float32 | 2.300 | 2.300 | - | - | - | 2.000 |") for line in lines), lines
+    # the backbone column weighs each stage by its blocks (small: 2, 2, 6, 2 layers), where all four are estimated
+    four = {f"small s{s} 25c float32 {kr.DEFAULT_DENOMINATOR}": next(iter(est(s / 10).values())) for s in (1, 2, 3, 4)}
+    lines = kr.estimate_report(four, "3.8", record, fit)[0]
+    assert any(line.startswith("| small | 25 | float32 | 0.100 | 0.200 | 0.300 | 0.400 | 3.200 | 2.000 |")
+               for line in lines), lines
     assert kr.estimate_report(est(2.19), "3.8", record, fit)[1] == []
     assert kr.estimate_report(est(1.0), "3.8", record, fit)[1] == []
     assert "not met" in "\n".join(kr.estimate_report(est(1.0), "3.8", record, fit)[0])
