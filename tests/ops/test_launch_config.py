@@ -36,15 +36,28 @@ def test_shipped_chunking_by_centre_class(centres, target, expected):
 
 
 @pytest.mark.parametrize("groups, centres, expected", [
-    (16, 25, (13, 2)), (64, 25, (13, 2)), (16, 4, (13, 2)), (16, 49, (13, 2)),  # single rows: 112-448 programs
+    (16, 25, (25, 1)), (24, 25, (25, 1)), (64, 25, (13, 2)),  # single rows: 400 / 600 / 832 programs
+    (16, 4, (13, 2)), (16, 49, (13, 2)),
     (128, 25, (7, 4)), (128, 4, (7, 4)), (64, 49, (7, 4)),  # 896 and 448 programs: the tiles' rows
 ])
 def test_few_groups_take_single_row_chunks(groups, centres, expected):
     """The later stages' few groups (small model, 25 region rows, 4-row tiles the tallest): where chunks of whole
     tile rows leave a launch short of its target and below the class's ``fine_below`` programs (512 / 1024 / 256
-    at 4 / 25 / 49 centres), the chunks are of single rows, as many as the target wants up to MAX_CHUNKS (16 ->
-    ceil(25 / 16) = 2 rows, 13 chunks); above it, 7 chunks of 4 rows (25 rows, at most one chunk per 4)."""
+    at 4 / 25 / 49 centres), the chunks are of single rows, as many as the target wants up to the class's
+    ``max_chunks`` (16 at 4 and 49 centres: ceil(25 / 16) = 2 rows, 13 chunks; 32 at 25 centres, whose whole waves
+    pick 25 chunks of one row for stage 4's 16 or 24 groups, one wave, and keep 13 of 2 rows for stage 3's 64, where
+    25 would take two waves); above it, 7 chunks of 4 rows (25 rows, at most one chunk per 4)."""
     assert ops.chunking(groups, 25, 4, centres) == expected
+
+
+def test_chunks_per_group_stay_within_each_class_limit():
+    """Single-row chunks of a tall region stop at the class's ``max_chunks`` (ceil(rh / limit) rows each), and a
+    class limit above MAX_CHUNKS is refused."""
+    for centres, limit in zip((4, 25, 49), ops.CHUNKING.max_chunks):
+        nc, rows = ops.chunking(1, 200, 1, centres)
+        assert nc <= limit <= ops.MAX_CHUNKS and rows == -(-200 // limit), (centres, nc, rows)
+    with pytest.raises(ValueError, match="max_chunks"):
+        ops.ChunkConfig(programs=(1, 1, 1), balanced=(True,) * 3, max_chunks=(16, ops.MAX_CHUNKS + 1, 16))
 
 
 @pytest.mark.parametrize("groups, expected", [

@@ -11,8 +11,9 @@ import types
 from typing import Mapping
 
 
-#: at most this many chunks per group (each program re-reads the NC partials of its group)
-MAX_CHUNKS = 16
+#: at most this many chunks per group in any centre class (each program re-reads the NC partials of its group;
+#: ``ChunkConfig.max_chunks`` is each class's own limit)
+MAX_CHUNKS = 32
 DOT_PRECISIONS = ("split", "ieee", "tf32", "tf32x3")
 
 
@@ -341,17 +342,23 @@ class ChunkConfig:
     kernels holds on the reference GPU, and NC, of the counts the region's rows allow (as above), is the one that
     minimises waves x rows per chunk (``ceil(G * NC / wave) * ceil(rh / NC)``; the fewest chunks on a tie) rather
     than the target's: the last wave is then full, or its chunks short. A fixed number, not read off the device:
-    every GPU chunks alike. ``why``: what chose them."""
+    every GPU chunks alike. ``max_chunks``: chunks per group at most (at most :data:`MAX_CHUNKS`). ``why``: what
+    chose them."""
     programs: tuple
     balanced: tuple
     fine_below: tuple = (0, 0, 0)
     wave: tuple = (0, 0, 0)
+    max_chunks: tuple = (16, 16, 16)
     why: str = ""
+
+    def __post_init__(self):
+        if not all(_is_int(n) and 1 <= n <= MAX_CHUNKS for n in self.max_chunks):
+            raise ValueError(f"max_chunks must be ints in 1..{MAX_CHUNKS}, got {self.max_chunks!r}")
 
     def at(self, block_m: int) -> dict:
         i = CENTRE_CLASSES.index(block_m)
         return dict(programs=self.programs[i], balanced=self.balanced[i], fine_below=self.fine_below[i],
-                    wave=self.wave[i])
+                    wave=self.wave[i], max_chunks=self.max_chunks[i])
 
 
 #: chunking by centre class, chosen by the time model's estimate (``benchmarks/sweep_chunking.py``: every candidate
@@ -360,6 +367,7 @@ class ChunkConfig:
 #: its longer programs go first
 CHUNKING = ChunkConfig(
     programs=(2048, 1024, 1024), balanced=(True, True, False), fine_below=(512, 1024, 256), wave=(0, 8 * 132, 0),
+    max_chunks=(16, 32, 16),
     why="4 / 25 centres: the dot kernels hold 8-9 programs per SM, so a launch is about one wave and equal chunks "
         "shorten its longest program (small stage 1 fwd+bwd 0.63 -> 0.58 and 0.72 -> 0.65 ms, medium stage 2 at "
         "25 centres 0.41 -> 0.29); 4 centres take twice the programs (medium stage 1 0.79 with 3 chunks, 0.90 "
@@ -371,26 +379,31 @@ CHUNKING = ChunkConfig(
         "take a second wave (small stage 2 at 4 centres 0.141 -> 0.156, stage 3 at 49 0.170 -> 0.182, counted once); "
         "25 centres in whole waves of the dot kernels' 8 programs per SM on 132 (the target's 1,024 split medium "
         "stage 1's 768 groups in 2 chunks, 1.45 waves: 1.060 -> 0.990 ms with 5; every other stage and arch keeps "
-        "its chunks; at 4 and 49 centres no wave size picks the estimate's best at both archs)")
+        "its chunks; at 4 and 49 centres no wave size picks the estimate's best at both archs); 25 centres up to 32 "
+        "chunks a group (16 before 2026-12-08): stage 4's 16-24 groups of 25 rows take 25 single-row chunks in one "
+        "wave, 3 tiles a program rather than 6 (small and medium stage 4 fwd+bwd 0.120 -> 0.099 ms fp32, 0.116 -> "
+        "0.097 bf16, triton 3.8; 0.122 -> 0.100 under 3.6); at 4 and 49 centres 16 (32: small stage 3 at 4 centres "
+        "0.096 -> 0.136, two waves; medium stage 4 at 49 centres 0.111 -> 0.151)")
 
 
 def chunking(G: int, rh: int, row_unit: int, M: int):
     """``(NC, rows per chunk)``: a group's ``rh`` region rows split into NC chunks until ``G * NC`` reaches the
-    target (:data:`CHUNKING` of the class of M centres, or the policy's ``target_programs``), at most one chunk per
-    ``row_unit`` rows (the tallest tile of any kernel; each program re-reads its group's NC partials) unless that
+    target (:data:`CHUNKING` of the class of M centres, or the policy's ``target_programs``), at most the class's
+    ``max_chunks``, at most one chunk per ``row_unit`` rows (the tallest tile of any kernel; each program re-reads
+    its group's NC partials) unless that
     leaves fewer than the class's ``fine_below`` programs short of the target in a region of two tiles or more
     (then one per row), of ``ceil(rh / NC)`` rows where the class's chunks are balanced, else of whole multiples of
     ``row_unit`` rows."""
     c = CHUNKING.at(centre_class(M))
     target = policy().target_programs or c["programs"]
-    want = min(MAX_CHUNKS, cdiv(target, max(G, 1)))
+    want = min(c["max_chunks"], cdiv(target, max(G, 1)))
     units = max(1, cdiv(rh, row_unit))
     if 1 < units < want and G * units < c["fine_below"]:  # few programs, held back by the tallest tile: single rows
         row_unit, units = 1, rh
     nc = max(1, min(units, want))
     if c["wave"] and c["balanced"] and not policy().target_programs:
         # whole waves: of every chunk count the region's units allow, the one whose waves x rows per chunk is least
-        nc = min(range(1, min(units, MAX_CHUNKS) + 1), key=lambda n: (cdiv(G * n, c["wave"]) * cdiv(rh, n), n))
+        nc = min(range(1, min(units, c["max_chunks"]) + 1), key=lambda n: (cdiv(G * n, c["wave"]) * cdiv(rh, n), n))
     if c["balanced"]:
         per = max(1, cdiv(rh, nc))
         return max(1, cdiv(rh, per)), per
