@@ -197,12 +197,15 @@ class KernelConfig:
     cap), for a configuration whose occupancy ptxas reaches by spilling when left to itself; it belongs to these
     settings and is dropped where tuning or an override changes them. ``max_vec``: elements per vector access at
     most (:func:`vector_width`; 4-element accesses take more registers per thread: a kernel capped near its
-    occupancy step may spill with them). ``why``: what chose them."""
+    occupancy step may spill with them); ``max_vec_fp16``: the same for fp16 inputs in tiles of 16 columns or more
+    where it differs (empty: as ``max_vec``; an fp16 tile is widened to fp32 by other instructions than a bf16
+    one). ``why``: what chose them."""
     BLOCK_N: tuple
     num_warps: tuple
     STAGES: tuple
     maxnreg: tuple = (0, 0, 0)
     max_vec: tuple = (4, 4, 4)
+    max_vec_fp16: tuple = ()
     why: str = ""
 
     def at(self, block_m: int) -> dict:
@@ -246,7 +249,7 @@ KERNEL_CONFIGS = {
                                "one-hot on the left at 4 and 49 centres 40-48 registers (49 centres: 72 with it on "
                                "the right, small stage 1 0.117 -> 0.055 ms)"),
     "bwd_main": KernelConfig(BLOCK_N=(16, 16, 32), num_warps=(4, 2, 4), STAGES=(1, 1, 1), maxnreg=(0, 128, 128),
-                             max_vec=(1, 2, 1),
+                             max_vec=(1, 2, 1), max_vec_fp16=(1, 1, 1),
                              why="unpipelined tiles capped at 128 registers where ptxas left to itself keeps more: 25 "
                                  "centres on 2 warps, 8 programs per SM, the 1,024 programs of stage 1 in one wave "
                                  "(4 warps: 4 per SM, two waves; 0.26 -> 0.20 ms); 49 centres 32 points on 4 warps "
@@ -256,8 +259,11 @@ KERNEL_CONFIGS = {
                                  "loads, no cp.async), and 2-element ones cost instructions and registers to unpack "
                                  "(small stage 1 fp32, triton 3.8: 4 centres 0.468 -> 0.440 ms, 49 centres 0.752 -> "
                                  "0.746); at 25 centres 2 (with 1, ptxas of triton 3.6 spills 12-24 B under the cap; "
-                                 "with 2, that of triton 3.8 spills 12-60 B for fp16); 4-element ones spill at every "
-                                 "class"),
+                                 "with 2, that of triton 3.8 spills 12 B for fp16), and 1 for fp16 in tiles of 16 "
+                                 "columns (no spill under either triton: small stage 1 0.202 -> 0.198 ms under 3.8, "
+                                 "0.2038 -> 0.2048 under 3.6; in 8-column tiles, 2 rows of 8, triton 3.6 spills "
+                                 "12-24 B with 1 and 3.8 12 B with 2: they keep 2, the GPU machines' triton clean); "
+                                 "4-element ones spill at every class"),
     "bwd_pool": KernelConfig(BLOCK_N=(64, 64, 64), num_warps=(8, 8, 8), STAGES=(2, 2, 2), maxnreg=(0, 0, 64),
                            why="gathers, no dot; at 49 centres ptxas left to itself takes 48 registers and "
                                "spills at sm_90 (triton 3.8)"),
@@ -294,9 +300,13 @@ def pool_rare_stages(block_m: int, stages: int) -> int:
     return stages if block_m == 32 else 1
 
 
-def max_vec(kernel: str, M: int) -> int:
-    """Elements per vector access at most for one kernel at M centres (:attr:`KernelConfig.max_vec`)."""
-    return KERNEL_CONFIGS[kernel].max_vec[CENTRE_CLASSES.index(centre_class(M))]
+def max_vec(kernel: str, M: int, dtype=None, bw: int = 16) -> int:
+    """Elements per vector access at most for one kernel at M centres, inputs of ``dtype`` (a torch dtype) and
+    tiles ``bw`` columns wide (:attr:`KernelConfig.max_vec`, or ``max_vec_fp16`` for fp16 at ``bw`` >= 16)."""
+    cfg = KERNEL_CONFIGS[kernel]
+    fp16 = cfg.max_vec_fp16 and str(dtype) == "torch.float16" and bw >= 16
+    caps = cfg.max_vec_fp16 if fp16 else cfg.max_vec
+    return caps[CENTRE_CLASSES.index(centre_class(M))]
 
 
 def describe(cfg: dict) -> str:

@@ -77,7 +77,7 @@ class Geometry:
         for name in KERNELS:
             cfg = choices.config_for(name, self, base[name])
             bw = tile_width(self.rw, cfg["BLOCK_N"])
-            self.cfg[name] = (cfg, bw, vector_width(self.rw, self.W, bw, max_vec(name, self.M)))
+            self.cfg[name] = (cfg, bw, vector_width(self.rw, self.W, bw, max_vec(name, self.M, self.dtype, bw)))
         membership.check_size(self.rh, self.rw, self.BM, self.cfg["pool"][1])
         # windows a point can lie in, per axis (pooling adjoint gathers)
         self.KH, self.KW = windows_per_point(self.rh, ph), windows_per_point(self.rw, pw)
