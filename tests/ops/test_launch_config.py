@@ -15,11 +15,10 @@ def test_chunked_groups(target):
     x, v, a, b = make(1, 2, 16, 16, 20, 26, alpha=1.3, beta=-0.2)  # 2 groups of N = 520 points
     with ops.launch_policy(target_programs=target):
         q = ops.Geometry(x, v, 2, 3, 2, 1, 1)
-        # 6 centres chunk into equal rows: 20 region rows as 1 x 20, 2 x 10, and where as many as possible are
-        # wanted, one chunk per 2 rows (the tallest tile here, q.row_unit) would leave the launch at 20 programs,
-        # below the class's fine_below: single rows, 20 of them (within max_chunks, 32), masked by 2-row tiles
+        # 6 centres chunk into equal rows: 20 region rows as 1 x 20, 2 x 10, and at most one chunk per 2 rows (the
+        # tallest tile here, q.row_unit), so 10 of 2 rows
         assert q.row_unit == 2
-        assert (q.NC, q.rpc) == {1: (1, 20), 4: (2, 10), 10 ** 6: (20, 1)}[target]
+        assert (q.NC, q.rpc) == {1: (1, 20), 4: (2, 10), 10 ** 6: (10, 2)}[target]
         assert_matches_dense("triton", x, v, a, b, heads=2, proposal=(3, 2), fold=1, denominator="similarity")
 
 
@@ -38,18 +37,16 @@ def test_shipped_chunking_by_centre_class(centres, target, expected):
 
 @pytest.mark.parametrize("groups, centres, expected", [
     (16, 25, (25, 1)), (24, 25, (25, 1)), (64, 25, (13, 2)),  # single rows: 400 / 600 / 832 programs
-    (16, 4, (25, 1)), (24, 4, (13, 2)), (64, 4, (13, 2)), (16, 49, (13, 2)),
+    (16, 4, (13, 2)), (16, 49, (13, 2)),
     (128, 25, (7, 4)), (128, 4, (7, 4)), (64, 49, (7, 4)),  # 896 and 448 programs: the tiles' rows
 ])
 def test_few_groups_take_single_row_chunks(groups, centres, expected):
     """The later stages' few groups (small model, 25 region rows, 4-row tiles the tallest): where chunks of whole
     tile rows leave a launch short of its target and below the class's ``fine_below`` programs (512 / 1024 / 256
     at 4 / 25 / 49 centres), the chunks are of single rows, as many as the target wants up to the class's
-    ``max_chunks`` (16 at 49 centres: ceil(25 / 16) = 2 rows, 13 chunks; 32 at 25 centres, whose whole waves pick
-    25 chunks of one row for stage 4's 16 or 24 groups, one wave, and keep 13 of 2 rows for stage 3's 64, where 25
-    would take two waves; 32 at 4 centres, but past FINE_CHUNKS = 16 only while G x NC stays within 512: 16 groups
-    take 25, 24 groups at most 21, so 13 of 2 rows, 64 groups 16, so 13); above it, 7 chunks of 4 rows (25 rows,
-    at most one chunk per 4)."""
+    ``max_chunks`` (16 at 4 and 49 centres: ceil(25 / 16) = 2 rows, 13 chunks; 32 at 25 centres, whose whole waves
+    pick 25 chunks of one row for stage 4's 16 or 24 groups, one wave, and keep 13 of 2 rows for stage 3's 64, where
+    25 would take two waves); above it, 7 chunks of 4 rows (25 rows, at most one chunk per 4)."""
     assert ops.chunking(groups, 25, 4, centres) == expected
 
 

@@ -56,17 +56,16 @@ assignment entry points that tune first); ``host.py`` (forward, backward, assign
 from __future__ import annotations
 
 from .autograd import ClusterFunction, cluster_bwd, cluster_fwd
-from .config import (CENTRE_CLASSES, CHUNKING, DOT_PRECISIONS, FINE_CHUNKS, KERNEL_CONFIGS, KERNELS, MAX_CHUNKS,
-                     ChunkConfig, KernelConfig, LaunchPolicy, chunking, kernel_config, launch_policy, policy,
-                     tile_width, vector_width)
+from .config import (CENTRE_CLASSES, CHUNKING, DOT_PRECISIONS, KERNEL_CONFIGS, KERNELS, MAX_CHUNKS, ChunkConfig,
+                     KernelConfig, LaunchPolicy, chunking, kernel_config, launch_policy, policy, tile_width,
+                     vector_width)
 from .geometry import Geometry, chunk_tiles, clear_geometries, geometry, points_per_tile
 from .host import assignment, fused_backward, fused_forward
 from .launch import Launch, dry_run, kernel_params, launch, record_launches
 from .tuning import tune, tuned_assignment, tuned_forward
 
 __all__ = ["ClusterFunction", "cluster_fwd", "cluster_bwd", "CENTRE_CLASSES", "CHUNKING", "DOT_PRECISIONS",
-           "FINE_CHUNKS", "KERNEL_CONFIGS", "KERNELS", "MAX_CHUNKS", "ChunkConfig", "KernelConfig", "LaunchPolicy",
-           "chunking",
+           "KERNEL_CONFIGS", "KERNELS", "MAX_CHUNKS", "ChunkConfig", "KernelConfig", "LaunchPolicy", "chunking",
            "kernel_config", "launch_policy", "policy", "tile_width", "vector_width", "Geometry", "clear_geometries",
            "geometry", "points_per_tile", "chunk_tiles", "assignment", "fused_backward", "fused_forward", "Launch",
            "dry_run", "kernel_params", "launch", "record_launches", "tune", "tuned_assignment", "tuned_forward"]

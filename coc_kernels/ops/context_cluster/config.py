@@ -14,8 +14,6 @@ from typing import Mapping
 #: at most this many chunks per group in any centre class (each program re-reads the NC partials of its group;
 #: ``ChunkConfig.max_chunks`` is each class's own limit)
 MAX_CHUNKS = 32
-#: single-row chunks per group at most, where more would take the launch past the class's ``fine_below`` programs
-FINE_CHUNKS = 16
 DOT_PRECISIONS = ("split", "ieee", "tf32", "tf32x3")
 
 
@@ -379,7 +377,7 @@ class ChunkConfig:
 #: its longer programs go first
 CHUNKING = ChunkConfig(
     programs=(2048, 1024, 1024), balanced=(True, True, False), fine_below=(512, 1024, 256), wave=(0, 8 * 132, 0),
-    max_chunks=(32, 32, 16),
+    max_chunks=(16, 32, 16),
     why="4 / 25 centres: the dot kernels hold 8-9 programs per SM, so a launch is about one wave and equal chunks "
         "shorten its longest program (small stage 1 fwd+bwd 0.63 -> 0.58 and 0.72 -> 0.65 ms, medium stage 2 at "
         "25 centres 0.41 -> 0.29); 4 centres take twice the programs (medium stage 1 0.79 with 3 chunks, 0.90 "
@@ -394,28 +392,24 @@ CHUNKING = ChunkConfig(
         "its chunks; at 4 and 49 centres no wave size picks the estimate's best at both archs); 25 centres up to 32 "
         "chunks a group (16 before 2026-12-08): stage 4's 16-24 groups of 25 rows take 25 single-row chunks in one "
         "wave, 3 tiles a program rather than 6 (small and medium stage 4 fwd+bwd 0.120 -> 0.099 ms fp32, 0.116 -> "
-        "0.097 bf16, triton 3.8; 0.122 -> 0.100 under 3.6); 4 centres too, single rows past 16 a group only within "
-        "fine_below's 512 programs (FINE_CHUNKS; small stage 4 0.081 -> 0.064 fp32, 0.075 -> 0.061 bf16, 3.8; 0.082 "
-        "-> 0.065 under 3.6; without that bound small stage 3's 64 groups took 25 chunks, two waves, 0.096 -> 0.136, "
-        "and a whole-wave rule at 4 centres costs stage 1 0.430 -> 0.502); at 49 centres 16 (32: medium stage 4 "
-        "0.111 -> 0.151, 2-6 programs per SM)")
+        "0.097 bf16, triton 3.8; 0.122 -> 0.100 under 3.6); at 4 and 49 centres 16 (32: small stage 3 at 4 centres "
+        "0.096 -> 0.136, two waves; medium stage 4 at 49 centres 0.111 -> 0.151)")
 
 
 def chunking(G: int, rh: int, row_unit: int, M: int):
     """``(NC, rows per chunk)``: a group's ``rh`` region rows split into NC chunks until ``G * NC`` reaches the
     target (:data:`CHUNKING` of the class of M centres, or the policy's ``target_programs``), at most the class's
     ``max_chunks``, at most one chunk per ``row_unit`` rows (the tallest tile of any kernel; each program re-reads
-    its group's NC partials) unless that leaves fewer than the class's ``fine_below`` programs short of the target
-    in a region of two tiles or more (then one per row, at most :data:`FINE_CHUNKS` a group or as many as keep the
-    launch within ``fine_below`` programs), of ``ceil(rh / NC)`` rows where the class's chunks are balanced, else of
-    whole multiples of ``row_unit`` rows."""
+    its group's NC partials) unless that
+    leaves fewer than the class's ``fine_below`` programs short of the target in a region of two tiles or more
+    (then one per row), of ``ceil(rh / NC)`` rows where the class's chunks are balanced, else of whole multiples of
+    ``row_unit`` rows."""
     c = CHUNKING.at(centre_class(M))
     target = policy().target_programs or c["programs"]
     want = min(c["max_chunks"], cdiv(target, max(G, 1)))
     units = max(1, cdiv(rh, row_unit))
     if 1 < units < want and G * units < c["fine_below"]:  # few programs, held back by the tallest tile: single rows
         row_unit, units = 1, rh
-        want = min(want, max(FINE_CHUNKS, c["fine_below"] // max(G, 1)))
     nc = max(1, min(units, want))
     if c["wave"] and c["balanced"] and not policy().target_programs:
         # whole waves: of every chunk count the region's units allow, the one whose waves x rows per chunk is least
