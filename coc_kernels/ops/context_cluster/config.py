@@ -400,10 +400,9 @@ def chunking(G: int, rh: int, row_unit: int, M: int):
     """``(NC, rows per chunk)``: a group's ``rh`` region rows split into NC chunks until ``G * NC`` reaches the
     target (:data:`CHUNKING` of the class of M centres, or the policy's ``target_programs``), at most the class's
     ``max_chunks``, at most one chunk per ``row_unit`` rows (the tallest tile of any kernel; each program re-reads
-    its group's NC partials) unless that
-    leaves fewer than the class's ``fine_below`` programs short of the target in a region of two tiles or more
-    (then one per row), of ``ceil(rh / NC)`` rows where the class's chunks are balanced, else of whole multiples of
-    ``row_unit`` rows."""
+    its group's NC partials) unless that leaves fewer than the class's ``fine_below`` programs short of the target
+    in a region of two tiles or more (then one per row), of ``ceil(rh / NC)`` rows where the class's chunks are
+    balanced, else of whole multiples of ``row_unit`` rows."""
     c = CHUNKING.at(centre_class(M))
     target = policy().target_programs or c["programs"]
     want = min(c["max_chunks"], cdiv(target, max(G, 1)))
